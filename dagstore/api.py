@@ -1,0 +1,136 @@
+"""HTTP routes of the DAG store; thin: each calls the store's plain functions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from dagstore.auth import AdminToken, ReadToken, StoreDep
+from dagstore.gitrepo import read_file, resolve_commit, validate_full_sha
+from dagstore.repos import create_repo, get_repo, list_repos, repo_json
+from dagstore.version import list_versions, version_json
+
+router = APIRouter()
+IMMUTABLE = "public, max-age=31536000, immutable"
+DIGEST_HEADER = "X-Pinflow-Archive-Sha256"
+
+
+class RepoCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    track: str = Field(default="main", min_length=1, max_length=255)
+    strict: bool = False
+
+
+@router.get("/healthz", tags=["health"])
+def healthz(store: StoreDep, response: Response) -> dict[str, str]:
+    """Liveness for load balancers: also proves this server can reach the database."""
+    try:
+        with store.db.read() as session:
+            session.execute(text("SELECT 1"))
+    except Exception:
+        response.status_code = 503
+        return {"status": "database unreachable"}
+    return {"status": "ok"}
+
+
+@router.get("/repos", tags=["repos"])
+def get_repos(
+    request: Request, store: StoreDep, _: ReadToken
+) -> dict[str, list[dict[str, Any]]]:
+    with store.db.read() as session:
+        rows = list_repos(session)
+        return {"items": [repo_json(r, _public_url(request)) for r in rows]}
+
+
+@router.post("/repos", status_code=201, tags=["repos"])
+def post_repo(
+    body: RepoCreate, request: Request, store: StoreDep, _: AdminToken
+) -> dict[str, Any]:
+    with store.db.write() as session:
+        row = create_repo(session, store.storage, body.name, body.track, body.strict)
+        return repo_json(row, _public_url(request))
+
+
+def _public_url(request: Request) -> str:
+    """The URL the caller used to reach us (behind a load balancer: the balancer's)."""
+    return str(request.base_url).rstrip("/")
+
+
+@router.get("/repos/{repo}/refs", tags=["repos"])
+def get_refs(repo: str, store: StoreDep, _: ReadToken) -> dict[str, dict[str, str]]:
+    with store.db.read() as session:
+        get_repo(session, repo)
+    with store.storage.open(repo) as git:
+        refs = git.get_refs()
+    return {
+        "refs": {
+            name.decode(): sha.decode()
+            for name, sha in sorted(refs.items())
+            if name != b"HEAD" and not name.startswith(b"refs/pinflow/")
+        }
+    }
+
+
+@router.get("/repos/{repo}/versions", tags=["versions"])
+def get_versions(
+    repo: str, store: StoreDep, _: ReadToken, limit: int = 100
+) -> dict[str, list[dict[str, Any]]]:
+    limit = max(1, min(limit, 1000))
+    with store.db.read() as session:
+        row = get_repo(session, repo)
+        return {"items": [version_json(v) for v in list_versions(session, row, limit)]}
+
+
+@router.get("/repos/{repo}/resolve/{ref:path}", tags=["versions"])
+def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str, str]:
+    with store.db.read() as session:
+        get_repo(session, repo)
+    with store.storage.open(repo) as git:
+        return {"sha": resolve_commit(git, ref)}
+
+
+@router.get(
+    "/repos/{repo}/archive/{sha}.tar.gz",
+    tags=["versions"],
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}, 304: {"description": "unchanged"}},
+)
+def get_archive(
+    repo: str,
+    sha: str,
+    store: StoreDep,
+    _: ReadToken,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The commit's files; immutable, so caches may keep it forever."""
+    validate_full_sha(sha)
+    with store.db.read() as session:
+        get_repo(session, repo)
+    with store.storage.open(repo) as git:
+        archive = store.archives.get(git, repo, sha)
+    etag = f'"{archive.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, DIGEST_HEADER: archive.sha256}
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(
+        archive.path,
+        media_type="application/gzip",
+        headers=headers,
+        filename=f"{repo}-{sha[:12]}.tar.gz",
+    )
+
+
+@router.get("/repos/{repo}/files/{sha}/{path:path}", tags=["versions"])
+def get_file(repo: str, sha: str, path: str, store: StoreDep, _: ReadToken) -> Response:
+    validate_full_sha(sha)
+    with store.db.read() as session:
+        get_repo(session, repo)
+    with store.storage.open(repo) as git:
+        data = read_file(git, sha, path)
+    return Response(
+        data, media_type="application/octet-stream", headers={"Cache-Control": IMMUTABLE}
+    )

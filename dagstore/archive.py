@@ -1,0 +1,130 @@
+"""A commit's files as a deterministic .tar.gz, built once and then served from disk.
+
+Deterministic means the same commit always gives the same bytes on every server: entries
+sorted by path, mtime = the commit's time, uid/gid 0 and no owner names, gzip header without
+name or time. So the sha256 and the ETag of an archive are properties of the commit, and a
+worker can verify what it downloads against the header whichever API server answered.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from dulwich.objects import Blob, Commit
+from dulwich.repo import Repo
+
+from dagstore.gitrepo import get_commit, validate_full_sha, validate_repo_name
+
+GZIP_LEVEL = 6  # level 9 costs ~3x the time for a few percent (PITFALLS.md)
+_S_IFGITLINK = 0o160000
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    path: Path
+    sha256: str
+    size: int
+
+
+def write_archive(repo: Repo, commit: Commit, out: io.BufferedIOBase) -> None:
+    """Write `commit`'s tree as tar.gz into `out`; same file set and bytes as `git archive`."""
+    entries: dict[str, tuple[int, bytes]] = {}
+    dirs: set[str] = set()
+    for entry in repo.object_store.iter_tree_contents(commit.tree):
+        if entry.mode == _S_IFGITLINK:  # submodules have no files here, as in git archive
+            continue
+        path = entry.path.decode("utf-8", "surrogateescape")
+        entries[path] = (entry.mode, entry.sha)
+        parent = os.path.dirname(path)
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    mtime = commit.commit_time
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="") as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in sorted(dirs | entries.keys()):
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if name in dirs and name not in entries:
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+                continue
+            mode, sha = entries[name]
+            blob = repo[sha]
+            assert isinstance(blob, Blob)
+            data = blob.as_raw_string()
+            if stat.S_ISLNK(mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = data.decode("utf-8", "surrogateescape")
+                info.mode = 0o777
+                tar.addfile(info)
+            else:
+                info.mode = 0o755 if mode & 0o111 else 0o644
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+class ArchiveCache:
+    """Archives on disk, one file per (repo, sha); built at most once per sha per server."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._digests: dict[Path, ArchiveFile] = {}
+        self._locks: dict[Path, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def path(self, repo_name: str, sha: str) -> Path:
+        return self.root / validate_repo_name(repo_name) / f"{validate_full_sha(sha)}.tar.gz"
+
+    def get(self, repo: Repo, repo_name: str, sha: str) -> ArchiveFile:
+        path = self.path(repo_name, sha)
+        known = self._digests.get(path)
+        if known is not None:
+            return known
+        with self._lock_for(path):
+            known = self._digests.get(path)
+            if known is not None:
+                return known
+            if not path.exists():
+                self._build(repo, sha, path)
+            archive = ArchiveFile(path, _sha256_of(path), path.stat().st_size)
+            self._digests[path] = archive
+            return archive
+
+    def _lock_for(self, path: Path) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(path, threading.Lock())
+
+    def _build(self, repo: Repo, sha: str, path: Path) -> None:
+        commit = get_commit(repo, sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".build-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write_archive(repo, commit, out)
+            os.replace(tmp, path)  # atomic: other servers on a shared volume see all or nothing
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,27 @@
+"""What a store process holds for its whole life: settings, database, repos, archive cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dagstore.archive import ArchiveCache
+from dagstore.db import Database
+from dagstore.gitrepo import RepoStorage
+from dagstore.settings import Settings
+
+
+@dataclass
+class StoreContext:
+    settings: Settings
+    db: Database
+    storage: RepoStorage
+    archives: ArchiveCache
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StoreContext:
+        return cls(
+            settings=settings,
+            db=Database(settings.database_url),
+            storage=RepoStorage(settings.repos_dir),
+            archives=ArchiveCache(settings.archive_cache_dir),
+        )

@@ -1,0 +1,118 @@
+"""The database: engine, sessions, and the clock every lease and heartbeat is judged by.
+
+SQLite (default) and PostgreSQL behave alike here on purpose:
+- SQLite runs in WAL mode with a busy timeout, and write transactions start with
+  `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes can fail at once with
+  "database is locked" (its lock upgrade ignores the busy timeout), see PITFALLS.md.
+- Read-only sessions keep SQLite's deferred BEGIN so readers never queue behind writers.
+- `db_now()` is the database's clock, so machines whose clocks drift still agree.
+
+Callers own transactions (`with db.write() as s:`); helpers take a session and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
+
+_READ_OPTION = "pinflow_read_only"
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every table (store and scheduler alike)."""
+
+
+class db_now(FunctionElement):  # noqa: N801 - reads like the SQL function it stands for
+    """The database's current UTC time, with sub-second precision on every backend."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now_default(element: Any, compiler: Any, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    value = as_utc(value)
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take BEGIN away from pysqlite so the "begin" hook below decides its kind.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        read_only = conn.get_execution_options().get(_READ_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class Database:
+    """An engine and the two kinds of session pinflow uses."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._write = sessionmaker(self.engine, expire_on_commit=False)
+        self._read = sessionmaker(
+            self.engine.execution_options(**{_READ_OPTION: True}), expire_on_commit=False
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that may write; committed on success, rolled back on error."""
+        with self._write.begin() as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads; never takes SQLite's write lock."""
+        with self._read.begin() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

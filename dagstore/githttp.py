@@ -1,0 +1,184 @@
+"""Git smart HTTP for the store: dulwich's WSGI handlers behind pinflow's auth and guards.
+
+This layer only adapts HTTP to dulwich: it checks the token (HTTP Basic, any user, the token
+as password), refuses unknown repos with a message git shows, caps push size, works around
+uvicorn's leftover `Transfer-Encoding` header (PITFALLS.md), and opens a fresh `Repo` per
+request that it closes when the response ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+from dulwich.errors import NotGitRepository
+from dulwich.repo import Repo
+from dulwich.server import Backend
+from dulwich.web import make_wsgi_chain
+
+from dagstore.db import Database
+from dagstore.errors import NotFound, PinflowError
+from dagstore.gitrepo import REPO_NAME_RE, RepoStorage
+from dagstore.receive import AfterReceive, install_hooks
+from dagstore.token import authenticate
+
+_PATH_RE = re.compile(r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/.*)$")
+StartResponse = Callable[..., Any]
+
+
+class StoreBackend(Backend):
+    """Opens repos for one request and remembers them so they can all be closed after it."""
+
+    def __init__(self, storage: RepoStorage, db: Database, after: AfterReceive | None) -> None:
+        self.storage = storage
+        self.db = db
+        self.after = after
+        self.opened: list[Repo] = []
+
+    def open_repository(self, path: str | bytes) -> Repo:  # type: ignore[override]
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        name = path.strip("/").removesuffix(".git")
+        try:
+            repo = self.storage.open_unmanaged(name)
+        except (NotFound, PinflowError) as exc:
+            raise NotGitRepository(str(exc)) from exc
+        install_hooks(repo, self.db, name, self.after)
+        self.opened.append(repo)
+        return repo
+
+    def close(self) -> None:
+        for repo in self.opened:
+            repo.close()
+        self.opened.clear()
+
+
+class PushSizeLimit:
+    """A `wsgi.input` that fails once a push exceeds the limit; dulwich reports it to git."""
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.count = 0
+        self.exceeded = False
+
+    def _account(self, data: bytes) -> bytes:
+        self.count += len(data)
+        if self.count > self.limit:
+            if not self.exceeded:
+                self.exceeded = True
+                self.drain(cap=4 * self.limit)
+            raise OSError(f"push refused: larger than the store's limit of {_mib(self.limit)}")
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._account(self.stream.read(size))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._account(self.stream.readline(size))
+
+    def drain(self, cap: int) -> None:
+        """Read what the client still sends, so git shows our answer instead of a reset."""
+        left = cap
+        while left > 0:
+            chunk = self.stream.read(min(1 << 16, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _plain(start_response: StartResponse, status: str, message: str, extra=()) -> list[bytes]:
+    body = (message.rstrip("\n") + "\n").encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    start_response(status, headers + list(extra))
+    return [body]
+
+
+def _basic_password(environ: dict[str, Any]) -> str | None:
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
+def _needed_scope(environ: dict[str, Any], rest: str) -> str:
+    service = parse_qs(environ.get("QUERY_STRING", "")).get("service", [""])[0]
+    if rest == "/git-receive-pack" or service == "git-receive-pack":
+        return "push"
+    return "read"
+
+
+class _Closing:
+    """The response iterable; closes the request's repos once the server is done with it."""
+
+    def __init__(self, inner: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self.inner = inner
+        self.on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.inner)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.on_close()
+
+
+def make_git_app(
+    storage: RepoStorage, db: Database, max_push_bytes: int, after: AfterReceive | None = None
+) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        match = _PATH_RE.match(environ.get("PATH_INFO", ""))
+        if match is None:
+            return _plain(start_response, "404 Not Found", "pinflow: use /git/REPO.git")
+        name, rest = match.group("name"), match.group("rest")
+        needed = _needed_scope(environ, rest)
+        try:
+            with db.read() as session:
+                authenticate(session, _basic_password(environ), needed)
+        except PinflowError as exc:
+            if exc.status_code == 401:
+                return _plain(
+                    start_response,
+                    "401 Unauthorized",
+                    f"pinflow: {exc.detail}: give a token as the password",
+                    [("WWW-Authenticate", 'Basic realm="pinflow"')],
+                )
+            return _plain(start_response, "403 Forbidden", f"pinflow: {exc.detail}")
+        if not REPO_NAME_RE.match(name) or not storage.exists(name):
+            return _plain(
+                start_response,
+                "404 Not Found",
+                f"pinflow: repository {name!r} does not exist; "
+                f"create it with `pinflow repo create {name}`",
+            )
+        # uvicorn de-chunked the body already; dulwich would de-chunk it again.
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        limit: PushSizeLimit | None = None
+        if needed == "push" and environ.get("REQUEST_METHOD") == "POST":
+            limit = PushSizeLimit(environ["wsgi.input"], max_push_bytes)
+            environ["wsgi.input"] = limit
+        backend = StoreBackend(storage, db, after)
+
+        return _Closing(make_wsgi_chain(backend)(environ, start_response), backend.close)
+
+    return app

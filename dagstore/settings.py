@@ -1,0 +1,74 @@
+"""One settings object, read from the environment (DESIGN.md, "Configuration").
+
+Every process (server, scheduler, worker, CLI) builds it the same way, so a variable means
+the same thing everywhere; CLI flags override by passing explicit values to `Settings.load`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_API_URL = "http://127.0.0.1:8740"
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"pinflow: {name} must be a number, got {raw!r}") from None
+
+
+def normalise_database_url(url: str) -> str:
+    """Let users write the URL they know (`postgresql://...`) and still get psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    redis_url: str | None
+    api_url: str
+    token: str | None
+    lease_ttl: float
+    heartbeat_timeout: float
+    max_push_bytes: int
+    parse_timeout: float
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.home / "repos"
+
+    @property
+    def archive_cache_dir(self) -> Path:
+        return self.home / "archives"
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        home = Path(os.environ.get("PINFLOW_HOME") or "./.pinflow").expanduser().resolve()
+        if "home" in overrides and overrides["home"] is not None:
+            home = Path(str(overrides["home"])).expanduser().resolve()
+        db_url = os.environ.get("PINFLOW_DATABASE_URL") or f"sqlite:///{home / 'pinflow.db'}"
+        settings = cls(
+            home=home,
+            database_url=normalise_database_url(db_url),
+            redis_url=os.environ.get("PINFLOW_REDIS_URL") or None,
+            api_url=(os.environ.get("PINFLOW_API_URL") or DEFAULT_API_URL).rstrip("/"),
+            token=os.environ.get("PINFLOW_TOKEN") or None,
+            lease_ttl=_env_float("PINFLOW_LEASE_TTL", 30.0),
+            heartbeat_timeout=_env_float("PINFLOW_HEARTBEAT_TIMEOUT", 60.0),
+            max_push_bytes=int(_env_float("PINFLOW_MAX_PUSH_BYTES", 100 * 1024 * 1024)),
+            parse_timeout=_env_float("PINFLOW_PARSE_TIMEOUT", 30.0),
+        )
+        explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
+        if "database_url" in explicit:
+            explicit["database_url"] = normalise_database_url(str(explicit["database_url"]))
+        return replace(settings, **explicit) if explicit else settings

@@ -1,0 +1,69 @@
+"""API tokens: what a bearer may do.
+
+Only a hash of each token is stored. Scopes nest: `admin` implies every scope and `push`
+implies `read` (whoever may publish a version may also fetch it back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dagstore.db import db_now
+from dagstore.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from dagstore.models import Token
+
+SCOPES = ("read", "push", "trigger", "worker", "admin")
+_IMPLIED: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "push": frozenset({"push", "read"}),
+    "trigger": frozenset({"trigger"}),
+    "worker": frozenset({"worker"}),
+    "admin": frozenset(SCOPES),
+}
+TOKEN_PREFIX = "pf_"
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def grants(scope: str, needed: str) -> bool:
+    return needed in _IMPLIED.get(scope, frozenset())
+
+
+def create_token(session: Session, scope: str, name: str = "") -> str:
+    """Store a new token's hash and return the secret: the only time it exists in clear."""
+    if scope not in SCOPES:
+        raise BadRequest(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(Token(name=name, scope=scope, token_hash=hash_token(secret)))
+    session.flush()
+    return secret
+
+
+def revoke_token(session: Session, token_id: int) -> None:
+    result = session.execute(
+        update(Token)
+        .where(Token.id == token_id, Token.revoked_at.is_(None))
+        .values(revoked_at=db_now())
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"no active token with id {token_id}")
+
+
+def authenticate(session: Session, secret: str | None, needed: str) -> Token:
+    """The token behind `secret` if it may act with scope `needed`; raises 401/403 otherwise."""
+    if not secret:
+        raise Unauthorized("missing token")
+    token = session.scalar(
+        select(Token).where(Token.token_hash == hash_token(secret), Token.revoked_at.is_(None))
+    )
+    if token is None:
+        raise Unauthorized("invalid or revoked token")
+    if not grants(token.scope, needed):
+        raise Forbidden(f"token scope {token.scope!r} does not allow {needed!r}")
+    return token

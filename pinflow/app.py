@@ -1,0 +1,47 @@
+"""The API server: the store's and the scheduler's routes, the git remote, one error handler."""
+
+from __future__ import annotations
+
+from a2wsgi import WSGIMiddleware
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import pinflow
+from dagstore.api import healthz
+from dagstore.api import router as store_router
+from dagstore.context import StoreContext
+from dagstore.errors import PinflowError
+from dagstore.githttp import make_git_app
+from dagstore.settings import Settings
+from pinflow.metrics import router as metrics_router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    store = StoreContext.from_settings(settings or Settings.load())
+    app = FastAPI(title="pinflow", version=pinflow.__version__)
+    app.state.store = store
+
+    @app.exception_handler(PinflowError)
+    async def _pinflow_error(_: Request, exc: PinflowError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # DESIGN.md: malformed input is a 400, whatever part of the request was wrong.
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=400)
+
+    app.include_router(store_router, prefix="/api/v1")
+    app.add_api_route("/healthz", healthz, include_in_schema=False)
+    app.include_router(metrics_router)
+    git = make_git_app(store.storage, store.db, store.settings.max_push_bytes)
+    app.mount("/git", WSGIMiddleware(git, workers=8))  # type: ignore[arg-type]
+    return app
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", ""))
+    return "; ".join(parts) or "malformed request"

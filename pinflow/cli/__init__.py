@@ -1,0 +1,36 @@
+"""The `pinflow` command. The only place that imports Typer.
+
+Every error pinflow raises on purpose ends here as one line on stderr and a non-zero exit
+code; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dagstore.errors import PinflowError
+from pinflow.cli import server, store
+
+app = typer.Typer(
+    name="pinflow",
+    help="Run DAG code on many machines, every run pinned to one git commit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+store.register(app)
+server.register(app)
+
+EXIT_CODES = {400: 2, 401: 3, 403: 3, 404: 4, 409: 5, 503: 6}
+
+
+def main() -> None:
+    try:
+        app()
+    except PinflowError as exc:
+        print(f"pinflow: {exc.detail}", file=sys.stderr)
+        sys.exit(EXIT_CODES.get(exc.status_code, 1))
+    except KeyboardInterrupt:
+        sys.exit(130)

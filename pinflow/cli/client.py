@@ -1,0 +1,58 @@
+"""The API client the CLI uses: one place that turns HTTP failures into pinflow errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from dagstore import errors
+from dagstore.settings import Settings
+
+_BY_STATUS: dict[int, type[errors.PinflowError]] = {
+    400: errors.BadRequest,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+}
+
+
+class ApiClient:
+    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
+        if not settings.token:
+            raise errors.Unauthorized(
+                "no token: set PINFLOW_TOKEN or pass --token (create one with "
+                "`pinflow token create --scope admin`)"
+            )
+        self.base = settings.api_url
+        self._http = httpx.Client(
+            base_url=f"{settings.api_url}/api/v1",
+            headers={"Authorization": f"Bearer {settings.token}"},
+            timeout=timeout,
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise errors.VersionUnavailable(
+                f"cannot reach the pinflow API at {self.base} ({exc.__class__.__name__}); "
+                "is `pinflow server` running? (PINFLOW_API_URL)"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text or response.reason_phrase
+            cls = _BY_STATUS.get(response.status_code, errors.PinflowError)
+            raise cls(f"{detail} (HTTP {response.status_code})")
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)

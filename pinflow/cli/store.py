@@ -1,0 +1,109 @@
+"""CLI commands of the DAG store: tokens, repositories, versions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dagstore.db import Database
+from dagstore.settings import Settings
+from dagstore.token import SCOPES, create_token, revoke_token
+from pinflow.cli.client import ApiClient
+from pinflow.cli.options import ApiUrl, DatabaseUrl, Home, Token, client_settings
+from pinflow.migrate import upgrade
+
+token_app = typer.Typer(help="Create and revoke API tokens (writes to the database).")
+repo_app = typer.Typer(help="Repositories of the DAG store.")
+console = Console()
+
+
+def _database(home: str | None, database_url: str | None) -> Database:
+    settings = Settings.load(home=home, database_url=database_url)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    upgrade(db)
+    return db
+
+
+@token_app.command("create")
+def token_create(
+    scope: Annotated[str, typer.Option(help=f"One of: {', '.join(SCOPES)}")],
+    name: Annotated[str, typer.Option(help="A label to recognise the token by")] = "",
+    home: Home = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print a new token on stdout (only its hash is stored)."""
+    db = _database(home, database_url)
+    with db.write() as session:
+        secret = create_token(session, scope, name)
+    print(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id")],
+    home: Home = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token at once: every server stops accepting it."""
+    db = _database(home, database_url)
+    with db.write() as session:
+        revoke_token(session, token_id)
+    print(f"revoked token {token_id}")
+
+
+@repo_app.command("create")
+def repo_create(
+    name: str,
+    track: Annotated[str, typer.Option(help="The branch whose commits are scheduled")] = "main",
+    strict: Annotated[bool, typer.Option(help="Refuse pushes whose DAG files fail")] = False,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Create a repository that accepts pushes (needs an admin token)."""
+    client = ApiClient(client_settings(api_url, token))
+    repo = client.post("/repos", json={"name": name, "track": track, "strict": strict})
+    print(f"created repository {repo['name']} (tracks {repo['track']})")
+    print(f"push with: git push {repo['git_url']} {repo['track']}")
+
+
+@repo_app.command("list")
+def repo_list(api_url: ApiUrl = None, token: Token = None) -> None:
+    """List repositories."""
+    client = ApiClient(client_settings(api_url, token))
+    table = Table("name", "track", "strict", "git remote")
+    for repo in client.get("/repos")["items"]:
+        table.add_row(repo["name"], repo["track"], str(repo["strict"]), repo["git_url"])
+    console.print(table)
+
+
+def versions(
+    repo: str,
+    limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """The versions (commits) of a repository, newest first."""
+    client = ApiClient(client_settings(api_url, token))
+    items = client.get(f"/repos/{repo}/versions", params={"limit": limit})["items"]
+    table = Table("sha", "ref", "pushed at", "author", "message", "dags", "errors")
+    for v in items:
+        table.add_row(
+            v["sha"][:12],
+            v["ref"].removeprefix("refs/heads/"),
+            v["pushed_at"],
+            v["author"].split(" <")[0],
+            v["message"].strip().splitlines()[0] if v["message"].strip() else "",
+            ", ".join(v["dags"]),
+            str(len(v["errors"])) if v["errors"] else "",
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(token_app, name="token")
+    app.add_typer(repo_app, name="repo")
+    app.command("versions")(versions)
