@@ -1,0 +1,77 @@
+"""The real `git` client, isolated from the machine's own configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+def git_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_AUTHOR_NAME="Ada Author",
+        GIT_AUTHOR_EMAIL="ada@example.com",
+        GIT_COMMITTER_NAME="Ada Author",
+        GIT_COMMITTER_EMAIL="ada@example.com",
+    )
+    return env
+
+
+class Git:
+    """A work tree driven with the git binary."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = git_env(path.parent)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=self.path,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def init(self, branch: str = "main") -> Git:
+        self.run("init", "-q", "-b", branch)
+        return self
+
+    def write(self, rel: str, content: str | bytes, executable: bool = False) -> None:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        if executable:
+            target.chmod(0o755)
+
+    def commit(self, message: str, **files: str) -> str:
+        for rel, content in files.items():
+            self.write(rel.replace("__", "/"), content)
+        self.run("add", "-A")
+        self.run("commit", "-q", "--allow-empty", "-m", message)
+        return self.head()
+
+    def head(self, ref: str = "HEAD") -> str:
+        return self.run("rev-parse", ref).stdout.strip()
+
+
+def clone(url: str, dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "clone", "-q", *args, url, str(dest)],
+        env=git_env(dest.parent),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
