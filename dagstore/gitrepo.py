@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dulwich.errors import NotGitRepository
+from dulwich.errors import NotGitRepository, NotTreeError
 from dulwich.file import FileLocked
-from dulwich.objects import Blob, Commit, Tag, Tree
+from dulwich.objects import Blob, Commit, SubmoduleEncountered, Tag, Tree
 from dulwich.objectspec import AmbiguousShortId, parse_commit
 from dulwich.refs import DiskRefsContainer
 from dulwich.repo import Repo
@@ -193,7 +193,7 @@ def read_file(repo: Repo, sha: str, path: str) -> bytes:
     assert isinstance(tree, Tree)
     try:
         _mode, obj_sha = tree.lookup_path(repo.object_store.__getitem__, validate_file_path(path))
-    except (KeyError, NotADirectoryError):
+    except (KeyError, NotADirectoryError, NotTreeError, SubmoduleEncountered, ValueError):
         raise NotFound(f"no file {path!r} at {sha[:12]}") from None
     obj = repo[obj_sha]
     if not isinstance(obj, Blob):

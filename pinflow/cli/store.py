@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dagstore.db import Database
 from dagstore.settings import Settings
 from dagstore.token import SCOPES, create_token, revoke_token
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, DatabaseUrl, Home, Token, client_settings
+from pinflow.cli.render import console, short_time, table
 from pinflow.migrate import upgrade
 
 token_app = typer.Typer(help="Create and revoke API tokens (writes to the database).")
 repo_app = typer.Typer(help="Repositories of the DAG store.")
-console = Console()
 
 
 def _database(home: str | None, database_url: str | None) -> Database:
@@ -74,10 +72,10 @@ def repo_create(
 def repo_list(api_url: ApiUrl = None, token: Token = None) -> None:
     """List repositories."""
     client = ApiClient(client_settings(api_url, token))
-    table = Table("name", "track", "strict", "git remote")
+    rows = table("name", "track", "strict", "git remote", no_wrap=("git remote",))
     for repo in client.get("/repos")["items"]:
-        table.add_row(repo["name"], repo["track"], str(repo["strict"]), repo["git_url"])
-    console.print(table)
+        rows.add_row(repo["name"], repo["track"], str(repo["strict"]), repo["git_url"])
+    console.print(rows)
 
 
 def versions(
@@ -89,18 +87,18 @@ def versions(
     """The versions (commits) of a repository, newest first."""
     client = ApiClient(client_settings(api_url, token))
     items = client.get(f"/repos/{repo}/versions", params={"limit": limit})["items"]
-    table = Table("sha", "ref", "pushed at", "author", "message", "dags", "errors")
+    rows = table("sha", "ref", "pushed at", "author", "message", "dags", "errors")
     for v in items:
-        table.add_row(
+        rows.add_row(
             v["sha"][:12],
             v["ref"].removeprefix("refs/heads/"),
-            v["pushed_at"],
+            short_time(v["pushed_at"]),
             v["author"].split(" <")[0],
             v["message"].strip().splitlines()[0] if v["message"].strip() else "",
             ", ".join(v["dags"]),
             str(len(v["errors"])) if v["errors"] else "",
         )
-    console.print(table)
+    console.print(rows)
 
 
 def register(app: typer.Typer) -> None:

@@ -45,7 +45,7 @@ def make_tokens(database_url: str) -> dict[str, str]:
 
 def pinflow_env(home: Path, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
-    env.update(PINFLOW_HOME=str(home), PINFLOW_DATABASE_URL=database_url, **extra)
+    env.update(PINFLOW_HOME=str(home), PINFLOW_DATABASE_URL=database_url, COLUMNS="200", **extra)
     return env
 
 

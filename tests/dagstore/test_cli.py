@@ -1,0 +1,131 @@
+"""The `pinflow` CLI of the store, run as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy import select, text
+
+from dagstore.db import Database
+from dagstore.models import Token
+from dagstore.token import hash_token
+from pinflow.migrate import alembic_config
+from tests.support.git import Git
+from tests.support.ports import free_port
+from tests.support.server import PINFLOW, pinflow_env
+
+
+def pinflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PINFLOW, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_token_create_prints_only_the_token_and_stores_its_hash(tmp_path, database_url):
+    env = pinflow_env(tmp_path, database_url)
+    result = pinflow("token", "create", "--scope", "push", "--name", "ci", env=env)
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.strip()
+    assert result.stdout == secret + "\n" and secret.startswith("pf_") and len(secret) > 40
+    db = Database(database_url)
+    with db.read() as session:
+        row = session.scalar(select(Token).where(Token.token_hash == hash_token(secret)))
+        assert row is not None and row.scope == "push" and row.name == "ci"
+        dump = " ".join(str(v) for v in session.execute(text("SELECT * FROM tokens")).all())
+    db.dispose()
+    assert secret not in dump
+
+
+def test_token_bad_scope_is_one_clear_line(tmp_path):
+    env = pinflow_env(tmp_path, f"sqlite:///{tmp_path}/p.db")
+    result = pinflow("token", "create", "--scope", "root", env=env)
+    assert result.returncode != 0
+    assert "unknown scope 'root'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_concurrent_db_upgrade(tmp_path, database_url):
+    """Several processes starting at once all succeed and leave one schema at head."""
+    env = pinflow_env(tmp_path, database_url)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: pinflow("db", "upgrade", env=env), range(4)))
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
+    from alembic.script import ScriptDirectory
+
+    db = Database(database_url)
+    head = ScriptDirectory.from_config(alembic_config(db)).get_current_head()
+    with db.read() as session:
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
+    db.dispose()
+
+
+def test_repo_create_versions_and_errors(store_server, tmp_path, repo_name):
+    env = pinflow_env(
+        tmp_path, "sqlite:///unused", PINFLOW_API_URL=store_server.url,
+        PINFLOW_TOKEN=store_server.tokens["admin"],
+    )
+    created = pinflow("repo", "create", repo_name, "--track", "main", env=env)
+    assert created.returncode == 0, created.stderr
+    assert f"{store_server.url}/git/{repo_name}.git" in created.stdout
+    again = pinflow("repo", "create", repo_name, env=env)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+
+    work = Git(tmp_path / "w").init()
+    sha = work.commit("hello versions", **{"a.py": "1\n"})
+    work.run("push", store_server.git_url(repo_name, store_server.tokens["push"]), "main")
+    listed = pinflow("versions", repo_name, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert sha[:12] in listed.stdout and "hello versions" in listed.stdout
+    assert repo_name in pinflow("repo", "list", env=env).stdout
+
+    missing = pinflow("versions", "nosuchrepo", env=env)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_cli_without_token_or_server(tmp_path):
+    env = pinflow_env(tmp_path, "sqlite:///unused")
+    no_token = pinflow("repo", "create", "x", env=env)
+    assert no_token.returncode != 0
+    assert "no token" in no_token.stderr and "Traceback" not in no_token.stderr
+
+    env["PINFLOW_TOKEN"] = "pf_whatever"
+    env["PINFLOW_API_URL"] = f"http://127.0.0.1:{free_port()}"
+    down = pinflow("versions", "x", env=env)
+    assert down.returncode != 0
+    assert "cannot reach the pinflow API" in down.stderr
+    assert down.stderr.count("\n") == 1
+
+
+def test_server_start_records_versions_missed_by_a_crash(tmp_path, database_url):
+    """A crash between the ref update and the database write: the next start catches up."""
+    from tests.support.server import ServerProcess, make_tokens
+
+    home = tmp_path / "home"
+    home.mkdir()
+    server = ServerProcess(home=home, database_url=database_url)
+    server.tokens = make_tokens(database_url)
+    server.start()
+    try:
+        server.create_repo("crashy")
+    finally:
+        server.stop()
+    # Write commits straight into the bare repo, as if the server died before recording them.
+    bare = home / "repos" / "crashy.git"
+    work = Git(tmp_path / "w").init()
+    shas = [work.commit(f"c{i}", **{"a.py": f"{i}\n"}) for i in range(2)]
+    subprocess.run(["git", "push", "-q", str(bare), "main"], cwd=work.path, check=True, env=work.env)
+    server.start()
+    try:
+        with server.api("read") as api:
+            items = api.get("/repos/crashy/versions").json()["items"]
+        assert [v["sha"] for v in items] == shas[::-1]
+    finally:
+        server.stop()
+
+
+def test_home_is_created(tmp_path: Path):
+    home = tmp_path / "fresh" / "home"
+    env = pinflow_env(home, f"sqlite:///{home}/pinflow.db")
+    assert pinflow("db", "upgrade", env=env).returncode == 0
+    assert (home / "pinflow.db").exists()
