@@ -38,18 +38,14 @@ def healthz(store: StoreDep, response: Response) -> dict[str, str]:
 
 
 @router.get("/repos", tags=["repos"])
-def get_repos(
-    request: Request, store: StoreDep, _: ReadToken
-) -> dict[str, list[dict[str, Any]]]:
+def get_repos(request: Request, store: StoreDep, _: ReadToken) -> dict[str, list[dict[str, Any]]]:
     with store.db.read() as session:
         rows = list_repos(session)
         return {"items": [repo_json(r, _public_url(request)) for r in rows]}
 
 
 @router.post("/repos", status_code=201, tags=["repos"])
-def post_repo(
-    body: RepoCreate, request: Request, store: StoreDep, _: AdminToken
-) -> dict[str, Any]:
+def post_repo(body: RepoCreate, request: Request, store: StoreDep, _: AdminToken) -> dict[str, Any]:
     with store.db.write() as session:
         row = create_repo(session, store.storage, body.name, body.track, body.strict)
         return repo_json(row, _public_url(request))

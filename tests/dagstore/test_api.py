@@ -113,8 +113,17 @@ def test_files_endpoint(store_server, pushed, repo_name):
 
 @pytest.mark.parametrize(
     "path",
-    ["../etc/passwd", "dags/../../x", "%2e%2e/x", "dags/%2E%2E/%2e%2e/x", "/etc/passwd",
-     "dags//etl.py", "./dags/etl.py", "dags\\etl.py", "dags/%00"],
+    [
+        "../etc/passwd",
+        "dags/../../x",
+        "%2e%2e/x",
+        "dags/%2E%2E/%2e%2e/x",
+        "/etc/passwd",
+        "dags//etl.py",
+        "./dags/etl.py",
+        "dags\\etl.py",
+        "dags/%00",
+    ],
 )
 def test_files_path_traversal_refused(store_server, pushed, repo_name, path):
     _, sha = pushed
@@ -132,7 +141,15 @@ def test_resolve(store_server, pushed, repo_name):
     work.run("tag", "-a", "annotated", "-m", "release")
     work.run("push", store_server.git_url(repo_name, store_server.tokens["push"]), "--tags")
     with store_server.api("read") as api:
-        for spec in ("main", "refs/heads/main", "light", "annotated", sha, sha[:7], sha[:4].upper()):
+        for spec in (
+            "main",
+            "refs/heads/main",
+            "light",
+            "annotated",
+            sha,
+            sha[:7],
+            sha[:4].upper(),
+        ):
             response = api.get(f"/repos/{repo_name}/resolve/{spec}")
             assert response.status_code == 200, (spec, response.text)
             assert response.json() == {"sha": sha}
@@ -186,7 +203,13 @@ def test_repos_create_and_list(store_server, repo_name):
         ("GET", "/repos", {}, "worker", 403),
         ("POST", "/repos", {"json": {"name": "x1"}}, "push", 403),
         ("POST", "/repos", {"json": {"name": "x1"}}, "read", 403),
-        ("POST", "/repos", {"content": b"{not json", "headers": {"content-type": "application/json"}}, "admin", 400),
+        (
+            "POST",
+            "/repos",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            "admin",
+            400,
+        ),
         ("POST", "/repos", {"json": {"name": "../evil"}}, "admin", 400),
         ("POST", "/repos", {"json": {"name": "a.git"}}, "admin", 400),
         ("POST", "/repos", {"json": {"name": "x" * 101}}, "admin", 400),
@@ -207,7 +230,9 @@ def test_repos_create_and_list(store_server, repo_name):
         ("GET", "/repos/{repo}/versions?limit=abc", {}, "read", 400),
     ],
 )
-def test_bad_input_gets_a_clear_4xx(store_server, pushed, repo_name, method, path, kwargs, scope, status):
+def test_bad_input_gets_a_clear_4xx(
+    store_server, pushed, repo_name, method, path, kwargs, scope, status
+):
     token = {"bogus": "pf_nope"}.get(scope or "", store_server.tokens.get(scope or ""))
     headers = dict(kwargs.pop("headers", {}))
     if token:

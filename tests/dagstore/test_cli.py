@@ -61,7 +61,9 @@ def test_concurrent_db_upgrade(tmp_path, database_url):
 
 def test_repo_create_versions_and_errors(store_server, tmp_path, repo_name):
     env = pinflow_env(
-        tmp_path, "sqlite:///unused", PINFLOW_API_URL=store_server.url,
+        tmp_path,
+        "sqlite:///unused",
+        PINFLOW_API_URL=store_server.url,
         PINFLOW_TOKEN=store_server.tokens["admin"],
     )
     created = pinflow("repo", "create", repo_name, "--track", "main", env=env)
@@ -114,7 +116,9 @@ def test_server_start_records_versions_missed_by_a_crash(tmp_path, database_url)
     bare = home / "repos" / "crashy.git"
     work = Git(tmp_path / "w").init()
     shas = [work.commit(f"c{i}", **{"a.py": f"{i}\n"}) for i in range(2)]
-    subprocess.run(["git", "push", "-q", str(bare), "main"], cwd=work.path, check=True, env=work.env)
+    subprocess.run(
+        ["git", "push", "-q", str(bare), "main"], cwd=work.path, check=True, env=work.env
+    )
     server.start()
     try:
         with server.api("read") as api:
