@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from dagstore.archive import ArchiveCache
 from dagstore.db import Database
 from dagstore.gitrepo import RepoStorage
+from dagstore.parse import ParseLimits
 from dagstore.settings import Settings
 
 
@@ -16,6 +17,10 @@ class StoreContext:
     db: Database
     storage: RepoStorage
     archives: ArchiveCache
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(self.settings.parse_timeout, self.settings.parse_memory_mb)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StoreContext:

@@ -20,10 +20,10 @@ from dulwich.repo import Repo
 from dulwich.server import Backend
 from dulwich.web import make_wsgi_chain
 
-from dagstore.db import Database
+from dagstore.context import StoreContext
 from dagstore.errors import NotFound, PinflowError
-from dagstore.gitrepo import REPO_NAME_RE, RepoStorage
-from dagstore.receive import AfterReceive, install_hooks
+from dagstore.gitrepo import REPO_NAME_RE
+from dagstore.receive import install_hooks
 from dagstore.token import authenticate
 
 _PATH_RE = re.compile(r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/.*)$")
@@ -33,10 +33,8 @@ StartResponse = Callable[..., Any]
 class StoreBackend(Backend):
     """Opens repos for one request and remembers them so they can all be closed after it."""
 
-    def __init__(self, storage: RepoStorage, db: Database, after: AfterReceive | None) -> None:
-        self.storage = storage
-        self.db = db
-        self.after = after
+    def __init__(self, store: StoreContext) -> None:
+        self.store = store
         self.opened: list[Repo] = []
 
     def open_repository(self, path: str | bytes) -> Repo:  # type: ignore[override]
@@ -44,10 +42,10 @@ class StoreBackend(Backend):
             path = path.decode("utf-8", "replace")
         name = path.strip("/").removesuffix(".git")
         try:
-            repo = self.storage.open_unmanaged(name)
+            repo = self.store.storage.open_unmanaged(name)
+            install_hooks(repo, self.store, name)
         except (NotFound, PinflowError) as exc:
             raise NotGitRepository(str(exc)) from exc
-        install_hooks(repo, self.db, name, self.after)
         self.opened.append(repo)
         return repo
 
@@ -143,9 +141,9 @@ class _Closing:
             self.on_close()
 
 
-def make_git_app(
-    storage: RepoStorage, db: Database, max_push_bytes: int, after: AfterReceive | None = None
-) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+def make_git_app(store: StoreContext) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    storage, db, max_push_bytes = store.storage, store.db, store.settings.max_push_bytes
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         match = _PATH_RE.match(environ.get("PATH_INFO", ""))
         if match is None:
@@ -177,7 +175,7 @@ def make_git_app(
         if needed == "push" and environ.get("REQUEST_METHOD") == "POST":
             limit = PushSizeLimit(environ["wsgi.input"], max_push_bytes)
             environ["wsgi.input"] = limit
-        backend = StoreBackend(storage, db, after)
+        backend = StoreBackend(store)
 
         return _Closing(make_wsgi_chain(backend)(environ, start_response), backend.close)
 

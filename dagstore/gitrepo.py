@@ -199,3 +199,11 @@ def read_file(repo: Repo, sha: str, path: str) -> bytes:
     if not isinstance(obj, Blob):
         raise NotFound(f"{path!r} is a directory at {sha[:12]}")
     return obj.as_raw_string()
+
+
+def ref_sha(repo: Repo, ref: bytes) -> bytes | None:
+    """The sha a ref points at, or None when the ref does not exist."""
+    try:
+        return repo.refs[ref]
+    except KeyError:
+        return None

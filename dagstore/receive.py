@@ -1,29 +1,32 @@
-"""What the store does when a push arrives: guard ref updates, keep old versions, record new ones.
+"""What the store does when a push arrives.
 
 dulwich calls the `update` hook per ref after the pack's objects are stored and before the ref
-moves, and `post-receive` after the refs moved; its return text reaches the pusher as
-`remote:` lines.
+moves: there the store keeps what the update would orphan, parses the new commit, and (for a
+strict repo) refuses it cleanly. `post-receive` runs after the refs moved: it records the new
+versions and their parse results, makes the tracked ref's tip current, and returns what the
+pusher reads as `remote:` lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
+from functools import cached_property
 
 from dulwich.errors import HookError
 from dulwich.graph import can_fast_forward
 from dulwich.hooks import Hook
 from dulwich.repo import Repo
-from sqlalchemy.orm import Session
 
-from dagstore.db import Database
-from dagstore.gitrepo import KEEP_PREFIX
-from dagstore.models import Repo as RepoRow
+from dagstore.context import StoreContext
+from dagstore.current import lock_repo, publish
+from dagstore.gitrepo import KEEP_PREFIX, ref_sha
+from dagstore.parse import ParseResult, parse_commit
 from dagstore.repos import get_repo
 from dagstore.version import ZERO_SHA, record_ref_update
 
+log = logging.getLogger("pinflow.receive")
 RefUpdate = tuple[bytes, bytes, bytes]  # (old sha, new sha, ref name), as dulwich passes them
-# Extra work after versions are recorded (parsing DAGs, for one); returns lines for the pusher.
-AfterReceive = Callable[[Session, Repo, RepoRow, Sequence[RefUpdate], list[str]], list[str]]
 
 
 def keep_reachable(repo: Repo, old: bytes, new: bytes) -> None:
@@ -40,62 +43,106 @@ def keep_reachable(repo: Repo, old: bytes, new: bytes) -> None:
     try:
         repo.refs.set_if_equals(keep, None, old)
     except OSError:
-        if repo.refs.get(keep) != old:  # another push writing the same keep ref is fine
+        if ref_sha(repo, keep) != old:  # another push writing the same keep ref is fine
             raise
 
 
-class GuardUpdate(Hook):
-    """The `update` hook: refuse the store's own refs, keep what an update orphans."""
+class Push:
+    """One receive-pack request: the repo, its settings, and the commits parsed so far."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, store: StoreContext, repo: Repo, repo_name: str) -> None:
+        self.store = store
         self.repo = repo
+        self.repo_name = repo_name
+        self.parsed: dict[str, ParseResult] = {}
+
+    @cached_property
+    def _settings(self) -> tuple[bytes, bool]:
+        """(tracked ref, strict), read only when a push needs them, not for every fetch."""
+        with self.store.db.read() as session:
+            row = get_repo(session, self.repo_name)
+            return f"refs/heads/{row.track}".encode(), row.strict
+
+    @property
+    def track(self) -> bytes:
+        return self._settings[0]
+
+    @property
+    def strict(self) -> bool:
+        return self._settings[1]
+
+    def parse(self, sha: str) -> ParseResult | None:
+        if sha not in self.parsed:
+            try:
+                self.parsed[sha] = parse_commit(
+                    self.repo, self.repo_name, sha, self.store.archives, self.store.parse_limits
+                )
+            except Exception:
+                if self.strict:
+                    raise
+                log.exception("parsing %s@%s failed; it stays pending", self.repo_name, sha)
+                return None
+        return self.parsed[sha]
+
+
+class GuardUpdate(Hook):
+    """The `update` hook: refuse the store's own refs, keep what is orphaned, parse."""
+
+    def __init__(self, push: Push) -> None:
+        self.push = push
 
     def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         if ref.startswith(b"refs/pinflow/"):
             raise HookError("refs/pinflow/ is reserved for the store")
         try:
-            keep_reachable(self.repo, old, new)
+            keep_reachable(self.push.repo, old, new)
         except OSError as exc:
             raise HookError(f"could not keep {old.decode()[:12]} reachable: {exc}") from exc
+        if new == ZERO_SHA or not ref.startswith(b"refs/heads/"):
+            return b"", b""
+        try:
+            result = self.push.parse(new.decode())
+        except Exception as exc:
+            raise HookError(f"pinflow: refused: could not parse the DAG files ({exc})") from exc
+        if self.push.strict and result is not None and result.errors:
+            broken = "; ".join(f"{e.file}: {e.summary}" for e in result.errors)
+            raise HookError(f"pinflow: refused (strict repository): {broken}")
         return b"", b""
 
 
 class RecordVersions(Hook):
-    """The `post-receive` hook: one version row per new commit, then any follow-up work."""
+    """The `post-receive` hook: version rows, parse results, the tracked tip made current."""
 
-    def __init__(
-        self, db: Database, repo: Repo, repo_name: str, after: AfterReceive | None = None
-    ) -> None:
-        self.db = db
-        self.repo = repo
-        self.repo_name = repo_name
-        self.after = after
+    def __init__(self, push: Push) -> None:
+        self.push = push
 
     def execute(self, updates: Sequence[RefUpdate]) -> bytes:
+        push = self.push
         lines: list[str] = []
         try:
-            with self.db.write() as session:
-                row = get_repo(session, self.repo_name)
+            with push.store.db.write() as session:
+                row = lock_repo(session, get_repo(session, push.repo_name).id)
                 added: list[str] = []
                 for old, new, ref in updates:
-                    added += record_ref_update(session, self.repo, row, ref.decode(), old, new)
+                    added += record_ref_update(session, push.repo, row, ref.decode(), old, new)
                 if added:
-                    lines.append(
-                        f"pinflow: recorded {len(added)} new version(s), newest {added[-1][:12]}"
-                    )
-                if self.after is not None:
-                    lines += self.after(session, self.repo, row, updates, added)
-        except Exception as exc:  # the refs moved already: say so, reconcile() catches up later
-            raise HookError(
-                f"pinflow: the push landed but recording its versions failed ({exc}); "
-                "they are recorded on the next push or server start"
-            ) from exc
+                    lines.append(f"pinflow: recorded {len(added)} new version(s)")
+                for _old, new, _ref in updates:
+                    result = push.parsed.get(new.decode())
+                    if result is not None:
+                        publish(session, row, push.repo, result)
+                        lines.append(result.feedback())
+        except Exception as exc:  # the refs moved already: say so, catch_up() finishes later
+            log.exception("post-receive of %s failed", push.repo_name)
+            lines.append(
+                f"pinflow: warning: the push landed but recording it failed ({exc}); "
+                "it is recorded on the next push or server start"
+            )
         return "".join(line + "\n" for line in lines).encode()
 
 
-def install_hooks(
-    repo: Repo, db: Database, repo_name: str, after: AfterReceive | None = None
-) -> None:
+def install_hooks(repo: Repo, store: StoreContext, repo_name: str) -> None:
+    push = Push(store, repo, repo_name)
     repo.hooks.clear()  # never run shell hooks found on disk
-    repo.hooks["update"] = GuardUpdate(repo)
-    repo.hooks["post-receive"] = RecordVersions(db, repo, repo_name, after)
+    repo.hooks["update"] = GuardUpdate(push)
+    repo.hooks["post-receive"] = RecordVersions(push)

@@ -42,6 +42,7 @@ class Settings:
     heartbeat_timeout: float
     max_push_bytes: int
     parse_timeout: float
+    parse_memory_mb: int
 
     @property
     def repos_dir(self) -> Path:
@@ -67,6 +68,7 @@ class Settings:
             heartbeat_timeout=_env_float("PINFLOW_HEARTBEAT_TIMEOUT", 60.0),
             max_push_bytes=int(_env_float("PINFLOW_MAX_PUSH_BYTES", 100 * 1024 * 1024)),
             parse_timeout=_env_float("PINFLOW_PARSE_TIMEOUT", 30.0),
+            parse_memory_mb=int(_env_float("PINFLOW_PARSE_MEMORY_MB", 1024)),
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

@@ -106,7 +106,7 @@ def list_versions(session: Session, repo_row: RepoRow, limit: int = 100) -> list
     )
 
 
-def version_json(version: Version) -> dict[str, Any]:
+def version_json(version: Version, dags: list[str], errors: list[dict[str, str]]) -> dict[str, Any]:
     return {
         "sha": version.sha,
         "ref": version.ref,
@@ -114,6 +114,7 @@ def version_json(version: Version) -> dict[str, Any]:
         "committed_at": iso(version.committed_at),
         "author": version.author,
         "message": version.message,
-        "dags": [],
-        "errors": [],
+        "parse_state": version.parse_state,
+        "dags": dags,
+        "errors": errors,
     }

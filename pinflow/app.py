@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(store_router, prefix="/api/v1")
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.include_router(metrics_router)
-    git = make_git_app(store.storage, store.db, store.settings.max_push_bytes)
+    git = make_git_app(store)
     app.mount("/git", WSGIMiddleware(git, workers=8))  # type: ignore[arg-type]
     return app
 

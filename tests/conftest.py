@@ -60,22 +60,35 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     yield from _database_for(request, request.param, str(tmp_path))
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def store_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+def serve(
+    request: pytest.FixtureRequest, factory: pytest.TempPathFactory, **env: str
 ) -> Iterator[ServerProcess]:
-    """One API server per module and backend; tests use their own repo names."""
-    home = tmp_path_factory.mktemp("home")
+    """A real `pinflow server` on the backend of `request.param`, stopped afterwards."""
+    home = factory.mktemp("home")
     for url in _database_for(request, request.param, str(home)):
-        server = ServerProcess(home=home, database_url=url, backend=request.param)
+        server = ServerProcess(home=home, database_url=url, backend=request.param, extra_env=env)
+        server.tokens = make_tokens(url)
         server.start()
         try:
-            server.tokens = make_tokens(url)
             yield server
         finally:
             server.stop()
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def store_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One API server per module and backend; tests use their own repo names."""
+    yield from serve(request, tmp_path_factory)
+
+
 @pytest.fixture
 def repo_name() -> str:
     return f"r{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def uid() -> str:
+    """A suffix for names that are global on a server, like dag ids."""
+    return uuid.uuid4().hex[:8]

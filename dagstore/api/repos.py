@@ -1,4 +1,4 @@
-"""HTTP routes of the DAG store; thin: each calls the store's plain functions."""
+"""Routes for repositories and their versions; thin: each calls the store's plain functions."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from dagstore.auth import AdminToken, ReadToken, StoreDep
+from dagstore.dags import version_contents
 from dagstore.gitrepo import read_file, resolve_commit, validate_full_sha
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
@@ -78,7 +79,9 @@ def get_versions(
     limit = max(1, min(limit, 1000))
     with store.db.read() as session:
         row = get_repo(session, repo)
-        return {"items": [version_json(v) for v in list_versions(session, row, limit)]}
+        versions = list_versions(session, row, limit)
+        dags, errors = version_contents(session, [v.id for v in versions])
+        return {"items": [version_json(v, dags[v.id], errors[v.id]) for v in versions]}
 
 
 @router.get("/repos/{repo}/resolve/{ref:path}", tags=["versions"])

@@ -1,0 +1,40 @@
+"""Catching up after a crash: what a push changed in git but not (yet) in the database.
+
+A server can die between a ref update and the database write that records it, or while a
+commit is being parsed. At start, every server records the commits its refs reach but the
+database lacks, and parses each tracked tip still pending, so nothing waits for the next push.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dagstore.context import StoreContext
+from dagstore.current import pending_tip, publish
+from dagstore.parse import parse_commit
+from dagstore.repos import list_repos
+from dagstore.version import reconcile
+
+log = logging.getLogger("pinflow.catchup")
+
+
+def catch_up(store: StoreContext) -> None:
+    with store.db.read() as session:
+        repos = list_repos(session)
+    for row in repos:
+        if not store.storage.exists(row.name):
+            store.storage.create(row.name, row.track)
+            continue
+        with store.storage.open(row.name) as git:
+            with store.db.write() as session:
+                added = reconcile(session, git, row)
+                sha = pending_tip(session, row, git)
+            if added:
+                log.warning("recorded %d version(s) of %s missed earlier", added, row.name)
+            if sha is None:
+                continue
+            # Parsed outside any transaction: it may take seconds, and SQLite has one writer.
+            result = parse_commit(git, row.name, sha, store.archives, store.parse_limits)
+            with store.db.write() as session:
+                publish(session, row, git, result)
+            log.warning("parsed %s@%s, missed earlier: %s", row.name, sha[:12], result.feedback())

@@ -1,0 +1,128 @@
+"""Which version of each DAG is current: the rules the scheduler relies on.
+
+- A version's parse result is stored once: its DAGs with their structure, its broken files.
+- A DAG's current version is the newest commit of its repo's tracked ref where it parsed
+  cleanly: a broken push never takes a working DAG away from the scheduler.
+- A DAG absent from the tracked ref's newest commit becomes inactive; its history stays.
+- A dag_id owned by another repo is an error of the later definition.
+"""
+
+from __future__ import annotations
+
+from dulwich.repo import Repo as GitRepo
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dagstore.db import db_now
+from dagstore.gitrepo import ref_sha
+from dagstore.models import Dag, Repo, Version, VersionDag, VersionError
+from dagstore.parse import FileError, ParseResult
+
+
+def claimed_elsewhere(session: Session, repo: Repo, dag_ids: list[str]) -> dict[str, str]:
+    """dag_id → name of the other repo that already defines it."""
+    if not dag_ids:
+        return {}
+    rows = session.execute(
+        select(Dag.dag_id, Repo.name)
+        .join(Repo, Repo.id == Dag.repo_id)
+        .where(Dag.dag_id.in_(dag_ids), Dag.repo_id != repo.id)
+    )
+    return dict(rows.tuples().all())
+
+
+def record_parse(session: Session, repo: Repo, version: Version, result: ParseResult) -> None:
+    """Store a version's parse result (once; a second call for the same version is a no-op)."""
+    if version.parse_state == "parsed":
+        return
+    taken = claimed_elsewhere(session, repo, result.dag_ids)
+    for dag in result.dags:
+        if dag["dag_id"] in taken:
+            owner = taken[dag["dag_id"]]
+            message = f"DAG {dag['dag_id']!r} is already defined by repository {owner!r}"
+            result.errors.append(FileError(dag["fileloc"], message, message))
+            continue
+        session.add(
+            VersionDag(
+                version_id=version.id,
+                dag_id=dag["dag_id"],
+                fileloc=dag["fileloc"],
+                structure=dag,
+                structure_hash=dag["structure_hash"],
+            )
+        )
+    result.dags = [d for d in result.dags if d["dag_id"] not in taken]
+    for error in result.errors:
+        session.add(
+            VersionError(
+                version_id=version.id, file=error.file, summary=error.summary, error=error.error
+            )
+        )
+    version.parse_state = "parsed"
+    version.parsed_at = db_now()
+    session.flush()
+
+
+def make_current(session: Session, repo: Repo, version: Version) -> None:
+    """The tracked ref now points at `version` (parsed): apply the rules above.
+
+    The caller holds the repo's row lock (`lock_repo`) and has checked that the tracked ref
+    still points at this version, so two pushes applying at once cannot go backwards.
+    """
+    defined = {
+        vd.dag_id: vd
+        for vd in session.scalars(select(VersionDag).where(VersionDag.version_id == version.id))
+    }
+    broken = {
+        e.file: e.summary
+        for e in session.scalars(select(VersionError).where(VersionError.version_id == version.id))
+    }
+    existing = {d.dag_id: d for d in session.scalars(select(Dag).where(Dag.repo_id == repo.id))}
+    for dag_id, vd in defined.items():
+        row = existing.get(dag_id)
+        if row is None:
+            row = Dag(dag_id=dag_id, repo_id=repo.id, is_paused=False)
+            session.add(row)
+        row.fileloc = vd.fileloc
+        row.current_version_id = version.id
+        row.current_sha = version.sha
+        row.structure = vd.structure
+        row.structure_hash = vd.structure_hash
+        row.schedule = vd.structure.get("schedule")
+        row.is_active = True
+        row.last_error = None
+    for dag_id, row in existing.items():
+        if dag_id in defined:
+            continue
+        if row.fileloc in broken:  # its file is broken now: keep the last good version
+            row.last_error = f"{row.fileloc}: {broken[row.fileloc]} (at {version.sha[:7]})"
+        else:
+            row.is_active = False
+    session.flush()
+
+
+def lock_repo(session: Session, repo_id: int) -> Repo:
+    """Serialise 'make current' per repo (SQLite's BEGIN IMMEDIATE already does)."""
+    return session.scalars(select(Repo).where(Repo.id == repo_id).with_for_update()).one()
+
+
+def publish(session: Session, repo: Repo, git: GitRepo, result: ParseResult) -> None:
+    """Store a parse result and, if its commit is the tracked ref's tip, make it current."""
+    repo = lock_repo(session, repo.id)
+    version = session.scalars(
+        select(Version).where(Version.repo_id == repo.id, Version.sha == result.sha)
+    ).one()
+    record_parse(session, repo, version, result)
+    if ref_sha(git, f"refs/heads/{repo.track}".encode()) == result.sha.encode():
+        make_current(session, repo, version)
+
+
+def pending_tip(session: Session, repo: Repo, git: GitRepo) -> str | None:
+    """The tracked tip's sha when it was recorded but never parsed (a crash, a parse error)."""
+    tip = ref_sha(git, f"refs/heads/{repo.track}".encode())
+    if tip is None:
+        return None
+    state = session.scalar(
+        select(Version.parse_state).where(Version.repo_id == repo.id, Version.sha == tip.decode())
+    )
+    return tip.decode() if state == "pending" else None

@@ -1,0 +1,86 @@
+"""The process that imports a version's DAG files (run by `dagstore.parse`, never in a server).
+
+Usage: python -m dagstore.parse_child ROOT SHA RESULTS TIMEOUT MEMORY_MB FILE...
+
+Writes one JSON line to RESULTS when it starts a file and one when the file is done, so the
+parent knows which file was running if this process hangs, dies or is killed. A file gets
+TIMEOUT seconds (SIGALRM); the whole process gets MEMORY_MB of address space.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+TRACEBACK_LINES = 20
+
+
+class ParseTimeout(BaseException):
+    """Raised in the DAG file's code when its import takes too long."""
+
+
+def _on_alarm(_signum: int, _frame: Any) -> None:
+    raise ParseTimeout()
+
+
+def describe(exc: BaseException, root: Path, timeout: float, memory_mb: int) -> tuple[str, str]:
+    """(one-line summary, traceback tail) with the version folder's path taken out."""
+    if isinstance(exc, ParseTimeout):
+        summary = f"timed out: importing took longer than {timeout:g} s"
+    elif isinstance(exc, SystemExit):
+        summary = f"SystemExit: the file called sys.exit({exc.code!r}) at import"
+    elif isinstance(exc, MemoryError):
+        summary = f"MemoryError: importing used more than the {memory_mb} MiB limit"
+    elif isinstance(exc, SyntaxError):
+        summary = f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"
+    else:
+        summary = f"{type(exc).__name__}: {exc}".strip()
+    text = "".join(traceback.format_exception(exc)).replace(f"{root}/", "")
+    tail = "\n".join(text.rstrip("\n").splitlines()[-TRACEBACK_LINES:])
+    return summary.splitlines()[0][:900] if summary else type(exc).__name__, tail
+
+
+def parse_files(
+    root: Path, sha: str, files: list[str], out: TextIO, timeout: float, memory_mb: int
+) -> None:
+    from dagstore.loader import import_dag_file, put_version_on_path
+
+    put_version_on_path(root)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    for rel in files:
+        _emit(out, {"start": rel})
+        record: dict[str, Any] = {"file": rel, "dags": [], "error": None, "summary": None}
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                dags = import_dag_file(root, rel, sha)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            record["dags"] = [
+                dag.to_structure() | {"structure_hash": dag.structure_hash()} for dag in dags
+            ]
+        except BaseException as exc:  # noqa: BLE001 - DAG code may raise anything, even exit
+            record["summary"], record["error"] = describe(exc, root, timeout, memory_mb)
+        _emit(out, record)
+
+
+def _emit(out: TextIO, record: dict[str, Any]) -> None:
+    out.write(json.dumps(record, default=str) + "\n")
+    out.flush()
+
+
+def main(argv: list[str]) -> None:
+    root, sha, results, timeout, memory_mb, *files = argv
+    limit = int(memory_mb) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    with open(results, "a", encoding="utf-8") as out:
+        parse_files(Path(root), sha, files, out, float(timeout), int(memory_mb))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
