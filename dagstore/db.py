@@ -116,3 +116,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def db_time(session: Session) -> datetime:
+    """The database's clock now, as aware UTC: deadlines computed from it agree across hosts."""
+    from sqlalchemy import select
+
+    value = session.execute(select(db_now())).scalar_one()
+    if isinstance(value, str):  # SQLite hands the function's text back as is
+        value = datetime.fromisoformat(value)
+    result = as_utc(value)
+    assert result is not None
+    return result

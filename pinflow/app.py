@@ -15,12 +15,17 @@ from dagstore.errors import PinflowError
 from dagstore.githttp import make_git_app
 from dagstore.settings import Settings
 from pinflow.metrics import router as metrics_router
+from scheduler.api import router as runs_router
+from scheduler.enqueue import Enqueuer
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     store = StoreContext.from_settings(settings or Settings.load())
     app = FastAPI(title="pinflow", version=pinflow.__version__)
     app.state.store = store
+    # With Redis, a finished task's downstream tasks are enqueued by the server at once;
+    # without it, the scheduler's loop enqueues them at its next tick.
+    app.state.enqueuer = Enqueuer(store.settings.redis_url) if store.settings.redis_url else None
 
     @app.exception_handler(PinflowError)
     async def _pinflow_error(_: Request, exc: PinflowError) -> JSONResponse:
@@ -32,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": _validation_detail(exc)}, status_code=400)
 
     app.include_router(store_router, prefix="/api/v1")
+    app.include_router(runs_router, prefix="/api/v1")
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.include_router(metrics_router)
     git = make_git_app(store)

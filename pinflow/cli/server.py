@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dagstore.context import StoreContext
+from dagstore.errors import BadRequest
 from dagstore.settings import Settings
 from pinflow.cli.options import DatabaseUrl, Home
 from pinflow.migrate import upgrade
@@ -42,6 +43,56 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
+def scheduler(
+    name: Annotated[str | None, typer.Option(help="Name in leases and logs")] = None,
+    home: Home = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run one scheduler; run as many as you like, on any machines."""
+    import logging
+
+    from scheduler.enqueue import Enqueuer
+    from scheduler.loop import Scheduler, SchedulerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings.load(home=home, database_url=database_url)
+    store = StoreContext.from_settings(settings)
+    upgrade(store.db)
+    config = SchedulerConfig(
+        lease_ttl=settings.lease_ttl, heartbeat_timeout=settings.heartbeat_timeout
+    )
+    if name:
+        config.name = name
+    enqueuer = Enqueuer(settings.redis_url) if settings.redis_url else None
+    if enqueuer is None:
+        raise BadRequest("PINFLOW_REDIS_URL is not set: the scheduler needs Redis to queue tasks")
+    Scheduler(store.db, enqueuer, config).run_forever()
+
+
+def worker(
+    queue: Annotated[
+        list[str] | None, typer.Option(help="Queue to take tasks from (repeat)")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
+    name: Annotated[str | None, typer.Option(help="Worker name in RQ and in task records")] = None,
+) -> None:
+    """Run one worker: takes tasks from Redis, fetches versions and reports over HTTP."""
+    import os
+
+    from runner.worker import run_worker
+
+    settings = Settings.load()
+    if not settings.redis_url:
+        raise BadRequest("PINFLOW_REDIS_URL is not set: the worker takes its tasks from Redis")
+    if not settings.token:
+        raise BadRequest("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
+    if name:
+        os.environ["PINFLOW_WORKER_NAME"] = name
+    run_worker(settings.redis_url, queue, burst, name)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.command("server")(serve)
+    app.command("scheduler")(scheduler)
+    app.command("worker")(worker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import dagstore.models  # noqa: F401  (registers the store's tables)
+import scheduler.models  # noqa: F401  (and the scheduler's)
 from dagstore.db import Base
 
 target_metadata = Base.metadata

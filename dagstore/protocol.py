@@ -1,0 +1,75 @@
+"""What the scheduler and the runner agree on, written once: the RQ job and worker endpoints.
+
+The scheduler enqueues `JobPayload`s; a worker claims the task instance with `ClaimRequest`,
+gets a `TaskSpec`, heartbeats with `Heartbeat`, and reports with `FinishRequest`. Both sides
+import this module; neither writes these shapes by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JOB_FUNCTION = "runner.job.run_task"  # enqueued by dotted path: the scheduler never imports it
+DEFAULT_QUEUE = "default"
+QUEUE_PREFIX = "pinflow:"
+MAX_LOG_BYTES = 1024 * 1024
+
+
+def queue_name(queue: str) -> str:
+    """The Redis-side name of a pinflow queue (every queue name is built here)."""
+    return f"{QUEUE_PREFIX}{queue}"
+
+
+def job_id(ti_id: int, try_number: int) -> str:
+    """Deterministic: enqueueing the same try twice names the same job."""
+    return f"pinflow-ti-{ti_id}-try-{try_number}"
+
+
+class JobPayload(BaseModel):
+    ti_id: int
+    try_number: int
+    run_id: str
+    repo: str
+    sha: str
+    fileloc: str
+    dag_id: str
+    task_id: str
+    queue: str = DEFAULT_QUEUE
+    timeout: float | None = None
+
+
+class ClaimRequest(BaseModel):
+    try_number: int = Field(ge=1)
+    worker: str = Field(min_length=1, max_length=200)
+
+
+class TaskSpec(BaseModel):
+    """Everything a worker needs to run one try, as the database knows it at claim time."""
+
+    ti_id: int
+    try_number: int
+    run_id: str
+    dag_id: str
+    task_id: str
+    repo: str
+    sha: str
+    fileloc: str
+    logical_date: str
+    conf: dict[str, Any]
+    timeout: float | None
+    upstream_results: dict[str, Any]
+    heartbeat_interval: float
+
+
+class Heartbeat(BaseModel):
+    try_number: int = Field(ge=1)
+
+
+class FinishRequest(BaseModel):
+    try_number: int = Field(ge=1)
+    state: Literal["success", "failed"]
+    result: Any = None
+    error: str | None = Field(default=None, max_length=200_000)
+    log: str = Field(default="", max_length=2 * MAX_LOG_BYTES)

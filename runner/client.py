@@ -1,0 +1,96 @@
+"""The worker's only link to pinflow: HTTP to an API server (no database, no git).
+
+Transient failures (server down, 5xx, timeouts) are retried with capped exponential backoff:
+a worker waits for the store to come back, and never runs another version instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+from dagstore.errors import Conflict, NotFound, PinflowError, VersionUnavailable
+from dagstore.protocol import ClaimRequest, FinishRequest, Heartbeat, TaskSpec
+
+log = logging.getLogger("pinflow.worker")
+DIGEST_HEADER = "X-Pinflow-Archive-Sha256"
+
+
+class ApiUnavailable(VersionUnavailable):
+    """The API server did not answer (down, overloaded, or unreachable)."""
+
+
+class WorkerClient:
+    def __init__(self, api_url: str, token: str, max_wait: float = 3600.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.max_wait = max_wait
+        self._http = httpx.Client(
+            base_url=f"{self.api_url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiUnavailable(f"API server {self.api_url} unreachable: {exc!r}") from None
+        if response.status_code >= 500:
+            raise ApiUnavailable(f"API server answered {response.status_code}")
+        if response.status_code == 409:
+            raise Conflict(_detail(response))
+        if response.status_code == 404:
+            raise NotFound(_detail(response))
+        if response.status_code >= 400:
+            raise PinflowError(f"{_detail(response)} (HTTP {response.status_code})")
+        return response
+
+    def request(
+        self, method: str, path: str, *, retry: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, retried with backoff while the server is unavailable."""
+        deadline = time.monotonic() + self.max_wait
+        delay = 0.2
+        while True:
+            try:
+                return self._once(method, path, **kwargs)
+            except ApiUnavailable as exc:
+                if not retry or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; retrying in %.1f s", exc.detail, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 10.0)
+
+    def claim(self, ti_id: int, try_number: int, worker: str) -> TaskSpec:
+        body = ClaimRequest(try_number=try_number, worker=worker).model_dump()
+        response = self.request("POST", f"/task-instances/{ti_id}/claim", json=body)
+        return TaskSpec.model_validate(response.json())
+
+    def heartbeat(self, ti_id: int, try_number: int) -> None:
+        body = Heartbeat(try_number=try_number).model_dump()
+        self.request("POST", f"/task-instances/{ti_id}/heartbeat", json=body, retry=False)
+
+    def finish(self, ti_id: int, report: FinishRequest) -> None:
+        self.request("POST", f"/task-instances/{ti_id}/finish", json=report.model_dump(mode="json"))
+
+    def archive(self, repo: str, sha: str) -> tuple[bytes, str]:
+        """The archive's bytes and the sha256 the server vouches for."""
+        response = self.request("GET", f"/repos/{repo}/archive/{sha}.tar.gz")
+        digest = response.headers.get(DIGEST_HEADER)
+        if not digest:
+            raise PinflowError(f"archive of {repo}@{sha[:12]} came without {DIGEST_HEADER}")
+        return response.content, digest
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text or response.reason_phrase

@@ -1,0 +1,125 @@
+"""The RQ job: claim the try, fetch its version, run the task, report. Runs in the work horse.
+
+Enqueued by dotted path (`dagstore.protocol.JOB_FUNCTION`) with a JSON payload, so the
+scheduler never imports this module and this module never opens the database.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dagstore.errors import Conflict, PinflowError
+from dagstore.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload
+from dagstore.settings import Settings
+from runner.cache import VersionCache
+from runner.capture import CappedLog, capture
+from runner.client import WorkerClient
+from runner.execute import Outcome, execute
+
+log = logging.getLogger("pinflow.worker")
+
+
+def worker_name() -> str:
+    return os.environ.get("PINFLOW_WORKER_NAME") or f"{socket.gethostname()}:{os.getppid()}"
+
+
+def cache_dir(settings: Settings) -> Path:
+    return Path(os.environ.get("PINFLOW_CACHE_DIR") or settings.home / "cache" / "versions")
+
+
+class Heartbeater(threading.Thread):
+    """Beats while the task runs; if the try was taken away (409), stops the task."""
+
+    def __init__(self, client: WorkerClient, ti_id: int, try_number: int, interval: float) -> None:
+        super().__init__(daemon=True, name="pinflow-heartbeat")
+        self.client, self.ti_id, self.try_number = client, ti_id, try_number
+        self.interval = interval
+        self.done = threading.Event()
+        self.abandoned = False
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.client.heartbeat(self.ti_id, self.try_number)
+            except Conflict:
+                self.abandoned = True
+                _thread.interrupt_main()  # KeyboardInterrupt in the task: it is not ours now
+                return
+            except PinflowError as exc:
+                log.warning("heartbeat failed: %s", exc.detail)
+
+
+def run_task(payload: dict[str, Any]) -> str:
+    job = JobPayload.model_validate(payload)
+    settings = Settings.load()
+    if not settings.token:
+        raise RuntimeError("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
+    client = WorkerClient(settings.api_url, settings.token)
+    try:
+        return _run(job, client, VersionCache(cache_dir(settings), client))
+    finally:
+        client.close()
+
+
+def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
+    name = worker_name()
+    try:
+        spec = client.claim(job.ti_id, job.try_number, name)
+    except Conflict as exc:  # someone else owns this try, or it is stale: not ours to run
+        log.info("dropping %s: %s", job.task_id, exc.detail)
+        return "dropped"
+    task_log = CappedLog(MAX_LOG_BYTES)
+    task_log.line(
+        f"pinflow: {spec.dag_id}.{spec.task_id} try {spec.try_number} of run "
+        f"{spec.run_id} at {spec.repo}@{spec.sha} on {name}"
+    )
+    beat = Heartbeater(client, spec.ti_id, spec.try_number, spec.heartbeat_interval)
+    beat.start()
+    try:
+        try:
+            fetched = cache.ensure(spec.repo, spec.sha)
+        except PinflowError as exc:
+            outcome = Outcome(False, error=f"could not get version {spec.sha[:12]}: {exc.detail}")
+        else:
+            task_log.line(
+                f"pinflow: version {spec.sha[:12]} {'cache hit' if fetched.hit else 'fetched'} "
+                f"in {fetched.seconds * 1000:.1f} ms"
+            )
+            with cache.using(spec.repo, spec.sha) as root, capture(task_log):
+                started = time.perf_counter()
+                outcome = execute(spec, root)
+            task_log.line(
+                f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
+                f"in {time.perf_counter() - started:.3f} s"
+            )
+    except KeyboardInterrupt:
+        if not beat.abandoned:
+            raise
+        outcome = Outcome(False, error="abandoned")
+    finally:
+        beat.done.set()
+    if beat.abandoned:
+        log.warning("try %s of %s was taken away; not reporting", spec.try_number, spec.task_id)
+        return "abandoned"
+    if outcome.error:
+        task_log.write(outcome.error if outcome.error.endswith("\n") else outcome.error + "\n")
+    report = FinishRequest(
+        try_number=spec.try_number,
+        state="success" if outcome.success else "failed",
+        result=outcome.result,
+        error=outcome.error,
+        log=task_log.getvalue(),
+    )
+    try:
+        client.finish(spec.ti_id, report)
+    except Conflict as exc:
+        log.warning("result of %s try %s refused: %s", spec.task_id, spec.try_number, exc.detail)
+        return "refused"
+    return report.state

@@ -1,0 +1,186 @@
+"""Routes of the runs API and the worker endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select, update
+
+from dagstore.auth import ReadToken, StoreDep, TriggerToken, WorkerToken
+from dagstore.dags import get_dag
+from dagstore.db import db_time, iso
+from dagstore.errors import NotFound
+from dagstore.models import Dag, Repo
+from dagstore.protocol import ClaimRequest, FinishRequest, Heartbeat, JobPayload, TaskSpec
+from scheduler.enqueue import Enqueuer
+from scheduler.models import DagRun, TaskInstance, TaskTry
+from scheduler.taskstate import claim, finish, get_ti, heartbeat, queue_ready
+from scheduler.trigger import resolve_target, trigger
+from scheduler.views import get_run, run_json, tasks_json
+
+router = APIRouter()
+RUN_STATES = ("queued", "running", "success", "failed")
+
+
+def get_enqueuer(request: Request) -> Enqueuer | None:
+    return getattr(request.app.state, "enqueuer", None)
+
+
+EnqueuerDep = Annotated[Enqueuer | None, Depends(get_enqueuer)]
+
+
+class TriggerRequest(BaseModel):
+    ref: str | None = Field(default=None, max_length=255)
+    sha: str | None = Field(default=None, max_length=40)
+    conf: dict[str, Any] = Field(default_factory=dict)
+
+
+def _enqueue(enqueuer: Enqueuer | None, payloads: list[JobPayload]) -> None:
+    """After the commit; without Redis here, the scheduler's loop enqueues them."""
+    if enqueuer is not None and payloads:
+        enqueuer.enqueue(payloads)
+
+
+@router.post("/dags/{dag_id}/runs", status_code=201, tags=["runs"])
+def post_run(
+    dag_id: str, body: TriggerRequest, store: StoreDep, enqueuer: EnqueuerDep, token: TriggerToken
+) -> dict[str, Any]:
+    """A manual run pinned to `sha`, to what `ref` names now, or to the current version."""
+    repo, sha = resolve_target(store, dag_id, body.ref, body.sha)
+    with store.db.write() as session:
+        run = trigger(session, repo, dag_id, sha, body.conf, f"manual:{token.name or token.id}")
+        payloads = queue_ready(session, db_time(session), run_pk=run.id) if enqueuer else []
+        body_out = run_json(run, tasks_json(session, run))
+    _enqueue(enqueuer, payloads)
+    return body_out
+
+
+@router.get("/runs", tags=["runs"])
+def get_runs(
+    store: StoreDep,
+    _: ReadToken,
+    dag_id: str | None = None,
+    state: Annotated[str | None, Query(pattern="^(queued|running|success|failed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    query = select(DagRun).order_by(DagRun.id.desc()).limit(limit)
+    if dag_id:
+        query = query.where(DagRun.dag_id == dag_id)
+    if state:
+        query = query.where(DagRun.state == state)
+    with store.db.read() as session:
+        return {"items": [run_json(r) for r in session.scalars(query)]}
+
+
+@router.get("/runs/{run_id}", tags=["runs"])
+def get_one_run(run_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    with store.db.read() as session:
+        run = get_run(session, run_id)
+        return run_json(run, tasks_json(session, run))
+
+
+@router.get("/runs/{run_id}/tasks/{task_id}/logs", tags=["runs"], response_class=PlainTextResponse)
+def get_logs(
+    run_id: str,
+    task_id: str,
+    store: StoreDep,
+    _: ReadToken,
+    try_number: Annotated[int | None, Query(alias="try", ge=1)] = None,
+) -> str:
+    with store.db.read() as session:
+        run = get_run(session, run_id)
+        ti = session.scalar(
+            select(TaskInstance).where(
+                TaskInstance.run_pk == run.id, TaskInstance.task_id == task_id
+            )
+        )
+        if ti is None:
+            raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+        wanted = try_number or ti.try_number
+        entry = session.scalar(
+            select(TaskTry).where(TaskTry.ti_id == ti.id, TaskTry.try_number == wanted)
+        )
+        if entry is None:
+            raise NotFound(f"task {task_id!r} of run {run_id!r} has no try {wanted}")
+        return entry.log
+
+
+def _set_paused(store: StoreDep, dag_id: str, paused: bool) -> dict[str, Any]:
+    with store.db.write() as session:
+        get_dag(session, dag_id)
+        session.execute(update(Dag).where(Dag.dag_id == dag_id).values(is_paused=paused))
+    return {"dag_id": dag_id, "is_paused": paused}
+
+
+@router.post("/dags/{dag_id}/pause", tags=["dags"])
+def pause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
+    return _set_paused(store, dag_id, True)
+
+
+@router.post("/dags/{dag_id}/unpause", tags=["dags"])
+def unpause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
+    return _set_paused(store, dag_id, False)
+
+
+@router.post("/task-instances/{ti_id}/claim", tags=["workers"])
+def post_claim(ti_id: int, body: ClaimRequest, store: StoreDep, _: WorkerToken) -> TaskSpec:
+    """queued → running for this try; 409 when the try is stale or someone else has it."""
+    with store.db.write() as session:
+        now = db_time(session)
+        ti = claim(session, ti_id, body.try_number, body.worker, now)
+        run = session.get(DagRun, ti.run_pk)
+        assert run is not None
+        upstream = session.execute(
+            select(TaskInstance.task_id, TaskInstance.result).where(
+                TaskInstance.run_pk == run.id, TaskInstance.task_id.in_(ti.upstream)
+            )
+        ).all()
+        repo = session.get(Repo, run.repo_id)
+        return TaskSpec(
+            ti_id=ti.id,
+            try_number=ti.try_number,
+            run_id=run.run_id,
+            dag_id=run.dag_id,
+            task_id=ti.task_id,
+            repo=repo.name if repo else "",
+            sha=run.sha,
+            fileloc=run.fileloc,
+            logical_date=iso(run.logical_date) or "",
+            conf=run.conf or {},
+            timeout=ti.timeout,
+            upstream_results=dict(upstream),
+            heartbeat_interval=max(1.0, store.settings.heartbeat_timeout / 6),
+        )
+
+
+@router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"])
+def post_heartbeat(ti_id: int, body: Heartbeat, store: StoreDep, _: WorkerToken) -> dict[str, str]:
+    with store.db.write() as session:
+        heartbeat(session, ti_id, body.try_number, db_time(session))
+    return {"state": "running"}
+
+
+@router.post("/task-instances/{ti_id}/finish", tags=["workers"])
+def post_finish(
+    ti_id: int, body: FinishRequest, store: StoreDep, enqueuer: EnqueuerDep, _: WorkerToken
+) -> dict[str, str]:
+    """Record the outcome; downstream tasks are enqueued now, not at the next scheduler tick."""
+    with store.db.write() as session:
+        now = db_time(session)
+        run = finish(
+            session,
+            ti_id,
+            body.try_number,
+            body.state == "success",
+            now,
+            result=body.result,
+            error=body.error,
+            log=body.log,
+        )
+        payloads = queue_ready(session, now, run_pk=run.id) if enqueuer else []
+        state = get_ti(session, ti_id).state
+    _enqueue(enqueuer, payloads)
+    return {"state": state}

@@ -1,0 +1,120 @@
+"""Handing queued task instances to RQ. Redis is only the queue: the database is the record.
+
+Enqueue happens after the database commit that marked the task queued. A crash in between,
+a Redis restart or a FLUSHALL leaves a task queued in the database and absent from Redis:
+`requeue_lost` finds those and enqueues them again. Job ids are deterministic per try and
+enqueued as unique, so enqueueing one try twice runs it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import DuplicateJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dagstore.db import as_utc
+from dagstore.models import Repo
+from dagstore.protocol import JOB_FUNCTION, JobPayload, job_id, queue_name
+from scheduler.models import DagRun, TaskInstance
+from scheduler.taskstate import payload
+
+log = logging.getLogger("pinflow.enqueue")
+JOB_TIMEOUT_MARGIN = 600  # fetching the version and starting Python count against RQ's timeout
+NO_TIMEOUT = 7 * 24 * 3600
+_DEAD = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED}
+
+
+class Enqueuer:
+    def __init__(self, redis_url: str) -> None:
+        self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, name: str) -> Queue:
+        if name not in self._queues:
+            self._queues[name] = Queue(
+                queue_name(name), connection=self.redis, serializer=JSONSerializer
+            )
+        return self._queues[name]
+
+    def enqueue(self, payloads: Iterable[JobPayload]) -> int:
+        """Push jobs to RQ; returns how many were pushed. Redis down: they wait in the DB."""
+        pushed = 0
+        try:
+            for p in payloads:
+                try:
+                    self.queue(p.queue).enqueue_call(
+                        JOB_FUNCTION,
+                        kwargs={"payload": p.model_dump()},
+                        timeout=int((p.timeout or NO_TIMEOUT) + JOB_TIMEOUT_MARGIN),
+                        job_id=job_id(p.ti_id, p.try_number),
+                        result_ttl=300,
+                        failure_ttl=24 * 3600,
+                        unique=True,
+                    )
+                    pushed += 1
+                except DuplicateJobError:
+                    continue
+        except RedisError as exc:
+            log.warning("Redis unavailable, queued tasks wait for recovery: %s", exc)
+        return pushed
+
+    def missing(
+        self, payloads: list[JobPayload], claim_grace: datetime, queued_at: dict[int, datetime]
+    ) -> list[JobPayload]:
+        """Payloads whose job Redis lost, or whose job ended without the task being claimed."""
+        jobs = Job.fetch_many(
+            [job_id(p.ti_id, p.try_number) for p in payloads],
+            connection=self.redis,
+            serializer=JSONSerializer,
+        )
+        lost = []
+        for p, job in zip(payloads, jobs, strict=True):
+            if job is None:
+                lost.append(p)
+                continue
+            status = job.get_status(refresh=False)
+            started_at = as_utc(queued_at[p.ti_id])
+            stale_start = (
+                status == JobStatus.STARTED and started_at is not None and started_at < claim_grace
+            )
+            if status in _DEAD or stale_start:
+                job.delete()
+                lost.append(p)
+        return lost
+
+
+def requeue_lost(session: Session, enqueuer: Enqueuer, now: datetime, grace: float) -> int:
+    """Enqueue again every task queued in the database whose job Redis does not hold."""
+    rows = (
+        session.execute(
+            select(TaskInstance, DagRun, Repo.name)
+            .join(DagRun, DagRun.id == TaskInstance.run_pk)
+            .join(Repo, Repo.id == DagRun.repo_id)
+            .where(TaskInstance.state == "queued")
+            .order_by(TaskInstance.id)
+            .limit(5000)
+        )
+        .tuples()
+        .all()
+    )
+    if not rows:
+        return 0
+    payloads = [payload(ti, run, repo, ti.try_number) for ti, run, repo in rows]
+    queued_at = {ti.id: ti.queued_at or now for ti, _, _ in rows}
+    try:
+        lost = enqueuer.missing(payloads, now - timedelta(seconds=grace), queued_at)
+    except RedisError as exc:
+        log.warning("Redis unavailable, cannot check queued tasks: %s", exc)
+        return 0
+    if lost:
+        log.warning("re-enqueueing %d queued task(s) missing from Redis", len(lost))
+    return enqueuer.enqueue(lost)

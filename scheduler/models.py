@@ -1,0 +1,89 @@
+"""Tables of the scheduler: DAG runs pinned to a commit, their task instances, tries and logs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dagstore.db import Base, db_now
+
+
+class DagRun(Base):
+    __tablename__ = "dag_runs"
+    __table_args__ = (
+        # A second scheduled run for one (dag_id, logical_date) is impossible, whatever the
+        # leases do: `scheduled_key` is the logical date for scheduled runs, NULL for manual.
+        UniqueConstraint("dag_id", "scheduled_key", name="uq_dag_runs_scheduled"),
+        Index("ix_dag_runs_dag_state", "dag_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(300), unique=True)
+    dag_id: Mapped[str] = mapped_column(String(250))
+    repo_id: Mapped[int] = mapped_column(ForeignKey("repos.id", ondelete="CASCADE"))
+    sha: Mapped[str] = mapped_column(String(40))
+    fileloc: Mapped[str] = mapped_column(String(1024))
+    logical_date: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scheduled_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    run_type: Mapped[str] = mapped_column(String(20))  # scheduled | manual
+    created_by: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    conf: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=db_now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class TaskInstance(Base):
+    __tablename__ = "task_instances"
+    __table_args__ = (
+        UniqueConstraint("run_pk", "task_id", name="uq_task_instances"),
+        Index("ix_task_instances_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("dag_runs.id", ondelete="CASCADE"), index=True)
+    task_id: Mapped[str] = mapped_column(String(250))
+    upstream: Mapped[list] = mapped_column(JSON, default=list)  # task ids, from the pinned DAG
+    state: Mapped[str] = mapped_column(String(20), default="none")
+    try_number: Mapped[int] = mapped_column(Integer, default=0)
+    max_tries: Mapped[int] = mapped_column(Integer, default=1)
+    retry_delay: Mapped[float] = mapped_column(default=0.0)
+    timeout: Mapped[float | None] = mapped_column(nullable=True)
+    queue: Mapped[str] = mapped_column(String(100), default="default")
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    result: Mapped[object | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class TaskTry(Base):
+    """One attempt at a task instance: kept so a lost or failed try stays on record."""
+
+    __tablename__ = "task_tries"
+    __table_args__ = (UniqueConstraint("ti_id", "try_number", name="uq_task_tries"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ti_id: Mapped[int] = mapped_column(ForeignKey("task_instances.id", ondelete="CASCADE"))
+    try_number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,266 @@
+"""Task-instance states and run states; every change a conditional UPDATE from an expected state.
+
+    none ─► scheduled ─► queued ─► running ─► success
+      │                    ▲          ├─────► failed
+      └─► upstream_failed  │          └─────► up_for_retry ─┘ (after retry_delay, try + 1)
+
+Two parties (two schedulers, a scheduler and a late worker, a retried worker and its ghost)
+can never both win a transition: each UPDATE names the state (and try) it expects, and the
+loser sees rowcount 0.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from dagstore.errors import Conflict, NotFound
+from dagstore.models import Repo
+from dagstore.protocol import JobPayload
+from scheduler.models import DagRun, TaskInstance, TaskTry
+
+TERMINAL = frozenset({"success", "failed", "upstream_failed"})
+FAILED = frozenset({"failed", "upstream_failed"})
+
+
+def transition(
+    session: Session,
+    ti_id: int,
+    expected: tuple[str, ...],
+    try_number: int | None = None,
+    **values: Any,
+) -> bool:
+    query = update(TaskInstance).where(TaskInstance.id == ti_id, TaskInstance.state.in_(expected))
+    if try_number is not None:
+        query = query.where(TaskInstance.try_number == try_number)
+    return session.execute(query.values(**values)).rowcount == 1
+
+
+def run_tasks(session: Session, run_pk: int) -> dict[str, TaskInstance]:
+    rows = session.scalars(
+        select(TaskInstance)
+        .where(TaskInstance.run_pk == run_pk)
+        .execution_options(populate_existing=True)
+    )
+    return {ti.task_id: ti for ti in rows}
+
+
+def schedule_ready(session: Session, run: DagRun, now: datetime) -> None:
+    """none → scheduled once every upstream succeeded; → upstream_failed once one failed."""
+    tis = run_tasks(session, run.id)
+    changed = True
+    while changed:  # one pass per level, so a failure reaches the end of a chain at once
+        changed = False
+        for ti in tis.values():
+            if ti.state != "none":
+                continue
+            ups = [tis[u].state for u in ti.upstream if u in tis]
+            if any(state in FAILED for state in ups):
+                new, extra = "upstream_failed", {"ended_at": now}
+            elif all(state == "success" for state in ups):
+                new, extra = "scheduled", {}
+            else:
+                continue
+            if transition(session, ti.id, ("none",), state=new, **extra):
+                ti.state = new
+                changed = True
+    settle_run(session, run, tis, now)
+
+
+def settle_run(session: Session, run: DagRun, tis: dict[str, TaskInstance], now: datetime) -> None:
+    """A run ends success or failed when all its tasks are done; it runs once one is queued."""
+    states = [ti.state for ti in tis.values()]
+    if all(state in TERMINAL for state in states):
+        final = "success" if all(state == "success" for state in states) else "failed"
+        session.execute(
+            update(DagRun)
+            .where(DagRun.id == run.id, DagRun.state.in_(("queued", "running")))
+            .values(state=final, ended_at=now)
+        )
+    elif run.state == "queued" and any(state not in ("none", "scheduled") for state in states):
+        session.execute(
+            update(DagRun)
+            .where(DagRun.id == run.id, DagRun.state == "queued")
+            .values(state="running", started_at=now)
+        )
+
+
+def queue_ready(
+    session: Session, now: datetime, run_pk: int | None = None, limit: int = 500
+) -> list[JobPayload]:
+    """scheduled (or up_for_retry whose delay passed) → queued with the next try number."""
+    ready = or_(
+        TaskInstance.state == "scheduled",
+        and_(TaskInstance.state == "up_for_retry", TaskInstance.next_try_at <= now),
+    )
+    query = (
+        select(TaskInstance, DagRun, Repo.name)
+        .join(DagRun, DagRun.id == TaskInstance.run_pk)
+        .join(Repo, Repo.id == DagRun.repo_id)
+        .where(ready)
+        .order_by(TaskInstance.id)
+        .limit(limit)
+    )
+    if run_pk is not None:
+        query = query.where(TaskInstance.run_pk == run_pk)
+    payloads = []
+    for ti, run, repo_name in session.execute(query).tuples().all():
+        next_try = ti.try_number + 1
+        if transition(
+            session,
+            ti.id,
+            (ti.state,),
+            ti.try_number,
+            state="queued",
+            try_number=next_try,
+            queued_at=now,
+            next_try_at=None,
+        ):
+            payloads.append(payload(ti, run, repo_name, next_try))
+    return payloads
+
+
+def payload(ti: TaskInstance, run: DagRun, repo_name: str, try_number: int) -> JobPayload:
+    return JobPayload(
+        ti_id=ti.id,
+        try_number=try_number,
+        run_id=run.run_id,
+        repo=repo_name,
+        sha=run.sha,
+        fileloc=run.fileloc,
+        dag_id=run.dag_id,
+        task_id=ti.task_id,
+        queue=ti.queue,
+        timeout=ti.timeout,
+    )
+
+
+def get_ti(session: Session, ti_id: int) -> TaskInstance:
+    ti = session.get(TaskInstance, ti_id, populate_existing=True)
+    if ti is None:
+        raise NotFound(f"task instance {ti_id} does not exist")
+    return ti
+
+
+def claim(
+    session: Session, ti_id: int, try_number: int, worker: str, now: datetime
+) -> TaskInstance:
+    """queued → running for exactly this try; anything else is someone else's task now."""
+    if not transition(
+        session,
+        ti_id,
+        ("queued",),
+        try_number,
+        state="running",
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker,
+        ended_at=None,
+    ):
+        ti = get_ti(session, ti_id)
+        raise Conflict(
+            f"task instance {ti_id} try {try_number} cannot be claimed: it is {ti.state} "
+            f"at try {ti.try_number}"
+        )
+    session.add(
+        TaskTry(
+            ti_id=ti_id,
+            try_number=try_number,
+            state="running",
+            worker=worker,
+            started_at=now,
+            log="",
+        )
+    )
+    ti = get_ti(session, ti_id)
+    run = session.get(DagRun, ti.run_pk)
+    assert run is not None
+    settle_run(session, run, run_tasks(session, run.id), now)
+    return ti
+
+
+def heartbeat(session: Session, ti_id: int, try_number: int, now: datetime) -> None:
+    if not transition(session, ti_id, ("running",), try_number, heartbeat_at=now):
+        ti = get_ti(session, ti_id)
+        raise Conflict(
+            f"task instance {ti_id} try {try_number} is no longer running "
+            f"(it is {ti.state} at try {ti.try_number})"
+        )
+
+
+def finish(
+    session: Session,
+    ti_id: int,
+    try_number: int,
+    success: bool,
+    now: datetime,
+    result: Any = None,
+    error: str | None = None,
+    log: str | None = None,
+    stale_before: datetime | None = None,
+) -> DagRun:
+    """running → success, or failed / up_for_retry; then the run moves on. Returns the run."""
+    ti = get_ti(session, ti_id)
+    if success:
+        values: dict[str, Any] = {
+            "state": "success",
+            "result": result,
+            "error": None,
+            "ended_at": now,
+        }
+    elif ti.try_number < ti.max_tries:
+        values = {
+            "state": "up_for_retry",
+            "error": error,
+            "ended_at": now,
+            "next_try_at": now + timedelta(seconds=ti.retry_delay),
+        }
+    else:
+        values = {"state": "failed", "error": error, "ended_at": now}
+    if not transition(session, ti_id, ("running",), try_number, stale_before, **values):
+        ti = get_ti(session, ti_id)
+        raise Conflict(
+            f"task instance {ti_id} try {try_number} cannot finish: it is "
+            f"{ti.state} at try {ti.try_number}"
+        )
+    try_values: dict[str, Any] = {
+        "state": "success" if success else "failed",
+        "ended_at": now,
+        "error": error,
+    }
+    if log is not None:
+        try_values["log"] = log
+    session.execute(
+        update(TaskTry)
+        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
+        .values(**try_values)
+    )
+    run = session.get(DagRun, ti.run_pk, populate_existing=True)
+    assert run is not None
+    schedule_ready(session, run, now)
+    return run
+
+
+def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
+    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed."""
+    cutoff = now - timedelta(seconds=heartbeat_timeout)
+    lost = session.scalars(
+        select(TaskInstance).where(
+            TaskInstance.state == "running", TaskInstance.heartbeat_at < cutoff
+        )
+    ).all()
+    failed = []
+    for ti in lost:
+        message = (
+            f"lost: no heartbeat for {heartbeat_timeout:g} s from worker "
+            f"{ti.worker or '?'} (killed or cut off?)"
+        )
+        try:
+            finish(session, ti.id, ti.try_number, False, now, error=message, stale_before=cutoff)
+        except Conflict:
+            continue  # it finished or heartbeated meanwhile
+        failed.append(ti.id)
+    return failed

@@ -1,0 +1,62 @@
+"""When a DAG's scheduled runs are due.
+
+A run's logical date is the schedule tick it stands for, and it becomes due at that tick
+(`@daily` → a run with logical date 2026-01-02T00:00Z, due at that moment). With catchup
+every missed tick gets a run, oldest first; without it only the newest tick does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from dagstore.schedule import schedule_from_json
+
+from dagstore.db import as_utc
+
+MAX_RUNS_PER_PASS = 500  # a long catchup is created over several passes, not in one transaction
+_EPSILON = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Due:
+    logical_dates: list[datetime]
+    next_due_at: datetime | None  # None: the schedule has no more ticks
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return as_utc(value)
+    return as_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+
+
+def due_runs(
+    structure: dict[str, Any], last: datetime | None, now: datetime, limit: int = MAX_RUNS_PER_PASS
+) -> Due:
+    """Logical dates to create now, after `last` (the newest already scheduled)."""
+    text = structure.get("schedule")
+    start = _parse_time(structure.get("start_date"))
+    end = _parse_time(structure.get("end_date"))
+    if text is None or start is None:
+        return Due([], None)
+    if text == "@once":
+        if last is not None:
+            return Due([], None)
+        return Due([start], None) if start <= now else Due([], start)
+    schedule = schedule_from_json(text)
+    tick = schedule.next_after(last) if last is not None else schedule.next_after(start - _EPSILON)
+    dates: list[datetime] = []
+    catchup = bool(structure.get("catchup", False))
+    while tick is not None and tick <= now and (end is None or tick <= end):
+        dates.append(tick)
+        if catchup and len(dates) >= limit:
+            break
+        tick = schedule.next_after(tick)
+    if not catchup and dates:
+        dates = dates[-1:]
+    if tick is not None and end is not None and tick > end:
+        tick = None
+    return Due(dates, tick)
