@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from dagstore.schedule import schedule_from_json
-
 from dagstore.db import as_utc
+from dagstore.schedule import schedule_from_json
 
 MAX_RUNS_PER_PASS = 500  # a long catchup is created over several passes, not in one transaction
 _EPSILON = timedelta(microseconds=1)
@@ -46,7 +45,7 @@ def due_runs(
         if last is not None:
             return Due([], None)
         return Due([start], None) if start <= now else Due([], start)
-    schedule = schedule_from_json(text)
+    schedule = schedule_from_json(text, anchor=start)
     tick = schedule.next_after(last) if last is not None else schedule.next_after(start - _EPSILON)
     dates: list[datetime] = []
     catchup = bool(structure.get("catchup", False))
