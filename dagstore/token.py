@@ -1,7 +1,8 @@
 """API tokens: what a bearer may do.
 
 Only a hash of each token is stored. Scopes nest: `admin` implies every scope and `push`
-implies `read` (whoever may publish a version may also fetch it back).
+implies `read` (whoever may publish a version may also fetch it back), and so does `worker`
+(a worker fetches the version it runs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _IMPLIED: dict[str, frozenset[str]] = {
     "read": frozenset({"read"}),
     "push": frozenset({"push", "read"}),
     "trigger": frozenset({"trigger"}),
-    "worker": frozenset({"worker"}),
+    "worker": frozenset({"worker", "read"}),  # workers fetch the versions they run
     "admin": frozenset(SCOPES),
 }
 TOKEN_PREFIX = "pf_"

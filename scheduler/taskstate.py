@@ -30,12 +30,16 @@ def transition(
     session: Session,
     ti_id: int,
     expected: tuple[str, ...],
-    try_number: int | None = None,
+    expected_try: int | None = None,
+    stale_before: datetime | None = None,
     **values: Any,
 ) -> bool:
+    """Apply `values` only if the task is still in an expected state (and try, and silent)."""
     query = update(TaskInstance).where(TaskInstance.id == ti_id, TaskInstance.state.in_(expected))
-    if try_number is not None:
-        query = query.where(TaskInstance.try_number == try_number)
+    if expected_try is not None:
+        query = query.where(TaskInstance.try_number == expected_try)
+    if stale_before is not None:
+        query = query.where(TaskInstance.heartbeat_at < stale_before)
     return session.execute(query.values(**values)).rowcount == 1
 
 

@@ -200,7 +200,7 @@ def test_repos_create_and_list(store_server, repo_name):
         ("GET", "/repos", {}, None, 401),
         ("GET", "/repos", {}, "revoked", 401),
         ("GET", "/repos", {}, "bogus", 401),
-        ("GET", "/repos", {}, "worker", 403),
+        ("GET", "/repos", {}, "trigger", 403),
         ("POST", "/repos", {"json": {"name": "x1"}}, "push", 403),
         ("POST", "/repos", {"json": {"name": "x1"}}, "read", 403),
         (

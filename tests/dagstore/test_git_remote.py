@@ -64,7 +64,7 @@ def test_clone_checks_out_the_tracked_branch(store_server, work, repo_name, tmp_
         ("push", "clone", True),
         ("admin", "clone", True),
         ("trigger", "clone", False),
-        ("worker", "clone", False),
+        ("worker", "clone", True),
         ("revoked", "clone", False),
         ("bogus", "clone", False),
         (None, "push", False),
