@@ -40,7 +40,10 @@ def transition(
         query = query.where(TaskInstance.try_number == expected_try)
     if stale_before is not None:
         query = query.where(TaskInstance.heartbeat_at < stale_before)
-    return session.execute(query.values(**values)).rowcount == 1
+    # Readers reload rows (populate_existing), so skip SQLAlchemy's in-Python evaluation of
+    # the WHERE against loaded objects (SQLite's naive datetimes would not compare).
+    query = query.values(**values).execution_options(synchronize_session=False)
+    return session.execute(query).rowcount == 1
 
 
 def run_tasks(session: Session, run_pk: int) -> dict[str, TaskInstance]:

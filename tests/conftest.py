@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from dagstore.settings import normalise_database_url
+from tests.support.cluster import Cluster
 from tests.support.pg import PostgresCluster, find_pg_bin
 from tests.support.server import ServerProcess, make_tokens
 
@@ -81,6 +82,24 @@ def store_server(
 ) -> Iterator[ServerProcess]:
     """One API server per module and backend; tests use their own repo names."""
     yield from serve(request, tmp_path_factory)
+
+
+def cluster_for(
+    request: pytest.FixtureRequest,
+    factory: pytest.TempPathFactory,
+    schedulers: int = 1,
+    workers: int = 1,
+    **env: str,
+) -> Iterator[Cluster]:
+    """Server, schedulers, workers and a redis-server on the backend of `request.param`."""
+    home = factory.mktemp("cluster")
+    for url in _database_for(request, request.param, str(home)):
+        cluster = Cluster(home, url, request.param, **env)
+        try:
+            cluster.start(schedulers=schedulers, workers=workers)
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,230 @@
+"""Runs from push to finish on real processes: every task executes the run's pinned commit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import BACKENDS, cluster_for
+from tests.support.cluster import Cluster
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
+    yield from cluster_for(
+        request, tmp_path_factory, schedulers=1, workers=2, PINFLOW_HEARTBEAT_TIMEOUT="4"
+    )
+
+
+PIPELINE = """
+import time
+from pinflow import DAG, task
+from helpers import VERSION
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def first(context):
+        time.sleep({sleep})
+        print("first sees", VERSION)
+        return {{"version": VERSION, "sha": context["sha"]}}
+
+    @task
+    def second(upstream):
+        return {{"upstream": upstream, "version": VERSION}}
+
+    second(first())
+"""
+
+
+def test_run_executes_its_pinned_commit_while_a_push_lands(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"pin{uid}", tmp_path / "w")
+    dag_id = f"pin_{uid}"
+    old = cluster.push(
+        work,
+        "v1",
+        **{
+            "dags/helpers.py": "VERSION = 'old'\n",
+            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=3),
+        },
+    )
+    run = cluster.trigger(dag_id)
+    assert run["sha"] == old
+    time.sleep(1)  # `first` is running on the old commit now
+    new = cluster.push(work, "v2", **{"dags/helpers.py": "VERSION = 'new'\n"})
+    done = cluster.wait(run["run_id"])
+    assert done["state"] == "success", cluster.logs()
+    assert done["sha"] == old
+    tasks = {t["task_id"]: t for t in done["tasks"]}
+    assert tasks["first"]["result"] == {"version": "old", "sha": old}
+    assert tasks["second"]["result"] == {
+        "upstream": {"version": "old", "sha": old},
+        "version": "old",
+    }
+    assert "first sees old" in cluster.task_log(run["run_id"], "first")
+
+    later = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    assert later["sha"] == new
+    assert {t["task_id"]: t["result"] for t in later["tasks"]}["second"]["version"] == "new"
+    # The second task at a sha finds the version cached by the first (on either worker).
+    logs = cluster.task_log(later["run_id"], "first") + cluster.task_log(later["run_id"], "second")
+    assert "cache hit" in logs
+
+
+def test_manual_run_on_an_old_sha(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"old{uid}", tmp_path / "w")
+    dag_id = f"old_{uid}"
+    old = cluster.push(
+        work,
+        "v1",
+        **{
+            "dags/helpers.py": "VERSION = 'one'\n",
+            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0),
+        },
+    )
+    cluster.push(work, "v2", **{"dags/helpers.py": "VERSION = 'two'\n"})
+    run = cluster.wait(cluster.trigger(dag_id, sha=old[:10])["run_id"])
+    assert run["sha"] == old and run["state"] == "success"
+    assert run["tasks"][-1]["result"]["version"] == "one"
+    by_ref = cluster.trigger(dag_id, ref="main")
+    assert by_ref["sha"] != old
+
+
+def test_trigger_bad_targets(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"bad{uid}", tmp_path / "w")
+    dag_id = f"bad_{uid}"
+    first = cluster.push(work, "helpers only", **{"dags/helpers.py": "VERSION = 1\n"})
+    cluster.push(work, "pipe", **{"dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0)})
+    with cluster.api("trigger") as api:
+        absent = api.post(f"/dags/{dag_id}/runs", json={"sha": first})
+        assert absent.status_code == 400 and "does not exist or failed to parse" in absent.text
+        assert api.post("/dags/nope_dag/runs", json={}).status_code == 404
+        assert api.post(f"/dags/{dag_id}/runs", json={"sha": "f" * 40}).status_code == 404
+        assert api.post(f"/dags/{dag_id}/runs", json={"ref": "nobranch"}).status_code == 404
+        both = api.post(f"/dags/{dag_id}/runs", json={"ref": "main", "sha": first})
+        assert both.status_code == 400
+        assert api.post(f"/dags/{dag_id}/runs", json={"conf": "x"}).status_code == 400
+    with cluster.api("read") as api:
+        assert api.post(f"/dags/{dag_id}/runs", json={}).status_code == 403
+
+
+FLAKY = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task(retries=2, retry_delay=1)
+    def flaky(context):
+        if context["try_number"] == 1:
+            raise RuntimeError("first try fails")
+        return context["try_number"]
+
+    @task(timeout=1)
+    def slow():
+        import time
+        time.sleep(30)
+
+    @task
+    def after_slow():
+        return "never"
+
+    @task
+    def not_json():
+        return object()
+
+    flaky()
+    slow() >> after_slow()
+    not_json()
+"""
+
+
+def test_retries_timeouts_upstream_failed_and_bad_results(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"fl{uid}", tmp_path / "w")
+    dag_id = f"flaky_{uid}"
+    cluster.push(work, "flaky", **{"dags/flaky.py": FLAKY.format(dag_id=dag_id)})
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    tasks = {t["task_id"]: t for t in run["tasks"]}
+    assert run["state"] == "failed"
+    assert tasks["flaky"]["state"] == "success" and tasks["flaky"]["result"] == 2
+    assert [t["state"] for t in tasks["flaky"]["tries"]] == ["failed", "success"]
+    assert "first try fails" in cluster.task_log(run["run_id"], "flaky", 1)
+    assert tasks["slow"]["state"] == "failed" and "timed out after 1 s" in tasks["slow"]["error"]
+    assert tasks["after_slow"]["state"] == "upstream_failed"
+    assert tasks["not_json"]["state"] == "failed"
+    assert "result is not JSON" in tasks["not_json"]["error"]
+
+
+def test_worker_killed_mid_task_is_retried(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"k{uid}", tmp_path / "w")
+    dag_id = f"kill_{uid}"
+    cluster.push(
+        work,
+        "sleepy",
+        **{
+            "dags/sleepy.py": f'''
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task(retries=1)
+    def sleepy(context):
+        import time
+        if context["try_number"] == 1:
+            time.sleep(60)
+        return "done"
+
+    sleepy()
+'''
+        },
+    )
+    run = cluster.trigger(dag_id)
+    deadline = time.monotonic() + 30
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        task = cluster.run(run["run_id"])["tasks"][0]
+        if task["state"] == "running":
+            victim = next(
+                w for w in cluster.workers if w.name.endswith(task["worker"].split(":")[0])
+            )
+        time.sleep(0.1)
+    assert victim is not None, cluster.logs()
+    victim.kill9()
+    try:
+        done = cluster.wait(run["run_id"], timeout=60)
+        task = done["tasks"][0]
+        assert done["state"] == "success", cluster.logs()
+        assert [t["state"] for t in task["tries"]] == ["failed", "success"]
+        assert "no heartbeat" in task["tries"][0]["error"]
+    finally:
+        cluster.workers.remove(victim)
+        cluster.add_worker(victim.name.removeprefix("worker-") + "b")
+
+
+def test_lost_queue_is_recovered_after_flushall(cluster: Cluster, tmp_path, uid):
+    import redis
+
+    work = cluster.repo(f"fq{uid}", tmp_path / "w")
+    dag_id = f"flush_{uid}"
+    cluster.push(
+        work,
+        "p",
+        **{
+            "dags/helpers.py": "VERSION = 1\n",
+            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0),
+        },
+    )
+    for worker in cluster.workers:
+        worker.stop()
+    stopped = list(cluster.workers)
+    cluster.workers.clear()
+    run = cluster.trigger(dag_id)
+    time.sleep(0.5)
+    redis.Redis.from_url(cluster.redis.url).flushall()
+    for w in stopped:
+        cluster.add_worker(w.name.removeprefix("worker-") + "r")
+    done = cluster.wait(run["run_id"], timeout=60)
+    assert done["state"] == "success", cluster.logs()
+
+
+def test_no_tracebacks_in_server_log(cluster: Cluster):
+    assert cluster.server is not None
+    assert "Traceback" not in cluster.server.server_log()

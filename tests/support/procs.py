@@ -1,0 +1,85 @@
+"""pinflow's long-running commands as real subprocesses, always stopped by the test."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.support.server import PINFLOW, pinflow_env
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class PinflowProcess:
+    def __init__(
+        self, name: str, args: list[str], home: Path, database_url: str, **env: str
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.env = pinflow_env(home, database_url, **env)
+        self.log_path = home / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PinflowProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [PINFLOW, *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """Kill the process and all its descendants at once (RQ's work horse has its own
+        process group, so killing the group alone would spare it)."""
+        if self.alive:
+            assert self.proc is not None
+            for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10) -> None:
+        if not self.alive:
+            return
+        assert self.proc is not None
+        kids = descendants(self.proc.pid)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+        for pid in kids:  # never leave a work horse behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
