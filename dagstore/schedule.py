@@ -51,6 +51,11 @@ class Schedule:
         """The stable string the database keeps; `schedule_from_json` reverses it."""
         return None
 
+    def latest_at_or_before(self, dt: datetime) -> datetime | None:
+        """The newest tick at or before `dt`: a DAG without catchup jumps straight to it
+        instead of walking every tick it missed."""
+        return None
+
     @property
     def is_manual(self) -> bool:
         return self.kind == "manual"
@@ -81,6 +86,16 @@ class CronSchedule(Schedule):
             tick = as_utc(croniter(self.expression, tick).get_next(datetime))
         return tick
 
+    def latest_at_or_before(self, dt: datetime) -> datetime | None:
+        from croniter import croniter
+
+        end = as_utc(dt)
+        # croniter works in whole seconds: step from just past `end` back to the tick.
+        tick = as_utc(croniter(self.expression, end + timedelta(seconds=1)).get_prev(datetime))
+        while tick > end:
+            tick = as_utc(croniter(self.expression, tick).get_prev(datetime))
+        return tick.replace(fold=0)
+
     def to_json(self) -> str:
         return self.text
 
@@ -100,6 +115,12 @@ class IntervalSchedule(Schedule):
         steps = (dt - self.anchor) // self.interval + 1  # exact: timedelta // is integer math
         return self.anchor + steps * self.interval
 
+    def latest_at_or_before(self, dt: datetime) -> datetime | None:
+        dt = as_utc(dt)
+        if dt < self.anchor:
+            return None
+        return self.anchor + ((dt - self.anchor) // self.interval) * self.interval
+
     def to_json(self) -> str:
         seconds = self.interval.total_seconds()
         text = str(int(seconds)) if seconds.is_integer() else repr(seconds)
@@ -117,6 +138,9 @@ class OnceSchedule(Schedule):
         if self.anchor is None or self.anchor <= as_utc(dt):
             return None
         return self.anchor
+
+    def latest_at_or_before(self, dt: datetime) -> datetime | None:
+        return self.anchor if self.anchor is not None and self.anchor <= as_utc(dt) else None
 
     def to_json(self) -> str:
         return "@once"

@@ -41,21 +41,19 @@ def due_runs(
     end = _parse_time(structure.get("end_date"))
     if text is None or start is None:
         return Due([], None)
-    if text == "@once":
-        if last is not None:
-            return Due([], None)
-        return Due([start], None) if start <= now else Due([], start)
     schedule = schedule_from_json(text, anchor=start)
     tick = schedule.next_after(last) if last is not None else schedule.next_after(start - _EPSILON)
+    horizon = now if end is None else min(now, end)
+    if not bool(structure.get("catchup", False)):
+        # Only the newest missed tick runs: jump to it rather than walk every tick since then.
+        latest = schedule.latest_at_or_before(horizon)
+        if tick is not None and latest is not None and latest >= tick:
+            tick = latest
+        limit = 1
     dates: list[datetime] = []
-    catchup = bool(structure.get("catchup", False))
-    while tick is not None and tick <= now and (end is None or tick <= end):
+    while tick is not None and tick <= horizon and len(dates) < limit:
         dates.append(tick)
-        if catchup and len(dates) >= limit:
-            break
         tick = schedule.next_after(tick)
-    if not catchup and dates:
-        dates = dates[-1:]
     if tick is not None and end is not None and tick > end:
         tick = None
     return Due(dates, tick)
