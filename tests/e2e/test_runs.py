@@ -228,3 +228,107 @@ def test_lost_queue_is_recovered_after_flushall(cluster: Cluster, tmp_path, uid)
 def test_no_tracebacks_in_server_log(cluster: Cluster):
     assert cluster.server is not None
     assert "Traceback" not in cluster.server.server_log()
+
+
+def scheduled_runs(cluster: Cluster, dag_id: str) -> list[dict]:
+    with cluster.api("read") as api:
+        items = api.get("/runs", params={"dag_id": dag_id}).json()["items"]
+    return [r for r in items if r["run_type"] == "scheduled"]
+
+
+def test_scheduled_dag_runs_by_itself_and_pause_stops_it(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"sch{uid}", tmp_path / "w")
+    dag_id = f"every2s_{uid}"
+    sha = cluster.push(
+        work,
+        "sched",
+        **{
+            "dags/tick.py": f'''
+from datetime import timedelta
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=timedelta(seconds=2), start_date="2026-01-01", catchup=False):
+    @task
+    def tick(context):
+        return context["logical_date"]
+
+    tick()
+'''
+        },
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = [r for r in scheduled_runs(cluster, dag_id) if r["state"] == "success"]
+        if len(done) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(done) >= 2, cluster.logs()
+    assert {r["sha"] for r in done} == {sha}
+    dates = sorted(r["logical_date"] for r in done)
+    assert len(set(dates)) == len(dates)
+    with cluster.api("trigger") as api:
+        assert api.post(f"/dags/{dag_id}/pause").json()["is_paused"] is True
+    time.sleep(1)
+    count = len(scheduled_runs(cluster, dag_id))
+    time.sleep(3)
+    assert len(scheduled_runs(cluster, dag_id)) == count, "a paused DAG got new runs"
+    with cluster.api("trigger") as api:
+        api.post(f"/dags/{dag_id}/unpause")
+    time.sleep(3)
+    assert len(scheduled_runs(cluster, dag_id)) > count
+
+
+def test_cli_trigger_wait_exit_codes(cluster: Cluster, tmp_path, uid):
+    import subprocess
+
+    from tests.support.server import PINFLOW, pinflow_env
+
+    work = cluster.repo(f"cli{uid}", tmp_path / "w")
+    ok_id, bad_id = f"ok_{uid}", f"bad_{uid}"
+    sha = cluster.push(
+        work,
+        "two",
+        **{
+            "dags/ok.py": f"from pinflow import DAG, task\nwith DAG('{ok_id}'):\n"
+            "    @task\n    def hi():\n        print('hello log')\n        return 1\n    hi()\n",
+            "dags/bad.py": f"from pinflow import DAG, task\nwith DAG('{bad_id}'):\n"
+            "    @task\n    def boom():\n        raise ValueError('nope')\n    boom()\n",
+        },
+    )
+    assert cluster.server is not None
+    env = pinflow_env(
+        tmp_path,
+        "sqlite:///unused",
+        PINFLOW_API_URL=cluster.server.url,
+        PINFLOW_TOKEN=cluster.tokens["admin"],
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PINFLOW, *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    ok = cli("trigger", ok_id, "--wait", "--conf", '{"a": 1}')
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"pinned to {sha}" in ok.stdout and "success" in ok.stdout
+    run_id = ok.stdout.split()[0]
+    assert "hello log" in cli("logs", run_id, "hi").stdout
+    shown = cli("run", run_id)
+    assert sha[:12] in shown.stdout and "hi" in shown.stdout
+    assert run_id in cli("runs", ok_id).stdout
+
+    bad = cli("trigger", bad_id, "--wait")
+    assert bad.returncode == 1 and "failed" in bad.stdout
+    assert "ValueError: nope" in cli("logs", bad.stdout.split()[0], "boom").stdout
+
+    for args, message in [
+        (("trigger", "no_such_dag"), "does not exist"),
+        (("trigger", ok_id, "--conf", "{bad"), "not valid JSON"),
+        (("trigger", ok_id, "--sha", "0" * 40), "no branch, tag or commit"),
+        (("run", "nope"), "does not exist"),
+        (("logs", run_id, "no_task"), "has no task"),
+        (("pause", "no_such_dag"), "does not exist"),
+    ]:
+        result = cli(*args)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,76 @@
+"""Worker behaviour on real processes: warm shutdown, and an API server that goes away."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import cluster_for
+from tests.support.cluster import Cluster
+
+SLEEPER = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def sleeper():
+        import time
+        time.sleep({seconds})
+        return "slept"
+
+    @task
+    def after(x):
+        return x + " and after"
+
+    after(sleeper())
+"""
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
+    yield from cluster_for(request, tmp_path_factory, schedulers=1, workers=1)
+
+
+def wait_running(cluster: Cluster, run_id: str, task_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        tasks = {t["task_id"]: t for t in cluster.run(run_id)["tasks"]}
+        if tasks[task_id]["state"] == "running":
+            return
+        time.sleep(0.05)
+    raise AssertionError(cluster.logs())
+
+
+def test_sigterm_lets_the_current_task_finish(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"t{uid}", tmp_path / "w")
+    dag_id = f"term_{uid}"
+    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=3)})
+    run = cluster.trigger(dag_id)
+    wait_running(cluster, run["run_id"], "sleeper")
+    worker = cluster.workers[0]
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(30)  # warm shutdown: it exits by itself once the task is done
+    tasks = {t["task_id"]: t for t in cluster.run(run["run_id"])["tasks"]}
+    assert tasks["sleeper"]["state"] == "success"
+    cluster.workers.remove(worker)
+    cluster.add_worker(f"{uid}b")
+    assert cluster.wait(run["run_id"])["state"] == "success"
+
+
+def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"d{uid}", tmp_path / "w")
+    dag_id = f"down_{uid}"
+    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=2)})
+    run = cluster.trigger(dag_id)
+    wait_running(cluster, run["run_id"], "sleeper")
+    assert cluster.server is not None
+    cluster.server.stop()  # the version is cached already: the task goes on
+    time.sleep(4)
+    cluster.server.start()
+    done = cluster.wait(run["run_id"])
+    assert done["state"] == "success", cluster.logs()
+    assert done["tasks"][-1]["result"] == "slept and after"
