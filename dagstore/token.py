@@ -1,8 +1,6 @@
 """API tokens: what a bearer may do.
 
-Only a hash of each token is stored. Scopes nest: `admin` implies every scope and `push`
-implies `read` (whoever may publish a version may also fetch it back), and so does `worker`
-(a worker fetches the version it runs).
+Only a hash of each token is stored; how scopes nest is in `dagstore.scopes`.
 """
 
 from __future__ import annotations
@@ -16,24 +14,13 @@ from sqlalchemy.orm import Session
 from dagstore.db import db_now
 from dagstore.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from dagstore.models import Token
+from dagstore.scopes import SCOPES, grants
 
-SCOPES = ("read", "push", "trigger", "worker", "admin")
-_IMPLIED: dict[str, frozenset[str]] = {
-    "read": frozenset({"read"}),
-    "push": frozenset({"push", "read"}),
-    "trigger": frozenset({"trigger"}),
-    "worker": frozenset({"worker", "read"}),  # workers fetch the versions they run
-    "admin": frozenset(SCOPES),
-}
 TOKEN_PREFIX = "pf_"
 
 
 def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def grants(scope: str, needed: str) -> bool:
-    return needed in _IMPLIED.get(scope, frozenset())
 
 
 def create_token(session: Session, scope: str, name: str = "") -> str:

@@ -6,11 +6,9 @@ from typing import Annotated
 
 import typer
 
-from dagstore.context import StoreContext
 from dagstore.errors import BadRequest
 from dagstore.settings import Settings
 from pinflow.cli.options import DatabaseUrl, Home
-from pinflow.migrate import upgrade
 
 db_app = typer.Typer(help="The database schema.")
 
@@ -18,6 +16,9 @@ db_app = typer.Typer(help="The database schema.")
 @db_app.command("upgrade")
 def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     """Bring the database schema up to date (safe to run from many processes at once)."""
+    from dagstore.context import StoreContext
+    from pinflow.migrate import upgrade
+
     settings = Settings.load(home=home, database_url=database_url)
     settings.home.mkdir(parents=True, exist_ok=True)
     store = StoreContext.from_settings(settings)
@@ -51,6 +52,8 @@ def scheduler(
     """Run one scheduler; run as many as you like, on any machines."""
     import logging
 
+    from dagstore.context import StoreContext
+    from pinflow.migrate import upgrade
     from scheduler.enqueue import Enqueuer
     from scheduler.loop import Scheduler, SchedulerConfig
 
@@ -91,8 +94,22 @@ def worker(
     run_worker(settings.redis_url, queue, burst, name)
 
 
+def up(
+    port: Annotated[int, typer.Option(help="API server port")] = 8740,
+    host: Annotated[str, typer.Option(help="Address the API server listens on")] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=0, max=64, help="How many workers")] = 2,
+    demo: Annotated[bool, typer.Option(help="Create repo `demo`, push examples/, run etl")] = False,
+    home: Home = None,
+) -> None:
+    """Everything on one machine: API server, scheduler, workers, private Redis, SQLite."""
+    from pinflow.up import up as run_up
+
+    raise typer.Exit(run_up(Settings.load(home=home), host, port, workers, demo))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.command("server")(serve)
     app.command("scheduler")(scheduler)
     app.command("worker")(worker)
+    app.command("up")(up)

