@@ -86,23 +86,23 @@ def parse_version(root: Path, sha: str, limits: ParseLimits) -> ParseResult:
     files = discover(root)
     records: dict[str, dict[str, Any]] = {}
     remaining = files
-    while remaining:
-        done, stuck = _run_child(root, sha, remaining, limits)
-        records.update(done)
-        if stuck is not None:
-            file, summary = stuck
-            records[file] = {"file": file, "dags": [], "summary": summary, "error": summary}
-        remaining = [f for f in remaining if f not in records]
-        if stuck is None and remaining:  # the child ended without starting them
-            for file in remaining:
-                records[file] = {
-                    "file": file,
-                    "dags": [],
-                    "summary": "not parsed: the parse process ended early",
-                    "error": "parse process ended early",
-                }
-            remaining = []
+    with tempfile.TemporaryDirectory(prefix="pinflow-parse-") as scratch:
+        while remaining:
+            done, stuck = _run_child(root, sha, remaining, limits, Path(scratch))
+            records.update(done)
+            if stuck is not None:
+                file, summary = stuck
+                records[file] = {"file": file, "dags": [], "summary": summary, "error": summary}
+            elif len(records) < len(files):  # the child ended without starting the rest
+                for file in remaining:
+                    records.setdefault(file, _not_parsed(file))
+            remaining = [f for f in remaining if f not in records]
     return _collect(sha, [records[f] for f in files])
+
+
+def _not_parsed(file: str) -> dict[str, Any]:
+    summary = "not parsed: the parse process ended early"
+    return {"file": file, "dags": [], "summary": summary, "error": summary}
 
 
 def _collect(sha: str, records: list[dict[str, Any]]) -> ParseResult:
@@ -125,11 +125,11 @@ def _collect(sha: str, records: list[dict[str, Any]]) -> ParseResult:
 
 
 def _run_child(
-    root: Path, sha: str, files: list[str], limits: ParseLimits
+    root: Path, sha: str, files: list[str], limits: ParseLimits, scratch: Path
 ) -> tuple[dict[str, dict[str, Any]], tuple[str, str] | None]:
     """Run one parse process; returns finished records and (file, why) if one never finished."""
-    results = root.parent / f"results-{time.monotonic_ns()}.jsonl"
-    log = root.parent / "parse.log"
+    results = scratch / f"results-{time.monotonic_ns()}.jsonl"
+    log = scratch / "parse.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     args = [
