@@ -61,7 +61,7 @@ class Cluster:
         self.schedulers.append(proc.start())
         return proc
 
-    def add_worker(self, name: str) -> PinflowProcess:
+    def add_worker(self, name: str, api_url: str | None = None) -> PinflowProcess:
         # Workers get no database URL (they must not need one) and share one cache, as the
         # workers of one host do.
         proc = PinflowProcess(
@@ -74,6 +74,8 @@ class Cluster:
         )
         (self.home / name).mkdir(exist_ok=True)
         proc.env.pop("PINFLOW_DATABASE_URL", None)
+        if api_url:
+            proc.env["PINFLOW_API_URL"] = api_url
         self.workers.append(proc.start())
         return proc
 
