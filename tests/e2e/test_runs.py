@@ -332,3 +332,66 @@ def test_cli_trigger_wait_exit_codes(cluster: Cluster, tmp_path, uid):
         result = cli(*args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_worker_endpoints_refuse_stale_and_foreign_claims(cluster: Cluster, tmp_path, uid):
+    """A late worker, a stale try or a finished task gets 409; other scopes get 403."""
+    work = cluster.repo(f"we{uid}", tmp_path / "w")
+    dag_id = f"we_{uid}"
+    cluster.push(
+        work,
+        "p",
+        **{
+            "dags/helpers.py": "VERSION = 1\n",
+            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0),
+        },
+    )
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    assert run["state"] == "success"
+    from sqlalchemy import select
+
+    from dagstore.db import Database
+    from scheduler.models import DagRun, TaskInstance
+
+    db = Database(cluster.database_url)
+    with db.read() as session:
+        ti_id = session.scalar(
+            select(TaskInstance.id).join(DagRun).where(DagRun.run_id == run["run_id"]).limit(1)
+        )
+    db.dispose()
+    with cluster.api("worker") as api:
+        claim = api.post(f"/task-instances/{ti_id}/claim", json={"try_number": 1, "worker": "late"})
+        assert claim.status_code == 409 and "cannot be claimed" in claim.json()["detail"]
+        assert (
+            api.post(f"/task-instances/{ti_id}/heartbeat", json={"try_number": 1}).status_code
+            == 409
+        )
+        finish = api.post(
+            f"/task-instances/{ti_id}/finish", json={"try_number": 1, "state": "success"}
+        )
+        assert finish.status_code == 409
+        assert (
+            api.post(
+                "/task-instances/999999/claim", json={"try_number": 1, "worker": "x"}
+            ).status_code
+            == 404
+        )
+        assert (
+            api.post(
+                f"/task-instances/{ti_id}/claim", json={"try_number": 0, "worker": "x"}
+            ).status_code
+            == 400
+        )
+        assert (
+            api.post(
+                f"/task-instances/{ti_id}/finish", json={"try_number": 1, "state": "meh"}
+            ).status_code
+            == 400
+        )
+    for scope in ("read", "trigger"):
+        with cluster.api(scope) as api:
+            denied = api.post(
+                f"/task-instances/{ti_id}/claim", json={"try_number": 1, "worker": "x"}
+            )
+            assert denied.status_code == 403
+    assert cluster.run(run["run_id"])["state"] == "success", "refused calls changed nothing"

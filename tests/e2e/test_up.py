@@ -73,6 +73,24 @@ def test_up_demo(tmp_path: Path):
         assert done["tasks"][-1]["result"] == "HI, YOU"
         assert first["sha"] != new
 
+        # A child that dies is reported and restarted.
+        scheduler = next(
+            pid
+            for pid in descendants(proc.pid)
+            if "scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        )
+        os.kill(scheduler, signal.SIGKILL)
+        wait_for(
+            lambda: "scheduler exited with code -9; restarting" in (tmp_path / "up.log").read_text()
+        )
+        wait_for(
+            lambda: any(
+                "scheduler" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                for pid in descendants(proc.pid)
+                if pid != scheduler and Path(f"/proc/{pid}").exists()
+            )
+        )
+
         children = descendants(proc.pid)
         assert len(children) >= 4  # redis, server, scheduler, worker
         proc.send_signal(signal.SIGTERM)

@@ -163,3 +163,46 @@ def test_killed_scheduler_is_taken_over_after_its_lease(database_url, redis_url,
         for p in procs:
             p.stop()
         db.dispose()
+
+
+def test_max_active_runs_holds_back_catchup(database_url, redis_url, tmp_path):
+    """No worker runs anything, so runs stay active: only max_active_runs of them exist."""
+    db = Database(database_url)
+    upgrade(db)
+    start = (datetime.now(UTC) - timedelta(days=5)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    with db.write() as session:
+        repo = Repo(name="held", track="main", strict=False)
+        session.add(repo)
+        session.flush()
+        session.add(
+            Dag(
+                dag_id="held",
+                repo_id=repo.id,
+                fileloc="dags/h.py",
+                current_sha="b" * 40,
+                structure={
+                    "dag_id": "held",
+                    "schedule": "@daily",
+                    "catchup": True,
+                    "start_date": start.isoformat(),
+                    "end_date": None,
+                    "max_active_runs": 2,
+                    "tasks": [{"task_id": "t", "upstream": []}],
+                },
+                structure_hash="h",
+                schedule="@daily",
+                is_active=True,
+                is_paused=False,
+            )
+        )
+    procs = schedulers(1, tmp_path, database_url, redis_url, ttl="30")
+    try:
+        time.sleep(4)
+        with db.read() as session:
+            dates = sorted(as_utc(d) for d in session.scalars(select(DagRun.logical_date)))
+        assert dates == [start, start + timedelta(days=1)], "oldest first, two at most"
+    finally:
+        procs[0].stop()
+        db.dispose()
