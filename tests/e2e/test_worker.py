@@ -31,7 +31,9 @@ with DAG("{dag_id}", schedule=None):
 
 @pytest.fixture(scope="module", params=["sqlite"])
 def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
-    yield from cluster_for(request, tmp_path_factory, schedulers=1, workers=1)
+    yield from cluster_for(
+        request, tmp_path_factory, schedulers=1, workers=1, PINFLOW_HEARTBEAT_TIMEOUT="10"
+    )
 
 
 def wait_running(cluster: Cluster, run_id: str, task_id: str) -> None:
@@ -74,3 +76,41 @@ def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster,
     done = cluster.wait(run["run_id"])
     assert done["state"] == "success", cluster.logs()
     assert done["tasks"][-1]["result"] == "slept and after"
+
+
+def test_second_sigterm_stops_at_once_and_the_task_is_retried(cluster: Cluster, tmp_path, uid):
+    work = cluster.repo(f"c{uid}", tmp_path / "w")
+    dag_id = f"cold_{uid}"
+    cluster.push(
+        work,
+        "s",
+        **{
+            "dags/s.py": f"""
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task(retries=1)
+    def long(context):
+        import time
+        if context["try_number"] == 1:
+            time.sleep(120)
+        return context["try_number"]
+
+    long()
+"""
+        },
+    )
+    run = cluster.trigger(dag_id)
+    wait_running(cluster, run["run_id"], "long")
+    worker = cluster.workers[0]
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # RQ ignores a second signal within 1 s (it may be a duplicate)
+    worker.proc.send_signal(signal.SIGTERM)  # cold shutdown: the task is abandoned
+    assert worker.proc.wait(30) is not None
+    cluster.workers.remove(worker)
+    cluster.add_worker(f"{uid}c")
+    done = cluster.wait(run["run_id"], timeout=90)
+    task = done["tasks"][0]
+    assert done["state"] == "success" and task["result"] == 2, cluster.logs()
+    assert task["tries"][0]["state"] == "failed"
