@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import BACKENDS, cluster_for
 from tests.support.cluster import Cluster
+from tests.support.dags import sleeps_on_first_try
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -157,36 +158,10 @@ def test_retries_timeouts_upstream_failed_and_bad_results(cluster: Cluster, tmp_
 def test_worker_killed_mid_task_is_retried(cluster: Cluster, tmp_path, uid):
     work = cluster.repo(f"k{uid}", tmp_path / "w")
     dag_id = f"kill_{uid}"
-    cluster.push(
-        work,
-        "sleepy",
-        **{
-            "dags/sleepy.py": f'''
-from pinflow import DAG, task
-
-with DAG("{dag_id}", schedule=None):
-    @task(retries=1)
-    def sleepy(context):
-        import time
-        if context["try_number"] == 1:
-            time.sleep(60)
-        return "done"
-
-    sleepy()
-'''
-        },
-    )
+    cluster.push(work, "sleepy", **{"dags/sleepy.py": sleeps_on_first_try(dag_id, 60)})
     run = cluster.trigger(dag_id)
-    deadline = time.monotonic() + 30
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        task = cluster.run(run["run_id"])["tasks"][0]
-        if task["state"] == "running":
-            victim = next(
-                w for w in cluster.workers if w.name.endswith(task["worker"].split(":")[0])
-            )
-        time.sleep(0.1)
-    assert victim is not None, cluster.logs()
+    task = cluster.wait_task(run["run_id"], "sleepy", "running")
+    victim = next(w for w in cluster.workers if w.name == f"worker-{task['worker']}")
     victim.kill9()
     try:
         done = cluster.wait(run["run_id"], timeout=60)

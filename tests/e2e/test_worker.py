@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
+from tests.support.dags import sleeps_on_first_try
 
 SLEEPER = """
 from pinflow import DAG, task
@@ -36,22 +37,12 @@ def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
     )
 
 
-def wait_running(cluster: Cluster, run_id: str, task_id: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        tasks = {t["task_id"]: t for t in cluster.run(run_id)["tasks"]}
-        if tasks[task_id]["state"] == "running":
-            return
-        time.sleep(0.05)
-    raise AssertionError(cluster.logs())
-
-
 def test_sigterm_lets_the_current_task_finish(cluster: Cluster, tmp_path, uid):
     work = cluster.repo(f"t{uid}", tmp_path / "w")
     dag_id = f"term_{uid}"
     cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=3)})
     run = cluster.trigger(dag_id)
-    wait_running(cluster, run["run_id"], "sleeper")
+    cluster.wait_task(run["run_id"], "sleeper", "running")
     worker = cluster.workers[0]
     assert worker.proc is not None
     worker.proc.send_signal(signal.SIGTERM)
@@ -68,7 +59,7 @@ def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster,
     dag_id = f"down_{uid}"
     cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=2)})
     run = cluster.trigger(dag_id)
-    wait_running(cluster, run["run_id"], "sleeper")
+    cluster.wait_task(run["run_id"], "sleeper", "running")
     assert cluster.server is not None
     cluster.server.stop()  # the version is cached already: the task goes on
     time.sleep(4)
@@ -81,27 +72,9 @@ def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster,
 def test_second_sigterm_stops_at_once_and_the_task_is_retried(cluster: Cluster, tmp_path, uid):
     work = cluster.repo(f"c{uid}", tmp_path / "w")
     dag_id = f"cold_{uid}"
-    cluster.push(
-        work,
-        "s",
-        **{
-            "dags/s.py": f"""
-from pinflow import DAG, task
-
-with DAG("{dag_id}", schedule=None):
-    @task(retries=1)
-    def long(context):
-        import time
-        if context["try_number"] == 1:
-            time.sleep(120)
-        return context["try_number"]
-
-    long()
-"""
-        },
-    )
+    cluster.push(work, "s", **{"dags/s.py": sleeps_on_first_try(dag_id, 120, task_id="long")})
     run = cluster.trigger(dag_id)
-    wait_running(cluster, run["run_id"], "long")
+    cluster.wait_task(run["run_id"], "long", "running")
     worker = cluster.workers[0]
     assert worker.proc is not None
     worker.proc.send_signal(signal.SIGTERM)

@@ -33,6 +33,39 @@ def redis_url() -> Iterator[str]:
         server.cleanup()
 
 
+def insert_dags(db: Database, repo_name: str, structures: dict[str, dict]) -> None:
+    """DAG rows as the store would leave them after parsing, without a push."""
+    with db.write() as session:
+        repo = Repo(name=repo_name, track="main", strict=False)
+        session.add(repo)
+        session.flush()
+        session.add_all(
+            Dag(
+                dag_id=dag_id,
+                repo_id=repo.id,
+                fileloc="dags/d.py",
+                current_sha="a" * 40,
+                structure={**structure, "dag_id": dag_id},
+                structure_hash="h",
+                schedule=structure["schedule"],
+                is_active=True,
+                is_paused=False,
+            )
+            for dag_id, structure in structures.items()
+        )
+
+
+def daily(start: datetime, max_active_runs: int = 16) -> dict:
+    return {
+        "schedule": "@daily",
+        "catchup": True,
+        "start_date": start.isoformat(),
+        "end_date": None,
+        "max_active_runs": max_active_runs,
+        "tasks": [{"task_id": "only", "upstream": [], "retries": 0}],
+    }
+
+
 def seed(database_url: str) -> tuple[Database, int]:
     """200 daily DAGs with catchup, started DAYS_BEHIND days ago: each owes the same runs."""
     db = Database(database_url)
@@ -40,32 +73,7 @@ def seed(database_url: str) -> tuple[Database, int]:
     start = (datetime.now(UTC) - timedelta(days=DAYS_BEHIND)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
-    structure = {
-        "schedule": "@daily",
-        "catchup": True,
-        "start_date": start.isoformat(),
-        "end_date": None,
-        "max_active_runs": 16,
-        "tasks": [{"task_id": "only", "upstream": [], "retries": 0}],
-    }
-    with db.write() as session:
-        repo = Repo(name="seeded", track="main", strict=False)
-        session.add(repo)
-        session.flush()
-        session.add_all(
-            Dag(
-                dag_id=f"d{i:03}",
-                repo_id=repo.id,
-                fileloc="dags/d.py",
-                current_sha="a" * 40,
-                structure={**structure, "dag_id": f"d{i:03}"},
-                structure_hash="h",
-                schedule="@daily",
-                is_active=True,
-                is_paused=False,
-            )
-            for i in range(DAGS)
-        )
+    insert_dags(db, "seeded", {f"d{i:03}": daily(start) for i in range(DAGS)})
     expected = DAYS_BEHIND + 1  # every midnight from start to today's
     return db, expected
 
@@ -172,31 +180,7 @@ def test_max_active_runs_holds_back_catchup(database_url, redis_url, tmp_path):
     start = (datetime.now(UTC) - timedelta(days=5)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
-    with db.write() as session:
-        repo = Repo(name="held", track="main", strict=False)
-        session.add(repo)
-        session.flush()
-        session.add(
-            Dag(
-                dag_id="held",
-                repo_id=repo.id,
-                fileloc="dags/h.py",
-                current_sha="b" * 40,
-                structure={
-                    "dag_id": "held",
-                    "schedule": "@daily",
-                    "catchup": True,
-                    "start_date": start.isoformat(),
-                    "end_date": None,
-                    "max_active_runs": 2,
-                    "tasks": [{"task_id": "t", "upstream": []}],
-                },
-                structure_hash="h",
-                schedule="@daily",
-                is_active=True,
-                is_paused=False,
-            )
-        )
+    insert_dags(db, "held", {"held": daily(start, max_active_runs=2)})
     procs = schedulers(1, tmp_path, database_url, redis_url, ttl="30")
     try:
         time.sleep(4)

@@ -128,6 +128,18 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError(f"run {run_id} did not finish: {self.run(run_id)}\n{self.logs()}")
 
+    def wait_task(
+        self, run_id: str, task_id: str, state: str, timeout: float = 30
+    ) -> dict[str, Any]:
+        """Poll until the task is in `state`; returns the task as the API shows it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tasks = {t["task_id"]: t for t in self.run(run_id)["tasks"]}
+            if tasks[task_id]["state"] == state:
+                return tasks[task_id]
+            time.sleep(0.05)
+        raise AssertionError(f"{task_id} never {state}: {self.run(run_id)}\n{self.logs()}")
+
     def logs(self) -> str:
         parts = [f"--- {p.name}\n{p.log()[-3000:]}" for p in self.schedulers + self.workers]
         if self.server:
