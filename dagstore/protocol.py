@@ -15,6 +15,7 @@ JOB_FUNCTION = "runner.job.run_task"  # enqueued by dotted path: the scheduler n
 DEFAULT_QUEUE = "default"
 QUEUE_PREFIX = "pinflow:"
 MAX_LOG_BYTES = 1024 * 1024
+MAX_DB_INT = 2**31 - 1  # INTEGER columns: larger ids or tries cannot exist
 
 
 def queue_name(queue: str) -> str:
@@ -41,7 +42,7 @@ class JobPayload(BaseModel):
 
 
 class ClaimRequest(BaseModel):
-    try_number: int = Field(ge=1)
+    try_number: int = Field(ge=1, le=MAX_DB_INT)
     worker: str = Field(min_length=1, max_length=200)
 
 
@@ -64,11 +65,11 @@ class TaskSpec(BaseModel):
 
 
 class Heartbeat(BaseModel):
-    try_number: int = Field(ge=1)
+    try_number: int = Field(ge=1, le=MAX_DB_INT)
 
 
 class FinishRequest(BaseModel):
-    try_number: int = Field(ge=1)
+    try_number: int = Field(ge=1, le=MAX_DB_INT)
     state: Literal["success", "failed"]
     result: Any = None
     error: str | None = Field(default=None, max_length=200_000)

@@ -6,6 +6,7 @@ from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 
 import pinflow
 from dagstore.api import healthz
@@ -30,6 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(PinflowError)
     async def _pinflow_error(_: Request, exc: PinflowError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(DataError)
+    async def _out_of_range(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (a number too large, say).
+        return JSONResponse({"detail": "a value in the request is out of range"}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
@@ -14,7 +14,14 @@ from dagstore.dags import get_dag
 from dagstore.db import db_time, iso
 from dagstore.errors import NotFound
 from dagstore.models import Dag, Repo
-from dagstore.protocol import ClaimRequest, FinishRequest, Heartbeat, JobPayload, TaskSpec
+from dagstore.protocol import (
+    MAX_DB_INT,
+    ClaimRequest,
+    FinishRequest,
+    Heartbeat,
+    JobPayload,
+    TaskSpec,
+)
 from scheduler.enqueue import Enqueuer
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.taskstate import claim, finish, get_ti, heartbeat, queue_ready
@@ -30,6 +37,7 @@ def get_enqueuer(request: Request) -> Enqueuer | None:
 
 
 EnqueuerDep = Annotated[Enqueuer | None, Depends(get_enqueuer)]
+TaskInstanceId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="task instance id")]
 
 
 class TriggerRequest(BaseModel):
@@ -88,7 +96,7 @@ def get_logs(
     task_id: str,
     store: StoreDep,
     _: ReadToken,
-    try_number: Annotated[int | None, Query(alias="try", ge=1)] = None,
+    try_number: Annotated[int | None, Query(alias="try", ge=1, le=MAX_DB_INT)] = None,
 ) -> str:
     with store.db.read() as session:
         run = get_run(session, run_id)
@@ -126,7 +134,9 @@ def unpause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
 
 
 @router.post("/task-instances/{ti_id}/claim", tags=["workers"])
-def post_claim(ti_id: int, body: ClaimRequest, store: StoreDep, _: WorkerToken) -> TaskSpec:
+def post_claim(
+    ti_id: TaskInstanceId, body: ClaimRequest, store: StoreDep, _: WorkerToken
+) -> TaskSpec:
     """queued → running for this try; 409 when the try is stale or someone else has it."""
     with store.db.write() as session:
         now = db_time(session)
@@ -157,7 +167,9 @@ def post_claim(ti_id: int, body: ClaimRequest, store: StoreDep, _: WorkerToken) 
 
 
 @router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"])
-def post_heartbeat(ti_id: int, body: Heartbeat, store: StoreDep, _: WorkerToken) -> dict[str, str]:
+def post_heartbeat(
+    ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, _: WorkerToken
+) -> dict[str, str]:
     with store.db.write() as session:
         heartbeat(session, ti_id, body.try_number, db_time(session))
     return {"state": "running"}
@@ -165,7 +177,11 @@ def post_heartbeat(ti_id: int, body: Heartbeat, store: StoreDep, _: WorkerToken)
 
 @router.post("/task-instances/{ti_id}/finish", tags=["workers"])
 def post_finish(
-    ti_id: int, body: FinishRequest, store: StoreDep, enqueuer: EnqueuerDep, _: WorkerToken
+    ti_id: TaskInstanceId,
+    body: FinishRequest,
+    store: StoreDep,
+    enqueuer: EnqueuerDep,
+    _: WorkerToken,
 ) -> dict[str, str]:
     """Record the outcome; downstream tasks are enqueued now, not at the next scheduler tick."""
     with store.db.write() as session:
