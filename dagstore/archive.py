@@ -16,6 +16,7 @@ import stat
 import tarfile
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,10 @@ class ArchiveCache:
         return self.root / validate_repo_name(repo_name) / f"{validate_full_sha(sha)}.tar.gz"
 
     def get(self, repo: Repo, repo_name: str, sha: str) -> ArchiveFile:
+        return self.get_or_build(repo_name, sha, lambda: repo)
+
+    def get_or_build(self, repo_name: str, sha: str, open_repo: Callable[[], Repo]) -> ArchiveFile:
+        """The archive of `sha`; `open_repo` is called only when it must be built here."""
         path = self.path(repo_name, sha)
         known = self._digests.get(path)
         if known is not None:
@@ -100,7 +105,7 @@ class ArchiveCache:
             if known is not None:
                 return known
             if not path.exists():
-                self._build(repo, sha, path)
+                self._build(open_repo(), sha, path)
             archive = ArchiveFile(path, _sha256_of(path), path.stat().st_size)
             self._digests[path] = archive
             return archive

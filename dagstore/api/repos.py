@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -109,8 +110,10 @@ def get_archive(
     validate_full_sha(sha)
     with store.db.read() as session:
         get_repo(session, repo)
-    with store.storage.open(repo) as git:
-        archive = store.archives.get(git, repo, sha)
+    with ExitStack() as stack:  # the git repo is opened only if the archive must be built
+        archive = store.archives.get_or_build(
+            repo, sha, lambda: stack.enter_context(store.storage.open(repo))
+        )
     etag = f'"{archive.sha256}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE, DIGEST_HEADER: archive.sha256}
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
