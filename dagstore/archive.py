@@ -98,11 +98,11 @@ class ArchiveCache:
         """The archive of `sha`; `open_repo` is called only when it must be built here."""
         path = self.path(repo_name, sha)
         known = self._digests.get(path)
-        if known is not None:
+        if known is not None and path.exists():  # the cache folder may have been cleared
             return known
         with self._lock_for(path):
             known = self._digests.get(path)
-            if known is not None:
+            if known is not None and path.exists():
                 return known
             if not path.exists():
                 self._build(open_repo(), sha, path)

@@ -6,7 +6,7 @@ from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 import pinflow
 from dagstore.api import healthz
@@ -36,6 +36,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _out_of_range(_: Request, exc: DataError) -> JSONResponse:
         # The database refused a value the request carried (a number too large, say).
         return JSONResponse({"detail": "a value in the request is out of range"}, status_code=400)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The database restarted or is unreachable: the client should retry, not give up.
+        return JSONResponse(
+            {"detail": "database unavailable, retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,7 @@ import pytest
 from dagstore.settings import normalise_database_url
 from tests.support.cluster import Cluster
 from tests.support.pg import PostgresCluster, find_pg_bin
+from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess, make_tokens
 
 BACKENDS = ("sqlite", "postgresql")
@@ -100,6 +101,17 @@ def cluster_for(
             yield cluster
         finally:
             cluster.stop()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A private redis-server for one test."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture

@@ -5,65 +5,20 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from dagstore.db import Database, as_utc
-from dagstore.models import Dag, Repo
+from dagstore.models import Dag
 from pinflow.migrate import upgrade
 from scheduler.models import DagRun
 from tests.support.procs import PinflowProcess
-from tests.support.redis import RedisServer
+from tests.support.seed import daily, insert_dags
 
 DAGS = 200
 DAYS_BEHIND = 3
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
-
-
-def insert_dags(db: Database, repo_name: str, structures: dict[str, dict]) -> None:
-    """DAG rows as the store would leave them after parsing, without a push."""
-    with db.write() as session:
-        repo = Repo(name=repo_name, track="main", strict=False)
-        session.add(repo)
-        session.flush()
-        session.add_all(
-            Dag(
-                dag_id=dag_id,
-                repo_id=repo.id,
-                fileloc="dags/d.py",
-                current_sha="a" * 40,
-                structure={**structure, "dag_id": dag_id},
-                structure_hash="h",
-                schedule=structure["schedule"],
-                is_active=True,
-                is_paused=False,
-            )
-            for dag_id, structure in structures.items()
-        )
-
-
-def daily(start: datetime, max_active_runs: int = 16) -> dict:
-    return {
-        "schedule": "@daily",
-        "catchup": True,
-        "start_date": start.isoformat(),
-        "end_date": None,
-        "max_active_runs": max_active_runs,
-        "tasks": [{"task_id": "only", "upstream": [], "retries": 0}],
-    }
 
 
 def seed(database_url: str) -> tuple[Database, int]:

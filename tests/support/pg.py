@@ -60,6 +60,10 @@ class PostgresCluster:
             "start",
         )
 
+    def restart(self) -> None:
+        """A fast restart: every open connection is cut, as when a database fails over."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "restart")
+
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
