@@ -44,14 +44,15 @@ def make_worker(redis_url: str, queues: list[str] | None = None, name: str | Non
 def run_worker(redis_url: str, queues: list[str] | None, burst: bool, name: str | None) -> None:
     delay = 0.5
     while True:
-        worker = make_worker(redis_url, queues, name)
+        worker = None
         try:
+            worker = make_worker(redis_url, queues, name)  # asks Redis for its version
             if worker.connection.exists(worker.key):
                 worker.register_death()  # our own earlier incarnation, cut off from Redis
             worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
             return  # burst done, or a requested shutdown
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            if worker._stop_requested:  # noqa: SLF001 - shutting down anyway
+            if worker is not None and worker._stop_requested:  # noqa: SLF001 - shutting down
                 return
             log.warning("Redis unreachable (%s); reconnecting in %.1f s", exc, delay)
             time.sleep(delay)
