@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench venv clean
+.PHONY: up test test-failure lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/failure $(PYTEST_ARGS)
+
+# The failure suite (crashes, restarts, bad-input sweeps): minutes of real processes, so CI
+# runs it as a step of its own after `make test`.
+test-failure: $(STAMP)
+	$(BIN)/python -m pytest tests/failure -s $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
