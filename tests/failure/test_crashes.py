@@ -24,6 +24,7 @@ from tests.support.git import Git
 from tests.support.pg import PostgresCluster, create_database, find_pg_bin
 from tests.support.procs import PinflowProcess
 from tests.support.seed import every, insert_dags
+from tests.support.server import ServerProcess
 
 
 def report(scenario: str, **figures: object) -> None:
@@ -318,4 +319,62 @@ def test_database_restart_mid_run(own_postgres: PostgresCluster, tmp_path):
         # A run triggered after the restart works too: every part reconnected by itself.
         assert cluster.wait(cluster.trigger(dag_id)["run_id"])["state"] == "success"
     finally:
+        cluster.stop()
+
+
+# -- 4. one of two API servers killed for good ------------------------------------------------
+
+
+def test_one_of_two_api_servers_killed_for_good(tmp_path):
+    """Workers of the dead server can never report again: the heartbeat check hands their
+    tasks to the workers of the other server; no run switches commit."""
+    home = tmp_path / "home"
+    home.mkdir()
+    url = f"sqlite:///{home}/pinflow.db"
+    cluster = Cluster(home, url, "sqlite", PINFLOW_HEARTBEAT_TIMEOUT="4")
+    second = None
+    try:
+        cluster.start(schedulers=1, workers=0)
+        assert cluster.server is not None
+        second = ServerProcess(
+            home=home, database_url=url, extra_env={"PINFLOW_REDIS_URL": cluster.redis.url}
+        )
+        second.tokens = cluster.tokens
+        second.start()
+        cluster.add_worker("doomed", api_url=cluster.server.url)
+        cluster.add_worker("survivor", api_url=second.url)
+        work = cluster.repo("two", tmp_path / "w")
+        dag_id = "two_servers"
+        sha = cluster.push(
+            work, "chain", **{"dags/chain.py": CHAIN.format(dag_id=dag_id, pause=1.0)}
+        )
+        with second.api("trigger") as api:
+            runs = [api.post(f"/dags/{dag_id}/runs", json={}).json()["run_id"] for _ in range(4)]
+        time.sleep(1.5)
+        killed = time.monotonic()
+        cluster.server.stop()  # for good
+        done = []
+        for run_id in runs:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                with second.api("read") as api:
+                    run = api.get(f"/runs/{run_id}").json()
+                if run["state"] in ("success", "failed"):
+                    break
+                time.sleep(0.2)
+            done.append(run)
+        took = time.monotonic() - killed
+        retried = sum(len(t["tries"]) > 1 for run in done for t in run["tasks"])
+        report(
+            "one of two API servers killed for good",
+            backend="sqlite",
+            runs=len(runs),
+            succeeded=sum(r["state"] == "success" for r in done),
+            tasks_retried=retried,
+            seconds_to_all_done=round(took, 1),
+        )
+        assert all(r["state"] == "success" and r["sha"] == sha for r in done), cluster.logs()
+    finally:
+        if second is not None:
+            second.stop()
         cluster.stop()
