@@ -1,0 +1,106 @@
+"""Push to schedulable: 100 DAG files (10 tasks each) pushed → all visible as current.
+
+The store parses a pushed branch tip inside the push (the author sees the result as `remote:`
+lines), so "push" below includes parsing; "push return → visible" is what is left after it.
+Each round pushes a new commit that changes every DAG file, so every round re-parses all 100.
+
+Run: `.venv/bin/python -m bench.parse` (or `make bench`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bench._stats import Measure, ms
+from tests.support.git import Git
+from tests.support.server import ServerProcess, make_tokens
+
+DAG_FILES = 100
+TASKS = 10
+ROUNDS = 5
+GOAL_SECONDS = 1.0
+
+
+def dag_file(index: int, round_no: int) -> str:
+    """A TaskFlow DAG of TASKS tasks: a chain with a fan-in at the end, and a sibling import."""
+    lines = [
+        f"# round {round_no}",
+        "from pinflow import DAG, task",
+        "from shared import scale",
+        "",
+        f'with DAG("bench_{index:03}", schedule="@hourly", start_date="2026-01-01"):',
+    ]
+    for t in range(TASKS):
+        lines += ["    @task", f"    def step_{t}(x=0):", f"        return scale(x) + {t}", ""]
+    calls = ["    out_0 = step_0()"] + [
+        f"    out_{t} = step_{t}(out_{t - 1})" for t in range(1, TASKS)
+    ]
+    return "\n".join(lines + calls) + "\n"
+
+
+def visible(client: httpx.Client, sha: str) -> bool:
+    dags = client.get("/dags").json()["items"]
+    current = [d for d in dags if d["dag_id"].startswith("bench_") and d["current_sha"] == sha]
+    return len(current) == DAG_FILES
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="pinflow-bench-parse-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        url = f"sqlite:///{home}/pinflow.db"
+        server = ServerProcess(home=home, database_url=url)
+        server.tokens = make_tokens(url)
+        server.start()
+        try:
+            server.create_repo("parsebench")
+            remote = server.git_url("parsebench", server.tokens["push"])
+            work = Git(Path(tmp) / "work").init()
+            work.write("dags/shared.py", "def scale(x):\n    return 2 * x\n")
+            pushes, after = Measure("git push (incl. parse)"), Measure("push return → visible")
+            client = httpx.Client(
+                base_url=f"{server.url}/api/v1",
+                headers={"Authorization": f"Bearer {server.tokens['read']}"},
+            )
+            for round_no in range(ROUNDS):
+                for i in range(DAG_FILES):
+                    work.write(f"dags/bench_{i:03}.py", dag_file(i, round_no))
+                sha = work.commit(f"round {round_no}")
+                started = time.perf_counter()
+                result = work.run("push", remote, "main")
+                returned = time.perf_counter()
+                while not visible(client, sha):
+                    time.sleep(0.005)
+                done = time.perf_counter()
+                assert f"parsed at {sha[:7]}" in result.stderr, result.stderr
+                pushes.samples.append(returned - started)
+                after.samples.append(done - returned)
+            client.close()
+        finally:
+            server.stop()
+    table = Table(
+        title=f"push of {DAG_FILES} DAG files ({TASKS} tasks each) → schedulable, {ROUNDS} rounds"
+    )
+    for column in ("operation", "median ms", "p90 ms", "min ms", "max ms"):
+        table.add_column(column, justify="right")
+    total = Measure(
+        "push + visible", [a + b for a, b in zip(pushes.samples, after.samples, strict=True)]
+    )
+    for m in (pushes, after, total):
+        table.add_row(m.name, ms(m.median), ms(m.p90), ms(min(m.samples)), ms(max(m.samples)))
+    Console().print(table)
+    verdict = "met" if total.median <= GOAL_SECONDS else "not met"
+    print(
+        f"push → visible as current: median {total.median:.2f} s; "
+        f"goal <= {GOAL_SECONDS:g} s: {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()
