@@ -39,7 +39,7 @@ from rich.table import Table
 from bench._repo import COMMIT_DATE, FILE_COUNT, repo_files
 from bench._stats import Measure, kib, ms, repeat, timed
 from tests.support.git import Git, git_env
-from tests.support.server import ServerProcess, make_tokens
+from tests.support.server import ServerProcess, start_server
 
 REPO = "bench"
 DIGEST_HEADER = "X-Pinflow-Archive-Sha256"
@@ -65,15 +65,6 @@ def build_repo(work: Path) -> tuple[Git, int]:
 
 
 # -- the server ---------------------------------------------------------------------------
-
-
-def start_server(home: Path) -> ServerProcess:
-    home.mkdir(parents=True, exist_ok=True)
-    database_url = f"sqlite:///{home}/pinflow.db"
-    server = ServerProcess(home=home, database_url=database_url)
-    server.tokens = make_tokens(database_url)
-    server.start()
-    return server
 
 
 def push(git: Git, server: ServerProcess, refspec: str) -> tuple[float, str]:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bench._stats import Measure, ms
 from tests.support.git import Git
-from tests.support.server import ServerProcess, make_tokens
+from tests.support.server import start_server
 
 DAG_FILES = 100
 TASKS = 10
@@ -52,12 +52,7 @@ def visible(client: httpx.Client, sha: str) -> bool:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pinflow-bench-parse-") as tmp:
-        home = Path(tmp) / "home"
-        home.mkdir()
-        url = f"sqlite:///{home}/pinflow.db"
-        server = ServerProcess(home=home, database_url=url)
-        server.tokens = make_tokens(url)
-        server.start()
+        server = start_server(Path(tmp) / "home")
         try:
             server.create_repo("parsebench")
             remote = server.git_url("parsebench", server.tokens["push"])

@@ -101,13 +101,10 @@ def test_cli_without_token_or_server(tmp_path):
 
 def test_server_start_records_versions_missed_by_a_crash(tmp_path, database_url):
     """A crash between the ref update and the database write: the next start catches up."""
-    from tests.support.server import ServerProcess, make_tokens
+    from tests.support.server import start_server
 
     home = tmp_path / "home"
-    home.mkdir()
-    server = ServerProcess(home=home, database_url=database_url)
-    server.tokens = make_tokens(database_url)
-    server.start()
+    server = start_server(home, database_url)
     try:
         server.create_repo("crashy")
     finally:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.git import Git, clone
-from tests.support.server import ServerProcess
+from tests.support.git import Git, clone, work_on_tip
+from tests.support.server import ServerProcess, start_server
 
 
 @pytest.fixture
@@ -189,10 +189,7 @@ def test_concurrent_pushes_one_wins_none_lies(store_server, repo_name, tmp_path)
     for round_no in range(rounds):
         works = []
         for i in range(clients):
-            g = Git(tmp_path / f"r{round_no}c{i}")
-            g.run("init", "-q", "-b", "main")
-            g.run("fetch", "-q", url, "main")
-            g.run("reset", "-q", "--hard", "FETCH_HEAD")
+            g = work_on_tip(tmp_path / f"r{round_no}c{i}", url)
             g.commit(f"round {round_no} client {i}", **{f"c{i}.py": f"{round_no}\n"})
             works.append(g)
         results = _race_pushes(works, url)
@@ -255,16 +252,7 @@ def test_parallel_fetches_and_archives(store_server, work, repo_name, tmp_path):
 
 def test_push_size_limit(tmp_path, repo_name):
     """A push over PINFLOW_MAX_PUSH_BYTES is refused with a message the git client shows."""
-    from tests.support.server import make_tokens
-
-    home = tmp_path / "home"
-    home.mkdir()
-    url = f"sqlite:///{home}/pinflow.db"
-    server = ServerProcess(
-        home=home, database_url=url, extra_env={"PINFLOW_MAX_PUSH_BYTES": "1048576"}
-    )
-    server.tokens = make_tokens(url)
-    server.start()
+    server = start_server(tmp_path / "home", PINFLOW_MAX_PUSH_BYTES="1048576")
     try:
         server.create_repo(repo_name)
         work = Git(tmp_path / "w").init()

@@ -20,7 +20,7 @@ from scheduler.models import DagRun
 from tests.conftest import BACKENDS, cluster_for
 from tests.dagstore.test_git_remote import _race_pushes
 from tests.support.cluster import Cluster
-from tests.support.git import Git
+from tests.support.git import Git, work_on_tip
 from tests.support.pg import PostgresCluster, create_database, find_pg_bin
 from tests.support.procs import PinflowProcess
 from tests.support.seed import every, insert_dags
@@ -239,10 +239,7 @@ def test_fifty_simultaneous_push_pairs(cluster: Cluster, tmp_path, uid):
     for round_no in range(50):
         pair = []
         for side in "ab":
-            g = Git(tmp_path / f"{round_no}{side}")
-            g.run("init", "-q", "-b", "main")
-            g.run("fetch", "-q", url, "main")
-            g.run("reset", "-q", "--hard", "FETCH_HEAD")
+            g = work_on_tip(tmp_path / f"{round_no}{side}", url)
             g.commit(f"{round_no}{side}", **{f"{side}.py": f"{round_no}\n"})
             pair.append(g)
         results = _race_pushes(pair, url)

@@ -13,7 +13,7 @@ from dagstore.unpack import DigestMismatch
 from runner.cache import VersionCache
 from runner.client import WorkerClient
 from tests.support.git import Git
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_server
 
 
 @pytest.fixture
@@ -85,14 +85,7 @@ def test_workers_on_one_host_fetch_one_copy(store_server, version, tmp_path):
 
 def test_store_down_then_back_the_fetch_waits(tmp_path, repo_name):
     """No cached copy and no store: the worker waits (it never runs another version)."""
-    from tests.support.server import make_tokens
-
-    home = tmp_path / "home"
-    home.mkdir()
-    url = f"sqlite:///{home}/pinflow.db"
-    server = ServerProcess(home=home, database_url=url)
-    server.tokens = make_tokens(url)
-    server.start()
+    server = start_server(tmp_path / "home")
     try:
         server.create_repo(repo_name)
         work = Git(tmp_path / "w").init()

@@ -75,3 +75,12 @@ def clone(url: str, dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def work_on_tip(path: Path, url: str, branch: str = "main") -> Git:
+    """A fresh work tree at the remote branch's tip, ready to commit on top of it."""
+    work = Git(path)
+    work.run("init", "-q", "-b", branch)
+    work.run("fetch", "-q", url, branch)
+    work.run("reset", "-q", "--hard", "FETCH_HEAD")
+    return work

@@ -114,3 +114,13 @@ class ServerProcess:
 
     def server_log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def start_server(home: Path, database_url: str | None = None, **env: str) -> ServerProcess:
+    """A started server with tokens, on SQLite in `home` unless a database URL is given."""
+    home.mkdir(parents=True, exist_ok=True)
+    url = database_url or f"sqlite:///{home}/pinflow.db"
+    server = ServerProcess(home=home, database_url=url, extra_env=env)
+    server.tokens = make_tokens(url)
+    server.start()
+    return server
