@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from dulwich.errors import NotGitRepository
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+from dulwich.protocol import pkt_line
 from dulwich.repo import Repo
 from dulwich.server import Backend
 from dulwich.web import make_wsgi_chain
@@ -26,6 +28,7 @@ from dagstore.gitrepo import REPO_NAME_RE
 from dagstore.receive import install_hooks
 from dagstore.token import authenticate
 
+log = logging.getLogger("pinflow.git")
 _PATH_RE = re.compile(r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/.*)$")
 StartResponse = Callable[..., Any]
 
@@ -123,14 +126,25 @@ def _needed_scope(environ: dict[str, Any], rest: str) -> str:
 
 
 class _Closing:
-    """The response iterable; closes the request's repos once the server is done with it."""
+    """The response iterable; closes the request's repos once the server is done with it.
+
+    A malformed request (garbage pkt-lines, a bad length, an empty body) makes dulwich raise
+    while the 200 is already on its way; without this the server logs a traceback and drops
+    the connection. The client gets an `ERR` pkt-line instead, which git shows as a remote error.
+    """
 
     def __init__(self, inner: Iterable[bytes], on_close: Callable[[], None]) -> None:
         self.inner = inner
         self.on_close = on_close
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self.inner)
+        try:
+            yield from self.inner
+        except (GitProtocolError, ValueError) as exc:  # dulwich parsing what the client sent
+            reason = "the request ended early" if isinstance(exc, HangupException) else exc
+            message = f"pinflow: malformed git request: {reason}"[:500]
+            log.warning("%s", message)
+            yield pkt_line(f"ERR {message}".encode())
 
     def close(self) -> None:
         try:

@@ -94,6 +94,13 @@ class GuardUpdate(Hook):
     def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         if ref.startswith(b"refs/pinflow/"):
             raise HookError("refs/pinflow/ is reserved for the store")
+        if new != ZERO_SHA:
+            # dulwich would point the ref at whatever the client names, even a missing object.
+            store = self.push.repo.object_store
+            if new not in store:
+                raise HookError(f"pinflow: refused: {new.decode()} is not in the pushed pack")
+            if ref.startswith(b"refs/heads/") and store[new].type_name != b"commit":
+                raise HookError(f"pinflow: refused: {new.decode()} is not a commit")
         try:
             keep_reachable(self.push.repo, old, new)
         except OSError as exc:
