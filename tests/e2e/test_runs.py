@@ -39,6 +39,20 @@ with DAG("{dag_id}", schedule=None):
 """
 
 
+def push_pipeline(cluster: Cluster, tmp_path, dag_id: str) -> str:
+    """A repo of its own holding PIPELINE (no pause) as `dag_id`; returns the dag id."""
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(
+        work,
+        "p",
+        **{
+            "dags/helpers.py": "VERSION = 1\n",
+            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0),
+        },
+    )
+    return dag_id
+
+
 def test_run_executes_its_pinned_commit_while_a_push_lands(cluster: Cluster, tmp_path, uid):
     work = cluster.repo(f"pin{uid}", tmp_path / "w")
     dag_id = f"pin_{uid}"
@@ -177,16 +191,7 @@ def test_worker_killed_mid_task_is_retried(cluster: Cluster, tmp_path, uid):
 def test_lost_queue_is_recovered_after_flushall(cluster: Cluster, tmp_path, uid):
     import redis
 
-    work = cluster.repo(f"fq{uid}", tmp_path / "w")
-    dag_id = f"flush_{uid}"
-    cluster.push(
-        work,
-        "p",
-        **{
-            "dags/helpers.py": "VERSION = 1\n",
-            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0),
-        },
-    )
+    dag_id = push_pipeline(cluster, tmp_path, f"flush_{uid}")
     for worker in cluster.workers:
         worker.stop()
     stopped = list(cluster.workers)
@@ -311,16 +316,7 @@ def test_cli_trigger_wait_exit_codes(cluster: Cluster, tmp_path, uid):
 
 def test_worker_endpoints_refuse_stale_and_foreign_claims(cluster: Cluster, tmp_path, uid):
     """A late worker, a stale try or a finished task gets 409; other scopes get 403."""
-    work = cluster.repo(f"we{uid}", tmp_path / "w")
-    dag_id = f"we_{uid}"
-    cluster.push(
-        work,
-        "p",
-        **{
-            "dags/helpers.py": "VERSION = 1\n",
-            "dags/pipe.py": PIPELINE.format(dag_id=dag_id, sleep=0),
-        },
-    )
+    dag_id = push_pipeline(cluster, tmp_path, f"we_{uid}")
     run = cluster.wait(cluster.trigger(dag_id)["run_id"])
     assert run["state"] == "success"
     from sqlalchemy import select
