@@ -42,6 +42,10 @@ def make_worker(redis_url: str, queues: list[str] | None = None, name: str | Non
 
 
 def run_worker(redis_url: str, queues: list[str] | None, burst: bool, name: str | None) -> None:
+    # Import the job's code (httpx, pydantic, the loader) once here: every forked work horse
+    # inherits it instead of importing it again at each task start.
+    import runner.job  # noqa: F401
+
     delay = 0.5
     while True:
         worker = None
