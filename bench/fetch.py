@@ -38,11 +38,11 @@ from rich.table import Table
 
 from bench._repo import COMMIT_DATE, FILE_COUNT, repo_files
 from bench._stats import Measure, kib, ms, repeat, timed
+from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from tests.support.git import Git, git_env
 from tests.support.server import ServerProcess, start_server
 
 REPO = "bench"
-DIGEST_HEADER = "X-Pinflow-Archive-Sha256"
 GOAL_RATIO = 3.0
 
 DESCRIPTION = "Version fetch: archive download + unpack against git clone --depth 1."

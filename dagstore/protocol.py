@@ -16,6 +16,7 @@ DEFAULT_QUEUE = "default"
 QUEUE_PREFIX = "pinflow:"
 MAX_LOG_BYTES = 1024 * 1024
 MAX_DB_INT = 2**31 - 1  # INTEGER columns: larger ids or tries cannot exist
+ARCHIVE_DIGEST_HEADER = "X-Pinflow-Archive-Sha256"  # the archive's sha256, checked by workers
 
 
 def queue_name(queue: str) -> str:

@@ -17,10 +17,10 @@ import certifi
 import httpx
 
 from dagstore.errors import Conflict, NotFound, PinflowError, VersionUnavailable
+from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from dagstore.protocol import ClaimRequest, FinishRequest, Heartbeat, TaskSpec
 
 log = logging.getLogger("pinflow.worker")
-DIGEST_HEADER = "X-Pinflow-Archive-Sha256"
 
 
 def _tls_context() -> ssl.SSLContext:

@@ -13,12 +13,12 @@ from sqlalchemy import text
 from dagstore.auth import AdminToken, ReadToken, StoreDep
 from dagstore.dags import version_contents
 from dagstore.gitrepo import read_file, resolve_commit, validate_full_sha
+from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
 
 router = APIRouter()
 IMMUTABLE = "public, max-age=31536000, immutable"
-DIGEST_HEADER = "X-Pinflow-Archive-Sha256"
 
 
 class RepoCreate(BaseModel):
