@@ -44,3 +44,18 @@ def ms(seconds: float) -> str:
 
 def kib(size: int) -> str:
     return f"{size / 1024:,.0f} KiB"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One of issue 8's goals as a benchmark measured it; `make bench` prints them together.
+
+    Every benchmark's `main()` returns its goals, so the closing summary shows in one table
+    which claims held on this machine in this run, next to the figures that decide it.
+    """
+
+    benchmark: str  # e.g. "version fetch"
+    name: str  # what is compared, e.g. "git clone / cold fetch (medians)"
+    value: str  # the measured figure, formatted, e.g. "2.4x"
+    target: str  # the goal, e.g. ">= 3x"
+    met: bool

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench._stats import Goal
 from tests.support.cluster import Cluster
 
 TASKS = 100
@@ -37,7 +38,7 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def main() -> None:
+def main() -> list[Goal]:
     with tempfile.TemporaryDirectory(prefix="pinflow-bench-dispatch-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
@@ -75,6 +76,22 @@ def main() -> None:
         f"goal p50 <= 20 ms: {'met' if p50 <= 20 else 'not met'}; "
         f"goal p99 <= 100 ms: {'met' if p99 <= 100 else 'not met'}"
     )
+    return [
+        Goal(
+            "dispatch latency",
+            "upstream end → downstream start, p50",
+            f"{p50:.0f} ms",
+            "<= 20 ms",
+            p50 <= 20,
+        ),
+        Goal(
+            "dispatch latency",
+            "upstream end → downstream start, p99",
+            f"{p99:.0f} ms",
+            "<= 100 ms",
+            p99 <= 100,
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._repo import COMMIT_DATE, FILE_COUNT, repo_files
-from bench._stats import Measure, kib, ms, repeat, timed
+from bench._stats import Goal, Measure, kib, ms, repeat, timed
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from tests.support.git import Git, git_env
 from tests.support.server import ServerProcess, start_server
@@ -339,7 +339,19 @@ def markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] = ()) -> None:
+def goals(report: Report) -> list[Goal]:
+    return [
+        Goal(
+            "version fetch",
+            "git clone --depth 1 / cold fetch (medians)",
+            f"{report.ratio:.1f}x",
+            f">= {GOAL_RATIO:.0f}x",
+            report.ratio >= GOAL_RATIO,
+        )
+    ]
+
+
+def main(argv: Sequence[str] = ()) -> list[Goal]:
     parser = argparse.ArgumentParser(prog="python -m bench.fetch", description=DESCRIPTION)
     parser.add_argument("--reps", type=int, default=15, help="repetitions of cold fetch and clone")
     parser.add_argument("--warm-reps", type=int, default=50, help="repetitions of the warm GET")
@@ -355,6 +367,7 @@ def main(argv: Sequence[str] = ()) -> None:
     console.print(f"total benchmark time: {time.perf_counter() - started:.1f} s")
     if args.markdown:
         print(markdown(report))
+    return goals(report)
 
 
 if __name__ == "__main__":
