@@ -122,6 +122,11 @@ def db_time(session: Session) -> datetime:
     """The database's clock now, as aware UTC: deadlines computed from it agree across hosts."""
     from sqlalchemy import select
 
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite's clock is this host's clock (its file is local): no round trip for it.
+        # Milliseconds, like `db_now()` on SQLite, so values taken either way compare alike.
+        now = datetime.now(UTC)
+        return now.replace(microsecond=now.microsecond // 1000 * 1000)
     value = session.execute(select(db_now())).scalar_one()
     if isinstance(value, str):  # SQLite hands the function's text back as is
         value = datetime.fromisoformat(value)

@@ -1,8 +1,9 @@
 """Running one try of a task in this process: import the pinned DAG file, call the task.
 
 The DAG file is imported from the version folder exactly as the parser imported it
-(`dagstore.loader`), the task gets its upstream results and its context, and a timeout is
-enforced with SIGALRM (the job runs in RQ's forked work horse, on its main thread).
+(`dagstore.loader`), or was imported so by the worker parent before the fork (`runner.warm`).
+The task gets its upstream results and its context, and a timeout is enforced with SIGALRM
+(the job runs in RQ's forked work horse, on its main thread).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagstore.loader import import_dag_file, put_version_on_path
 from dagstore.protocol import TaskSpec
+from runner.warm import WARM
 
 
 class TaskTimeout(BaseException):
@@ -53,8 +54,7 @@ def execute(spec: TaskSpec, version_root: Path) -> Outcome:
     try:
         if spec.timeout:
             signal.setitimer(signal.ITIMER_REAL, spec.timeout)
-        put_version_on_path(version_root)
-        dags = {dag.dag_id: dag for dag in import_dag_file(version_root, spec.fileloc, spec.sha)}
+        dags = {dag.dag_id: dag for dag in WARM.get(version_root, spec.fileloc, spec.sha)}
         dag = dags.get(spec.dag_id)
         if dag is None:
             return Outcome(

@@ -6,9 +6,9 @@ scheduler never imports this module and this module never opens the database.
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dagstore.errors import Conflict, PinflowError
-from dagstore.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload
+from dagstore.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload, TaskSpec
 from dagstore.settings import Settings
 from runner.cache import VersionCache
 from runner.capture import CappedLog, capture
@@ -34,6 +34,19 @@ def cache_dir(settings: Settings) -> Path:
     return Path(os.environ.get("PINFLOW_CACHE_DIR") or settings.home / "cache" / "versions")
 
 
+# Sent by the heartbeat thread to the main thread when the try was taken away. Not SIGINT:
+# RQ's work horse ignores SIGINT, and in a --no-fork worker SIGINT means "shut down".
+ABANDON_SIGNAL = signal.SIGUSR1
+
+
+class Abandoned(BaseException):
+    """The try was given to someone else while this worker ran it: stop, report nothing."""
+
+
+def _on_abandon(_signum: int, _frame: Any) -> None:
+    raise Abandoned()
+
+
 class Heartbeater(threading.Thread):
     """Beats while the task runs; if the try was taken away (409), stops the task."""
 
@@ -43,6 +56,7 @@ class Heartbeater(threading.Thread):
         self.interval = interval
         self.done = threading.Event()
         self.abandoned = False
+        self.main_ident = threading.main_thread().ident or 0
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -50,7 +64,9 @@ class Heartbeater(threading.Thread):
                 self.client.heartbeat(self.ti_id, self.try_number)
             except Conflict:
                 self.abandoned = True
-                _thread.interrupt_main()  # KeyboardInterrupt in the task: it is not ours now
+                # A real signal to the main thread, so a task blocked in sleep() or I/O wakes
+                # up too (`_thread.interrupt_main` would wait for it to return by itself).
+                signal.pthread_kill(self.main_ident, ABANDON_SIGNAL)
                 return
             except PinflowError as exc:
                 log.warning("heartbeat failed: %s", exc.detail)
@@ -68,6 +84,25 @@ def run_task(payload: dict[str, Any]) -> str:
         client.close()
 
 
+def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog) -> Outcome:
+    try:
+        fetched = cache.ensure(spec.repo, spec.sha)
+    except PinflowError as exc:
+        return Outcome(False, error=f"could not get version {spec.sha[:12]}: {exc.detail}")
+    task_log.line(
+        f"pinflow: version {spec.sha[:12]} {'cache hit' if fetched.hit else 'fetched'} "
+        f"in {fetched.seconds * 1000:.1f} ms"
+    )
+    with cache.using(spec.repo, spec.sha) as root, capture(task_log):
+        started = time.perf_counter()
+        outcome = execute(spec, root)
+    task_log.line(
+        f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
+        f"in {time.perf_counter() - started:.3f} s"
+    )
+    return outcome
+
+
 def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
     name = worker_name()
     try:
@@ -81,30 +116,18 @@ def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
         f"{spec.run_id} at {spec.repo}@{spec.sha} on {name}"
     )
     beat = Heartbeater(client, spec.ti_id, spec.try_number, spec.heartbeat_interval)
+    previous = signal.signal(ABANDON_SIGNAL, _on_abandon)
     beat.start()
     try:
         try:
-            fetched = cache.ensure(spec.repo, spec.sha)
-        except PinflowError as exc:
-            outcome = Outcome(False, error=f"could not get version {spec.sha[:12]}: {exc.detail}")
-        else:
-            task_log.line(
-                f"pinflow: version {spec.sha[:12]} {'cache hit' if fetched.hit else 'fetched'} "
-                f"in {fetched.seconds * 1000:.1f} ms"
-            )
-            with cache.using(spec.repo, spec.sha) as root, capture(task_log):
-                started = time.perf_counter()
-                outcome = execute(spec, root)
-            task_log.line(
-                f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
-                f"in {time.perf_counter() - started:.3f} s"
-            )
-    except KeyboardInterrupt:
-        if not beat.abandoned:
-            raise
+            outcome = _fetch_and_execute(spec, cache, task_log)
+        finally:
+            beat.done.set()
+            beat.join()  # after this no abandon signal can come: the handler can go
+    except Abandoned:
         outcome = Outcome(False, error="abandoned")
     finally:
-        beat.done.set()
+        signal.signal(ABANDON_SIGNAL, previous)
     if beat.abandoned:
         log.warning("try %s of %s was taken away; not reporting", spec.try_number, spec.task_id)
         return "abandoned"

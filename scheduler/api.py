@@ -24,7 +24,7 @@ from dagstore.protocol import (
 )
 from scheduler.enqueue import Enqueuer
 from scheduler.models import DagRun, TaskInstance, TaskTry
-from scheduler.taskstate import claim, finish, get_ti, heartbeat, queue_ready
+from scheduler.taskstate import claim, finish, heartbeat, queue_ready
 from scheduler.trigger import resolve_target, trigger
 from scheduler.views import get_run, run_json, tasks_json
 
@@ -186,7 +186,7 @@ def post_finish(
     """Record the outcome; downstream tasks are enqueued now, not at the next scheduler tick."""
     with store.db.write() as session:
         now = db_time(session)
-        run = finish(
+        finished = finish(
             session,
             ti_id,
             body.try_number,
@@ -196,7 +196,9 @@ def post_finish(
             error=body.error,
             log=body.log,
         )
-        payloads = queue_ready(session, now, run_pk=run.id) if enqueuer else []
-        state = get_ti(session, ti_id).state
+        # Scheduled tasks of the run that this finish did not make ready (a fan-out past
+        # queue_ready's batch) are left to the scheduler's loop, which queues them within a tick.
+        ready = enqueuer is not None and finished.may_queue
+        payloads = queue_ready(session, now, run_pk=finished.run.id) if ready else []
     _enqueue(enqueuer, payloads)
-    return {"state": state}
+    return {"state": finished.state}

@@ -56,7 +56,7 @@ class Enqueuer:
                         kwargs={"payload": p.model_dump()},
                         timeout=int((p.timeout or NO_TIMEOUT) + JOB_TIMEOUT_MARGIN),
                         job_id=job_id(p.ti_id, p.try_number),
-                        result_ttl=300,
+                        result_ttl=0,  # the database keeps the outcome: no RQ copy
                         failure_ttl=24 * 3600,
                         unique=True,
                     )

@@ -90,12 +90,14 @@ def cluster_for(
     factory: pytest.TempPathFactory,
     schedulers: int = 1,
     workers: int = 1,
+    worker_args: tuple[str, ...] = (),
     **env: str,
 ) -> Iterator[Cluster]:
     """Server, schedulers, workers and a redis-server on the backend of `request.param`."""
     home = factory.mktemp("cluster")
     for url in _database_for(request, request.param, str(home)):
         cluster = Cluster(home, url, request.param, **env)
+        cluster.worker_args = list(worker_args)
         try:
             cluster.start(schedulers=schedulers, workers=workers)
             yield cluster

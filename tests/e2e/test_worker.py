@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from pinflow.supervise import descendants
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
 from tests.support.dags import sleeps_on_first_try
@@ -87,3 +89,29 @@ def test_second_sigterm_stops_at_once_and_the_task_is_retried(cluster: Cluster, 
     task = done["tasks"][0]
     assert done["state"] == "success" and task["result"] == 2, cluster.logs()
     assert task["tries"][0]["state"] == "failed"
+
+
+def test_a_try_taken_away_stops_its_task_at_the_next_heartbeat(cluster: Cluster, tmp_path, uid):
+    """Freeze a running work horse past the heartbeat timeout: the scheduler fails the try.
+    Thawed, the horse's next heartbeat gets 409 and the task stops there, not 60 s later."""
+    work = cluster.repo(f"a{uid}", tmp_path / "w")
+    dag_id = f"taken_{uid}"
+    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=60)})
+    run = cluster.trigger(dag_id)
+    cluster.wait_task(run["run_id"], "sleeper", "running")
+    worker = cluster.workers[0]
+    assert worker.proc is not None
+    horses = descendants(worker.proc.pid)
+    assert len(horses) == 1
+    os.kill(horses[0], signal.SIGSTOP)
+    try:
+        cluster.wait_task(run["run_id"], "sleeper", "failed", timeout=40)
+    finally:
+        os.kill(horses[0], signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "was taken away" not in worker.log():
+        time.sleep(0.2)
+    assert "was taken away" in worker.log(), worker.log()[-2000:]
+    assert not descendants(worker.proc.pid)  # the horse is gone: it did not sleep on
+    tasks = {t["task_id"]: t for t in cluster.run(run["run_id"])["tasks"]}
+    assert "no heartbeat" in tasks["sleeper"]["error"]  # the scheduler's verdict stands

@@ -23,6 +23,7 @@ class Cluster:
         self.server: ServerProcess | None = None
         self.schedulers: list[PinflowProcess] = []
         self.workers: list[PinflowProcess] = []
+        self.worker_args: list[str] = []  # extra `pinflow worker` options, e.g. ["--no-fork"]
 
     def start(self, schedulers: int = 1, workers: int = 1) -> Cluster:
         self.redis.start()
@@ -66,7 +67,7 @@ class Cluster:
         # workers of one host do.
         proc = PinflowProcess(
             f"worker-{name}",
-            ["worker", "--name", name],
+            ["worker", "--name", name, *self.worker_args],
             self.home / name,
             "",
             **self.process_env(self.tokens["worker"]),
