@@ -16,6 +16,12 @@ from typing import Any
 from tests.support.cluster import Cluster
 
 POLL_SECONDS = 0.25
+# The two ways to run workers, compared by the run benchmarks: `pinflow worker` forks a work
+# horse per task (isolation); `--no-fork` runs tasks in the worker process (speed).
+WORKER_MODES: dict[str, tuple[str, ...]] = {
+    "forking workers (default)": (),
+    "pinflow worker --no-fork": ("--no-fork",),
+}
 
 
 @contextmanager

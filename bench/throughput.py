@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench._cluster import cluster, parse_time, publish, run_to_end
+from bench._cluster import WORKER_MODES, cluster, parse_time, publish, run_to_end
 from bench._profile import IDLE, Sampler, categorize, cpu_seconds, read_raw, table, top_frames
 from bench._stats import Goal
 from tests.support.cluster import Cluster
@@ -131,9 +131,6 @@ def print_profile(console: Console, stacks: dict[str, list]) -> None:
         console.print(f"  {count:6}  {name}", markup=False, highlight=False)
 
 
-MODES = {"forking workers (default)": (), "pinflow worker --no-fork": ("--no-fork",)}
-
-
 @dataclass
 class Result:
     mode: str
@@ -187,7 +184,7 @@ def main(argv: Sequence[str] = ()) -> list[Goal]:
     args = parser.parse_args(list(argv))
     console = Console(width=120)
     results = []
-    for mode, worker_args in MODES.items():
+    for mode, worker_args in WORKER_MODES.items():
         with tempfile.TemporaryDirectory(prefix="pinflow-bench-throughput-") as tmp:
             results.append(
                 measure(mode, worker_args, Path(tmp), not args.no_profile, args.save_profile)

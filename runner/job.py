@@ -77,11 +77,21 @@ def run_task(payload: dict[str, Any]) -> str:
     settings = Settings.load()
     if not settings.token:
         raise RuntimeError("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
-    client = WorkerClient(settings.api_url, settings.token)
-    try:
-        return _run(job, client, VersionCache(cache_dir(settings), client))
-    finally:
-        client.close()
+    client = _client(settings.api_url, settings.token)
+    return _run(job, client, VersionCache(cache_dir(settings), client))
+
+
+_CLIENTS: dict[tuple[str, str], WorkerClient] = {}
+
+
+def _client(api_url: str, token: str) -> WorkerClient:
+    """One client per process, so a --no-fork worker keeps its connection to the API server
+    from task to task. A forked work horse builds its own: the worker parent never calls
+    this, so no connection is ever shared between processes."""
+    key = (api_url, token)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = WorkerClient(api_url, token)
+    return _CLIENTS[key]
 
 
 def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog) -> Outcome:

@@ -20,6 +20,7 @@ before), and `PINFLOW_WARM_DAGS=0` turns warming off.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -76,6 +77,7 @@ class WarmDags:
                 self._switch(root, job.sha)
             if job.fileloc not in self.dags:
                 self.dags[job.fileloc] = self._import(root, job.fileloc, job.sha)
+                gc.freeze()  # kept until the version changes: out of the collector's sight
         except Exception as exc:  # noqa: BLE001 - the DAG file's top level may raise anything
             log.info("not warming %s: %s", payload, exc)
 
@@ -115,6 +117,7 @@ class WarmDags:
                     del sys.modules[name]
             sys.path[:] = [p for p in sys.path if not _under(p, old)]
             importlib.invalidate_caches()
+            gc.unfreeze()  # the dropped modules hold cycles: let the collector have them
         self.root, self.sha = root, sha
         self.dags, self.failed = {}, set()
 

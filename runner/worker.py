@@ -42,9 +42,6 @@ class PinflowWorker(Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         WARM.prepare(job.kwargs.get("payload"))
-        # Objects the parent holds are never garbage, so take them out of the collector's
-        # sight: a collection in the horse would otherwise touch (and copy) all their pages.
-        gc.freeze()
         super().execute_job(job, queue)
 
 
@@ -98,6 +95,8 @@ def warm_up() -> None:
     from runner.job import cache_dir
 
     WorkerClient("http://127.0.0.1", "warm-up").close()
+    gc.collect()
+    gc.freeze()  # all of it lives as long as the worker: no full collection walks it again
     if os.environ.get("PINFLOW_WARM_DAGS", "1") != "0":
         cache = VersionCache(cache_dir(Settings.load()), client=None)  # type: ignore[arg-type]
 
