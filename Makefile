@@ -30,7 +30,10 @@ test-failure: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Benchmarks print figures, they do not pass or fail (BENCHMARKS.md). Archive serving needs
+# Debian's wrk and nginx: `apt-get install -y wrk nginx-light` (bench/serve.py says so).
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -126,10 +126,16 @@ def top_frames(stacks: list[tuple[list[str], int]], limit: int = 12) -> list[tup
     """Functions by inclusive samples (each counted once per stack), the usual profile view."""
     counts: collections.Counter[str] = collections.Counter()
     for frames, count in stacks:
-        seen = {frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1] for frame in frames}
-        for name in seen:
+        for name in {_function(frame) for frame in frames}:
             counts[name] += count
     return counts.most_common(limit)
+
+
+def _function(frame: str) -> str:
+    """`func (/long/path/pkg/mod.py:123)` → `func (pkg/mod.py)`: one row per function."""
+    func, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    return f"{func} ({'/'.join(path.split('/')[-2:])})"
 
 
 def table(title: str, counts: collections.Counter[str], seconds_per_sample: float) -> Table:

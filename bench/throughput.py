@@ -119,6 +119,24 @@ def profiled_run(running: Cluster, folder: Path, keep: Path | None) -> tuple[dic
     return {name: read_raw(path) for name, path in profiles.items()}, sampler.error
 
 
+# Frames every sample of a process passes through (entry points, event loops, RQ's work loop):
+# left out of the "top functions" list, where they would only push the informative ones down.
+ENTRY = (
+    "typer/",
+    "_click/",
+    "threading.py",
+    "cli/",
+    "<module>",
+    "process ",
+    "_asyncio.py",
+    "BaseWorker.work ",
+    "runners.py",
+    "uvicorn/main.py",
+    "_compat.py",
+    "Server.run ",
+)
+
+
 def print_profile(console: Console, stacks: dict[str, list]) -> None:
     counts: Counter[str] = Counter()
     for name, samples in stacks.items():
@@ -127,7 +145,8 @@ def print_profile(console: Console, stacks: dict[str, list]) -> None:
     console.print(table("CPU samples (profiled run), by where", counts, 1 / RATE))
     console.print("top functions (inclusive samples, all processes, waiting excluded):")
     busy = [s for v in stacks.values() for s in v if not any(m in s[0][-1] for m in IDLE)]
-    for name, count in top_frames(busy, 30):
+    shown = [(n, c) for n, c in top_frames(busy, 200) if not any(e in n for e in ENTRY)]
+    for name, count in shown[:25]:
         console.print(f"  {count:6}  {name}", markup=False, highlight=False)
 
 

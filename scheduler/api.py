@@ -139,29 +139,43 @@ def post_claim(
 ) -> TaskSpec:
     """queued → running for this try; 409 when the try is stale or someone else has it."""
     with store.db.write() as session:
-        now = db_time(session)
-        ti = claim(session, ti_id, body.try_number, body.worker, now)
-        run = session.get(DagRun, ti.run_pk)
-        assert run is not None
+        claim(session, ti_id, body.try_number, body.worker, db_time(session))
+        row = session.execute(
+            select(
+                TaskInstance.task_id,
+                TaskInstance.timeout,
+                TaskInstance.upstream,
+                TaskInstance.run_pk,
+                DagRun.run_id,
+                DagRun.dag_id,
+                DagRun.sha,
+                DagRun.fileloc,
+                DagRun.logical_date,
+                DagRun.conf,
+                Repo.name,
+            )
+            .join(DagRun, DagRun.id == TaskInstance.run_pk)
+            .join(Repo, Repo.id == DagRun.repo_id)
+            .where(TaskInstance.id == ti_id)
+        ).one()
         upstream = session.execute(
             select(TaskInstance.task_id, TaskInstance.result).where(
-                TaskInstance.run_pk == run.id, TaskInstance.task_id.in_(ti.upstream)
+                TaskInstance.run_pk == row.run_pk, TaskInstance.task_id.in_(row.upstream or [])
             )
-        ).all()
-        repo = session.get(Repo, run.repo_id)
+        )
         return TaskSpec(
-            ti_id=ti.id,
-            try_number=ti.try_number,
-            run_id=run.run_id,
-            dag_id=run.dag_id,
-            task_id=ti.task_id,
-            repo=repo.name if repo else "",
-            sha=run.sha,
-            fileloc=run.fileloc,
-            logical_date=iso(run.logical_date) or "",
-            conf=run.conf or {},
-            timeout=ti.timeout,
-            upstream_results=dict(upstream),
+            ti_id=ti_id,
+            try_number=body.try_number,
+            run_id=row.run_id,
+            dag_id=row.dag_id,
+            task_id=row.task_id,
+            repo=row.name,
+            sha=row.sha,
+            fileloc=row.fileloc,
+            logical_date=iso(row.logical_date) or "",
+            conf=row.conf or {},
+            timeout=row.timeout,
+            upstream_results=dict(upstream.tuples().all()),
             heartbeat_interval=max(1.0, store.settings.heartbeat_timeout / 6),
         )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ScalarSelect, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from dagstore.errors import Conflict, NotFound
@@ -117,7 +117,7 @@ def settle_run(session: Session, run: DagRun, states: set[str], now: datetime) -
         session.expire(run, ["state", "started_at"])
 
 
-def start_run(session: Session, run_pk: int, now: datetime) -> None:
+def start_run(session: Session, run_pk: int | ScalarSelect[int], now: datetime) -> None:
     """queued → running; a no-op when the run already runs (or ended). A loaded DagRun is not
     refreshed: expire it if its state will be read in this session."""
     session.execute(
@@ -185,9 +185,7 @@ def get_ti(session: Session, ti_id: int) -> TaskInstance:
     return ti
 
 
-def claim(
-    session: Session, ti_id: int, try_number: int, worker: str, now: datetime
-) -> TaskInstance:
+def claim(session: Session, ti_id: int, try_number: int, worker: str, now: datetime) -> None:
     """queued → running for exactly this try; anything else is someone else's task now."""
     if not transition(
         session,
@@ -205,8 +203,8 @@ def claim(
             f"task instance {ti_id} try {try_number} cannot be claimed: it is {ti.state} "
             f"at try {ti.try_number}"
         )
-    session.add(
-        TaskTry(
+    session.execute(
+        insert(TaskTry).values(
             ti_id=ti_id,
             try_number=try_number,
             state="running",
@@ -215,9 +213,8 @@ def claim(
             log="",
         )
     )
-    ti = get_ti(session, ti_id)
-    start_run(session, ti.run_pk, now)  # this task runs, so its run does: no need to look
-    return ti
+    run_pk = select(TaskInstance.run_pk).where(TaskInstance.id == ti_id).scalar_subquery()
+    start_run(session, run_pk, now)  # this task runs, so its run does
 
 
 def heartbeat(session: Session, ti_id: int, try_number: int, now: datetime) -> None:
@@ -253,7 +250,16 @@ def finish(
     stale_before: datetime | None = None,
 ) -> Finished:
     """running → success, or failed / up_for_retry; then the run moves on."""
-    ti = get_ti(session, ti_id)
+    ti = session.execute(
+        select(
+            TaskInstance.run_pk,
+            TaskInstance.try_number,
+            TaskInstance.max_tries,
+            TaskInstance.retry_delay,
+        ).where(TaskInstance.id == ti_id)
+    ).one_or_none()
+    if ti is None:
+        raise NotFound(f"task instance {ti_id} does not exist")
     if success:
         values: dict[str, Any] = {
             "state": "success",
@@ -271,10 +277,10 @@ def finish(
     else:
         values = {"state": "failed", "error": error, "ended_at": now}
     if not transition(session, ti_id, ("running",), try_number, stale_before, **values):
-        ti = get_ti(session, ti_id)
+        current = get_ti(session, ti_id)
         raise Conflict(
             f"task instance {ti_id} try {try_number} cannot finish: it is "
-            f"{ti.state} at try {ti.try_number}"
+            f"{current.state} at try {current.try_number}"
         )
     try_values: dict[str, Any] = {
         "state": "success" if success else "failed",
@@ -287,6 +293,7 @@ def finish(
         update(TaskTry)
         .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
         .values(**try_values)
+        .execution_options(synchronize_session=False)
     )
     run = session.get(DagRun, ti.run_pk, populate_existing=True)
     assert run is not None
