@@ -10,7 +10,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dagstore.context import StoreContext
 from dagstore.models import Token
-from dagstore.token import authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="A pinflow token (`pinflow token create`)")
 
@@ -30,8 +29,7 @@ def require(scope: str) -> Callable[..., Token]:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Token:
         secret = credentials.credentials if credentials else None
-        with store.db.read() as session:
-            return authenticate(session, secret, scope)
+        return store.tokens.authenticate(store.db, secret, scope)
 
     return check
 

@@ -9,6 +9,7 @@ from dagstore.db import Database
 from dagstore.gitrepo import RepoStorage
 from dagstore.parse import ParseLimits
 from dagstore.settings import Settings
+from dagstore.tokencache import TokenCache
 
 
 @dataclass
@@ -17,6 +18,7 @@ class StoreContext:
     db: Database
     storage: RepoStorage
     archives: ArchiveCache
+    tokens: TokenCache
 
     @property
     def parse_limits(self) -> ParseLimits:
@@ -28,5 +30,8 @@ class StoreContext:
             settings=settings,
             db=Database(settings.database_url),
             storage=RepoStorage(settings.repos_dir),
-            archives=ArchiveCache(settings.archive_cache_dir),
+            archives=ArchiveCache(
+                settings.archive_cache_dir, settings.archive_memory_mb * 1024 * 1024
+            ),
+            tokens=TokenCache(settings.token_cache_seconds),
         )

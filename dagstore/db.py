@@ -61,9 +61,20 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+SQLITE_POOL_SIZE = 40
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # As many pooled connections as the server has request threads (anyio's 40): with
+        # SQLAlchemy's default 5, a burst of requests opened and closed overflow connections,
+        # each paying the connect-time PRAGMAs (half of a cached archive request's time).
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=10,
+        )
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

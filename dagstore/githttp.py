@@ -26,7 +26,6 @@ from dagstore.context import StoreContext
 from dagstore.errors import NotFound, PinflowError
 from dagstore.gitrepo import REPO_NAME_RE
 from dagstore.receive import install_hooks
-from dagstore.token import authenticate
 
 log = logging.getLogger("pinflow.git")
 _PATH_RE = re.compile(r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/.*)$")
@@ -165,8 +164,7 @@ def make_git_app(store: StoreContext) -> Callable[[dict[str, Any], StartResponse
         name, rest = match.group("name"), match.group("rest")
         needed = _needed_scope(environ, rest)
         try:
-            with db.read() as session:
-                authenticate(session, _basic_password(environ), needed)
+            store.tokens.authenticate(db, _basic_password(environ), needed)
         except PinflowError as exc:
             if exc.status_code == 401:
                 return _plain(

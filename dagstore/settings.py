@@ -43,6 +43,8 @@ class Settings:
     max_push_bytes: int
     parse_timeout: float
     parse_memory_mb: int
+    token_cache_seconds: float = 5.0
+    archive_memory_mb: int = 128
 
     @property
     def repos_dir(self) -> Path:
@@ -69,6 +71,8 @@ class Settings:
             max_push_bytes=int(_env_float("PINFLOW_MAX_PUSH_BYTES", 100 * 1024 * 1024)),
             parse_timeout=_env_float("PINFLOW_PARSE_TIMEOUT", 30.0),
             parse_memory_mb=int(_env_float("PINFLOW_PARSE_MEMORY_MB", 1024)),
+            token_cache_seconds=_env_float("PINFLOW_TOKEN_CACHE_SECONDS", 5.0),
+            archive_memory_mb=int(_env_float("PINFLOW_ARCHIVE_MEMORY_MB", 128)),
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

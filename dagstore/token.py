@@ -47,11 +47,21 @@ def authenticate(session: Session, secret: str | None, needed: str) -> Token:
     """The token behind `secret` if it may act with scope `needed`; raises 401/403 otherwise."""
     if not secret:
         raise Unauthorized("missing token")
+    token = find_token(session, hash_token(secret))
+    check_scope(token, needed)
+    return token
+
+
+def find_token(session: Session, token_hash: str) -> Token:
+    """The live token with this hash; 401 when there is none (unknown or revoked)."""
     token = session.scalar(
-        select(Token).where(Token.token_hash == hash_token(secret), Token.revoked_at.is_(None))
+        select(Token).where(Token.token_hash == token_hash, Token.revoked_at.is_(None))
     )
     if token is None:
         raise Unauthorized("invalid or revoked token")
+    return token
+
+
+def check_scope(token: Token, needed: str) -> None:
     if not grants(token.scope, needed):
         raise Forbidden(f"token scope {token.scope!r} does not allow {needed!r}")
-    return token

@@ -6,7 +6,6 @@ from contextlib import ExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
@@ -96,7 +95,7 @@ def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str,
 @router.get(
     "/repos/{repo}/archive/{sha}.tar.gz",
     tags=["versions"],
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {"application/gzip": {}}}, 304: {"description": "unchanged"}},
 )
 def get_archive(
@@ -108,22 +107,22 @@ def get_archive(
 ) -> Response:
     """The commit's files; immutable, so caches may keep it forever."""
     validate_full_sha(sha)
-    with store.db.read() as session:
-        get_repo(session, repo)
-    with ExitStack() as stack:  # the git repo is opened only if the archive must be built
-        archive = store.archives.get_or_build(
-            repo, sha, lambda: stack.enter_context(store.storage.open(repo))
-        )
+    # Repos are never deleted and an archive is only ever built from its repo's commit, so
+    # an archive this process already has needs no database lookup: the hot path.
+    archive = store.archives.known(repo, sha)
+    if archive is None:
+        with store.db.read() as session:
+            get_repo(session, repo)
+        with ExitStack() as stack:  # the git repo is opened only if the archive must be built
+            archive = store.archives.get_or_build(
+                repo, sha, lambda: stack.enter_context(store.storage.open(repo))
+            )
     etag = f'"{archive.sha256}"'
     headers = {"ETag": etag, "Cache-Control": IMMUTABLE, DIGEST_HEADER: archive.sha256}
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
-    return FileResponse(
-        archive.path,
-        media_type="application/gzip",
-        headers=headers,
-        filename=f"{repo}-{sha[:12]}.tar.gz",
-    )
+    headers["Content-Disposition"] = f'attachment; filename="{repo}-{sha[:12]}.tar.gz"'
+    return Response(store.archives.read(archive), media_type="application/gzip", headers=headers)
 
 
 @router.get("/repos/{repo}/files/{sha}/{path:path}", tags=["versions"])

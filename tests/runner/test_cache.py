@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -12,8 +13,16 @@ import pytest
 from dagstore.unpack import DigestMismatch
 from runner.cache import VersionCache
 from runner.client import WorkerClient
+from tests.conftest import BACKENDS, serve
 from tests.support.git import Git
 from tests.support.server import ServerProcess, start_server
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store_server(request, tmp_path_factory) -> Iterator[ServerProcess]:
+    """Archives served from disk every time (no bytes kept in memory), so a test can tamper
+    with the file the server vouches for."""
+    yield from serve(request, tmp_path_factory, PINFLOW_ARCHIVE_MEMORY_MB="0")
 
 
 @pytest.fixture

@@ -1,0 +1,52 @@
+"""Verified tokens, remembered for a few seconds by each server process.
+
+Every worker request (claim, heartbeat, finish, archive download) and every git request
+carries a token; looking it up is a read transaction, ~12% of the API server's CPU under a
+busy fan-out (BENCHMARKS.md). Remembering a verified token for `ttl` seconds removes that,
+at a price stated plainly: a revoked token keeps working for up to `ttl` seconds on a server
+that saw it just before (`PINFLOW_TOKEN_CACHE_SECONDS`, default 5; 0 turns the cache off).
+Unknown and revoked tokens are never remembered, and the scope is checked on every request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from dagstore.db import Database
+from dagstore.errors import Unauthorized
+from dagstore.models import Token
+from dagstore.token import check_scope, find_token, hash_token
+
+MAX_ENTRIES = 10_000
+
+
+class TokenCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Token]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, db: Database, secret: str | None, needed: str) -> Token:
+        """The token behind `secret` if it may act with scope `needed`; raises 401/403."""
+        if not secret:
+            raise Unauthorized("missing token")
+        key = hash_token(secret)
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            token = entry[1]
+        else:
+            with db.read() as session:
+                token = find_token(session, key)
+                session.expunge(token)  # kept beyond the session: plain, read-only values
+            if self.ttl > 0:
+                self._remember(key, now + self.ttl, token)
+        check_scope(token, needed)
+        return token
+
+    def _remember(self, key: str, until: float, token: Token) -> None:
+        with self._lock:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()  # many tokens in a few seconds: start over, stay small
+            self._entries[key] = (until, token)
