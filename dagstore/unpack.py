@@ -3,8 +3,9 @@
 An archive comes over the network, so it is treated as hostile whatever its digest says:
 absolute paths, `..`, links that leave the version folder (also through other links), files
 written through a link, hard links, devices, FIFOs and sparse files are refused, and so is an
-archive that unpacks to more than a size cap or a member cap. Each refusal names the member
-and the reason.
+archive that unpacks to more than a size cap or a member cap, or nests folders deeper than
+`MAX_DEPTH` (deleting such a tree would exhaust the recursion of `shutil.rmtree`, which the
+cache and the parser use). Each refusal names the member and the reason.
 
 It is also on the critical path of a cold task start, so it does little besides the
 syscalls a file needs (open, write, close): tarfile parses the headers (its own, well-tested
@@ -34,6 +35,7 @@ _INPUT_CHUNK = 256 * 1024  # compressed bytes read from the source at a time
 _WINDOW = 1024 * 1024  # decompressed bytes produced at a time
 _KEEP = tarfile.BLOCKSIZE  # history kept behind the read position: tarfile seeks back 1 byte
 _MAX_HEADER = 64 * 1024  # largest single read tarfile may ask for (pax and long-name headers)
+MAX_DEPTH = 256  # folders deep: shutil.rmtree recurses once per level, later, on every copy
 
 
 class UnsafeArchive(BadRequest):
@@ -58,6 +60,8 @@ def _safe_name(name: str) -> str:
     clean = posixpath.normpath(name)
     if clean == ".." or clean.startswith("../") or ".." in name.split("/"):
         raise UnsafeArchive(f"archive member {name!r}: path leaves the version folder")
+    if clean.count("/") >= MAX_DEPTH:
+        raise UnsafeArchive(f"archive member {name[:200]!r}...: deeper than {MAX_DEPTH} folders")
     return clean
 
 

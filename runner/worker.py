@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -90,7 +89,7 @@ def warm_up() -> None:
     the way to get exactly what httpx loads lazily, whatever its version.
     """
     import dagstore.dag  # noqa: F401
-    from runner.cache import READY, VersionCache
+    from runner.cache import ready_version
     from runner.client import WorkerClient
     from runner.job import cache_dir
 
@@ -98,13 +97,8 @@ def warm_up() -> None:
     gc.collect()
     gc.freeze()  # all of it lives as long as the worker: no full collection walks it again
     if os.environ.get("PINFLOW_WARM_DAGS", "1") != "0":
-        cache = VersionCache(cache_dir(Settings.load()), client=None)  # type: ignore[arg-type]
-
-        def locate(repo: str, sha: str) -> Path | None:
-            root = cache.path(repo, sha)
-            return root if (root / READY).exists() else None
-
-        WARM.enable(locate)
+        root = cache_dir(Settings.load())
+        WARM.enable(lambda repo, sha: ready_version(root, repo, sha))
 
 
 def run_worker(

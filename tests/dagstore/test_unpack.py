@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import random
 import tarfile
 from pathlib import Path
 
@@ -12,7 +14,13 @@ import pytest
 from dulwich.repo import Repo
 
 from dagstore.archive import write_archive
-from dagstore.unpack import DigestMismatch, UnsafeArchive, unpack_archive, verify_digest
+from dagstore.unpack import (
+    MAX_DEPTH,
+    DigestMismatch,
+    UnsafeArchive,
+    unpack_archive,
+    verify_digest,
+)
 from tests.support.git import Git
 
 
@@ -35,6 +43,16 @@ def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInf
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname
+    return info, None
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    return _special(name, tarfile.DIRTYPE)
+
+
+def _sparse(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
     return info, None
 
 
@@ -69,6 +87,12 @@ def test_roundtrip_of_a_commit(tmp_path: Path):
         ([_special("dev", tarfile.CHRTYPE)], "device"),
         ([_special("fifo", tarfile.FIFOTYPE)], "device or special"),
         ([_file("a.py"), _file("a.py")], "duplicate"),
+        ([_special("d", tarfile.SYMTYPE, "sub"), _dir("d")], "duplicate"),
+        ([_special("l", tarfile.SYMTYPE, "")], "malformed link"),
+        # each link alone stays inside; `e` through `a` is the folder's parent
+        ([_special("a", tarfile.SYMTYPE, "."), _special("e", tarfile.SYMTYPE, "a/..")], "outside"),
+        ([_special("e", tarfile.SYMTYPE, "a/.."), _special("a", tarfile.SYMTYPE, ".")], "outside"),
+        ([_sparse("s")], "sparse file"),
     ],
 )
 def test_hostile_archives_are_refused(tmp_path: Path, members, message):
@@ -104,3 +128,84 @@ def test_verify_digest():
     verify_digest(data, hashlib.sha256(data).hexdigest())
     with pytest.raises(DigestMismatch, match="digest mismatch"):
         verify_digest(data + b"!", hashlib.sha256(data).hexdigest())
+
+
+def _tree_of(root: Path) -> dict[str, tuple[bool, bytes | str]]:
+    """Every path under `root`: (is a link, its bytes or link target)."""
+    found: dict[str, tuple[bool, bytes | str]] = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            found[name] = (True, os.readlink(path))
+        elif path.is_file():
+            found[name] = (False, path.read_bytes() + bytes([path.stat().st_mode & 0o100]))
+        else:
+            found[name] = (False, b"dir")
+    return found
+
+
+def test_large_and_many_files_match_tarfile(tmp_path: Path):
+    """Files across the inflate window's edges, sizes on and off the 512-byte blocks, empty
+    files, deep folders, long (pax) names and links give the same tree as tarfile's own."""
+    rng = random.Random(8)
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    sizes = [0, 1, 511, 512, 513, 1024, 3 * 1024 * 1024, 1024 * 1024 + 7, 2 * 1024 * 1024]
+    sizes += [rng.randrange(0, 40_000) for _ in range(300)]
+    for i, size in enumerate(sizes):
+        name = f"d{i % 7}/sub{i % 3}/{'n' * (i % 5) * 40}f{i}.bin"  # some names > 100 chars
+        info, data = _file(name, rng.randbytes(size))  # random: the gzip cannot shrink it
+        info.mode = 0o755 if i % 4 == 0 else 0o644
+        members.append((info, data))
+    members.append(_special("d0/link", tarfile.SYMTYPE, "sub0"))
+    members.append(_special("top", tarfile.SYMTYPE, "d1/sub1/f1.bin"))
+    archive = _tar(*members).getvalue()
+    unpack_archive(io.BytesIO(archive), tmp_path / "ours")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path / "theirs", filter="data")
+    assert _tree_of(tmp_path / "ours") == _tree_of(tmp_path / "theirs")
+    assert len(_tree_of(tmp_path / "ours")) > len(sizes)
+
+
+def test_unpack_from_a_file_on_disk(tmp_path: Path):
+    """The parser hands an open file, not bytes: read in chunks, same result."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_tar(_file("a/b.py", b"b = 1\n"), _file("c.bin", os.urandom(600_000))).read())
+    with path.open("rb") as f:
+        unpack_archive(f, tmp_path / "out")
+    assert (tmp_path / "out/a/b.py").read_bytes() == b"b = 1\n"
+    assert (tmp_path / "out/c.bin").stat().st_size == 600_000
+
+
+def test_truncated_inside_a_large_file(tmp_path: Path):
+    data = _tar(_file("big.bin", os.urandom(3 * 1024 * 1024))).getvalue()
+    with pytest.raises(UnsafeArchive, match="corrupt or truncated"):
+        unpack_archive(io.BytesIO(data[: len(data) // 2]), tmp_path / "out")
+
+
+def test_oversized_pax_header_is_refused(tmp_path: Path):
+    info, data = _file("a.py")
+    info.pax_headers = {"comment": "x" * 200_000}
+    with pytest.raises(UnsafeArchive, match="header larger than"):
+        unpack_archive(_tar((info, data)), tmp_path / "out")
+
+
+def test_a_bomb_is_refused_before_it_is_written(tmp_path: Path):
+    """Highly compressible contents over the cap: refused by the header's size, nothing big
+    is written or held in memory."""
+    archive = _tar(_file("ok.py", b"x"), _file("zeros.bin", bytes(64 * 1024 * 1024)))
+    assert len(archive.getvalue()) < 200_000
+    with pytest.raises(UnsafeArchive, match="more than 1000000 bytes"):
+        unpack_archive(archive, tmp_path / "out", max_bytes=1_000_000)
+    assert not (tmp_path / "out/zeros.bin").exists()
+
+
+def test_deep_folders(tmp_path: Path):
+    """Deep is fine up to MAX_DEPTH; deeper is refused before anything deep is made, since
+    every later `shutil.rmtree` of the tree (cache, parser, pytest) would hit the recursion
+    limit."""
+    name = "d/" * (MAX_DEPTH - 1) + "f.py"
+    unpack_archive(_tar(_file(name, b"deep")), tmp_path / "ok")
+    assert (tmp_path / "ok" / name).read_bytes() == b"deep"
+    with pytest.raises(UnsafeArchive, match=f"deeper than {MAX_DEPTH} folders"):
+        unpack_archive(_tar(_file("d/" * 1100 + "f.py")), tmp_path / "deep")
+    assert not (tmp_path / "deep/d").exists()
