@@ -129,13 +129,13 @@ class ArchiveCache:
 
     def get_or_build(self, repo_name: str, sha: str, open_repo: Callable[[], Repo]) -> ArchiveFile:
         """The archive of `sha`; `open_repo` is called only when it must be built here."""
-        path = self.path(repo_name, sha)
         known = self.known(repo_name, sha)
         if known is not None:
             return known
+        path = self.path(repo_name, sha)
         with self._lock_for(path):
-            known = self._digests.get(path)
-            if known is not None and path.exists():
+            known = self.known(repo_name, sha)  # built by another thread while we waited
+            if known is not None:
                 return known
             if not path.exists():
                 self._build(open_repo(), sha, path)

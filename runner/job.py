@@ -6,6 +6,7 @@ scheduler never imports this module and this module never opens the database.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -81,17 +82,12 @@ def run_task(payload: dict[str, Any]) -> str:
     return _run(job, client, VersionCache(cache_dir(settings), client))
 
 
-_CLIENTS: dict[tuple[str, str], WorkerClient] = {}
-
-
+@functools.cache
 def _client(api_url: str, token: str) -> WorkerClient:
     """One client per process, so a --no-fork worker keeps its connection to the API server
     from task to task. A forked work horse builds its own: the worker parent never calls
     this, so no connection is ever shared between processes."""
-    key = (api_url, token)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = WorkerClient(api_url, token)
-    return _CLIENTS[key]
+    return WorkerClient(api_url, token)
 
 
 def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog) -> Outcome:

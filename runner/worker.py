@@ -36,15 +36,19 @@ def rq_name(name: str | None) -> str:
     return f"{name or socket.gethostname()}.{os.getpid()}"
 
 
-class PinflowWorker(Worker):
-    """RQ's forking worker, warming the job's DAG file in the parent before each fork."""
+class _Warming:
+    """Imports the job's DAG file (`runner.warm`) before RQ executes the job."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         WARM.prepare(job.kwargs.get("payload"))
-        super().execute_job(job, queue)
+        super().execute_job(job, queue)  # type: ignore[misc]
 
 
-class NoForkWorker(SimpleWorker):
+class PinflowWorker(_Warming, Worker):
+    """RQ's forking worker, warming the job's DAG file in the parent before each fork."""
+
+
+class NoForkWorker(_Warming, SimpleWorker):
     """Runs each task in the worker process itself (`pinflow worker --no-fork`).
 
     RQ's fork per task costs ~20 ms of CPU on a 2-core machine (page-table copy, copy-on-write
@@ -55,10 +59,6 @@ class NoForkWorker(SimpleWorker):
     check then retries it. Versions still never mix: `runner.warm` drops one version's modules
     before importing another's.
     """
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        WARM.prepare(job.kwargs.get("payload"))
-        super().execute_job(job, queue)
 
 
 def make_worker(

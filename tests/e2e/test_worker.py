@@ -39,12 +39,17 @@ def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
     )
 
 
-def test_sigterm_lets_the_current_task_finish(cluster: Cluster, tmp_path, uid):
-    work = cluster.repo(f"t{uid}", tmp_path / "w")
-    dag_id = f"term_{uid}"
-    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=3)})
+def sleeper_running(cluster: Cluster, tmp_path, dag_id: str, seconds: int) -> dict:
+    """A run of SLEEPER (in a repo of its own) whose sleeper task is running now."""
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=seconds)})
     run = cluster.trigger(dag_id)
     cluster.wait_task(run["run_id"], "sleeper", "running")
+    return run
+
+
+def test_sigterm_lets_the_current_task_finish(cluster: Cluster, tmp_path, uid):
+    run = sleeper_running(cluster, tmp_path, f"term_{uid}", seconds=3)
     worker = cluster.workers[0]
     assert worker.proc is not None
     worker.proc.send_signal(signal.SIGTERM)
@@ -94,11 +99,7 @@ def test_second_sigterm_stops_at_once_and_the_task_is_retried(cluster: Cluster, 
 def test_a_try_taken_away_stops_its_task_at_the_next_heartbeat(cluster: Cluster, tmp_path, uid):
     """Freeze a running work horse past the heartbeat timeout: the scheduler fails the try.
     Thawed, the horse's next heartbeat gets 409 and the task stops there, not 60 s later."""
-    work = cluster.repo(f"a{uid}", tmp_path / "w")
-    dag_id = f"taken_{uid}"
-    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=60)})
-    run = cluster.trigger(dag_id)
-    cluster.wait_task(run["run_id"], "sleeper", "running")
+    run = sleeper_running(cluster, tmp_path, f"taken_{uid}", seconds=60)
     worker = cluster.workers[0]
     assert worker.proc is not None
     horses = descendants(worker.proc.pid)
