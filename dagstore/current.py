@@ -4,7 +4,11 @@
 - A DAG's current version is the newest commit of its repo's tracked ref where it parsed
   cleanly: a broken push never takes a working DAG away from the scheduler.
 - A DAG absent from the tracked ref's newest commit becomes inactive; its history stays.
-- A dag_id owned by another repo is an error of the later definition.
+- A dag_id owned by another repo is an error of the later definition, also when two repos
+  push it at the same moment: the first to insert the DAG's row owns it (the unique dag_id
+  decides), and the other's version records the conflict as its error, nothing else lost.
+- A new current version that changes when the DAG runs (schedule, start or end date,
+  catchup) makes the scheduler compute its next due time afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from dagstore.db import db_now
 from dagstore.gitrepo import ref_sha
 from dagstore.models import Dag, Repo, Version, VersionDag, VersionError
 from dagstore.parse import FileError, ParseResult
+from dagstore.version import insert_ignoring_duplicates
+
+# The structure's fields the scheduler's timetable reads (`scheduler.timetable.due_runs`).
+TIMETABLE_FIELDS = ("schedule", "start_date", "end_date", "catchup")
+
+
+def timetable_changed(old: dict | None, new: dict) -> bool:
+    return any((old or {}).get(key) != new.get(key) for key in TIMETABLE_FIELDS)
 
 
 def claimed_elsewhere(session: Session, repo: Repo, dag_ids: list[str]) -> dict[str, str]:
@@ -31,6 +43,10 @@ def claimed_elsewhere(session: Session, repo: Repo, dag_ids: list[str]) -> dict[
     return dict(rows.tuples().all())
 
 
+def defined_elsewhere(dag_id: str, owner: str) -> str:
+    return f"DAG {dag_id!r} is already defined by repository {owner!r}"
+
+
 def record_parse(session: Session, repo: Repo, version: Version, result: ParseResult) -> None:
     """Store a version's parse result (once; a second call for the same version is a no-op)."""
     if version.parse_state == "parsed":
@@ -38,8 +54,7 @@ def record_parse(session: Session, repo: Repo, version: Version, result: ParseRe
     taken = claimed_elsewhere(session, repo, result.dag_ids)
     for dag in result.dags:
         if dag["dag_id"] in taken:
-            owner = taken[dag["dag_id"]]
-            message = f"DAG {dag['dag_id']!r} is already defined by repository {owner!r}"
+            message = defined_elsewhere(dag["dag_id"], taken[dag["dag_id"]])
             result.errors.append(FileError(dag["fileloc"], message, message))
             continue
         session.add(
@@ -63,7 +78,7 @@ def record_parse(session: Session, repo: Repo, version: Version, result: ParseRe
     session.flush()
 
 
-def make_current(session: Session, repo: Repo, version: Version) -> None:
+def make_current(session: Session, repo: Repo, version: Version) -> dict[str, FileError]:
     """The tracked ref now points at `version` (parsed): apply the rules above.
 
     The caller holds the repo's row lock (`lock_repo`) and has checked that the tracked ref
@@ -78,11 +93,16 @@ def make_current(session: Session, repo: Repo, version: Version) -> None:
         for e in session.scalars(select(VersionError).where(VersionError.version_id == version.id))
     }
     existing = {d.dag_id: d for d in session.scalars(select(Dag).where(Dag.repo_id == repo.id))}
+    new = [vd for dag_id, vd in defined.items() if dag_id not in existing]
+    owned, lost = _claim_new_dags(session, repo, version, new) if new else ({}, {})
+    existing.update(owned)
     for dag_id, vd in defined.items():
         row = existing.get(dag_id)
         if row is None:
-            row = Dag(dag_id=dag_id, repo_id=repo.id, is_paused=False)
-            session.add(row)
+            continue  # another repo owns it: an error of this version now
+        if timetable_changed(row.structure, vd.structure):
+            row.next_due_at = None  # computed again by the next scheduler that leases it
+            row.schedule_ended = False
         row.fileloc = vd.fileloc
         row.current_version_id = version.id
         row.current_sha = version.sha
@@ -99,6 +119,52 @@ def make_current(session: Session, repo: Repo, version: Version) -> None:
         else:
             row.is_active = False
     session.flush()
+    return lost
+
+
+def _claim_new_dags(
+    session: Session, repo: Repo, version: Version, new: list[VersionDag]
+) -> tuple[dict[str, Dag], dict[str, FileError]]:
+    """Insert rows for DAGs new to `repo`; those another repo got first become errors.
+    Returns (the rows `repo` owns, the errors by dag_id).
+
+    INSERT ... ON CONFLICT DO NOTHING waits for a concurrent insert of the same dag_id and
+    then skips it, so the loser's transaction goes on (a plain INSERT would abort it all).
+    """
+    insert_ignoring_duplicates(
+        session,
+        Dag.__table__,
+        [
+            {
+                "dag_id": vd.dag_id,
+                "repo_id": repo.id,
+                "fileloc": vd.fileloc,
+                "structure": vd.structure,
+                "structure_hash": vd.structure_hash,
+                "schedule": vd.structure.get("schedule"),
+                "is_active": True,
+                "is_paused": False,
+            }
+            for vd in new
+        ],
+    )
+    ids = [vd.dag_id for vd in new]
+    rows = session.execute(
+        select(Dag, Repo.name).join(Repo, Repo.id == Dag.repo_id).where(Dag.dag_id.in_(ids))
+    ).all()
+    owned, lost = {}, {}
+    for dag, owner in rows:
+        if dag.repo_id == repo.id:
+            owned[dag.dag_id] = dag
+            continue
+        vd = next(v for v in new if v.dag_id == dag.dag_id)
+        message = defined_elsewhere(dag.dag_id, owner)
+        lost[dag.dag_id] = FileError(vd.fileloc, message, message)
+        session.add(
+            VersionError(version_id=version.id, file=vd.fileloc, summary=message, error=message)
+        )
+        session.delete(vd)
+    return owned, lost
 
 
 def lock_repo(session: Session, repo_id: int) -> Repo:
@@ -114,7 +180,9 @@ def publish(session: Session, repo: Repo, git: GitRepo, result: ParseResult) -> 
     ).one()
     record_parse(session, repo, version, result)
     if ref_sha(git, f"refs/heads/{repo.track}".encode()) == result.sha.encode():
-        make_current(session, repo, version)
+        lost = make_current(session, repo, version)
+        result.errors += lost.values()  # what the pusher reads says so too
+        result.dags = [d for d in result.dags if d["dag_id"] not in lost]
 
 
 def pending_tip(session: Session, repo: Repo, git: GitRepo) -> str | None:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -109,10 +110,13 @@ class Dag(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     is_paused: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Scheduling: when the next scheduled run is due (NULL: not computed yet or schedule
-    # changed), the newest logical date scheduled, and the lease a scheduler holds while it
-    # works on this DAG (holder, expiry by the database clock, fencing counter).
+    # Scheduling: when the next scheduled run is due (NULL: not computed yet, or the
+    # timetable changed), whether the schedule has no ticks left (@once done, past end_date:
+    # the DAG leaves the scheduler's candidates for good), the newest logical date scheduled,
+    # and the lease a scheduler holds while it works on this DAG (holder, expiry by the
+    # database clock, fencing counter).
     next_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    schedule_ended: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
     last_logical_date: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )

@@ -45,6 +45,9 @@ class JobPayload(BaseModel):
 class ClaimRequest(BaseModel):
     try_number: int = Field(ge=1, le=MAX_DB_INT)
     worker: str = Field(min_length=1, max_length=200)
+    # Random per job execution, the same on every retry of this claim: a claim whose answer
+    # was lost can be asked again. Without it a repeated claim is refused (409).
+    attempt: str | None = Field(default=None, min_length=8, max_length=64)
 
 
 class TaskSpec(BaseModel):
@@ -63,6 +66,9 @@ class TaskSpec(BaseModel):
     timeout: float | None
     upstream_results: dict[str, Any]
     heartbeat_interval: float
+    # Seconds without a heartbeat after which the server declares the try lost and may run
+    # it again elsewhere: a worker that cannot heartbeat stops the task before then.
+    heartbeat_timeout: float | None = None
 
 
 class Heartbeat(BaseModel):

@@ -127,13 +127,16 @@ class RecordVersions(Hook):
         push = self.push
         lines: list[str] = []
         try:
+            # Versions first, in a transaction of their own: whatever happens to the parse
+            # results below, every commit the push brought is on record.
             with push.store.db.write() as session:
                 row = lock_repo(session, get_repo(session, push.repo_name).id)
                 added: list[str] = []
                 for old, new, ref in updates:
                     added += record_ref_update(session, push.repo, row, ref.decode(), old, new)
-                if added:
-                    lines.append(f"pinflow: recorded {len(added)} new version(s)")
+            if added:
+                lines.append(f"pinflow: recorded {len(added)} new version(s)")
+            with push.store.db.write() as session:
                 for _old, new, _ref in updates:
                     result = push.parsed.get(new.decode())
                     if result is not None:

@@ -13,7 +13,7 @@ from dagstore.auth import ReadToken, StoreDep, TriggerToken, WorkerToken
 from dagstore.dags import get_dag
 from dagstore.db import db_time, iso
 from dagstore.errors import NotFound
-from dagstore.models import Dag, Repo
+from dagstore.models import Dag
 from dagstore.protocol import (
     MAX_DB_INT,
     ClaimRequest,
@@ -24,7 +24,8 @@ from dagstore.protocol import (
 )
 from scheduler.enqueue import Enqueuer
 from scheduler.models import DagRun, TaskInstance, TaskTry
-from scheduler.taskstate import claim, finish, heartbeat, queue_ready
+from scheduler.taskstate import queue_ready
+from scheduler.tries import claim, finish, heartbeat
 from scheduler.trigger import resolve_target, trigger
 from scheduler.views import get_run, run_json, tasks_json
 
@@ -137,46 +138,34 @@ def unpause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
 def post_claim(
     ti_id: TaskInstanceId, body: ClaimRequest, store: StoreDep, _: WorkerToken
 ) -> TaskSpec:
-    """queued → running for this try; 409 when the try is stale or someone else has it."""
+    """queued → running for this try; 409 when the try is stale or someone else has it.
+
+    The same attempt asking again gets the same answer (its first one was lost)."""
     with store.db.write() as session:
-        claim(session, ti_id, body.try_number, body.worker, db_time(session))
-        row = session.execute(
-            select(
-                TaskInstance.task_id,
-                TaskInstance.timeout,
-                TaskInstance.upstream,
-                TaskInstance.run_pk,
-                DagRun.run_id,
-                DagRun.dag_id,
-                DagRun.sha,
-                DagRun.fileloc,
-                DagRun.logical_date,
-                DagRun.conf,
-                Repo.name,
-            )
-            .join(DagRun, DagRun.id == TaskInstance.run_pk)
-            .join(Repo, Repo.id == DagRun.repo_id)
-            .where(TaskInstance.id == ti_id)
-        ).one()
+        row = claim(
+            session, ti_id, body.try_number, body.worker, db_time(session), attempt=body.attempt
+        )
         upstream = session.execute(
             select(TaskInstance.task_id, TaskInstance.result).where(
                 TaskInstance.run_pk == row.run_pk, TaskInstance.task_id.in_(row.upstream or [])
             )
         )
+        timeout = store.settings.heartbeat_timeout
         return TaskSpec(
             ti_id=ti_id,
             try_number=body.try_number,
             run_id=row.run_id,
             dag_id=row.dag_id,
             task_id=row.task_id,
-            repo=row.name,
+            repo=row.repo,
             sha=row.sha,
             fileloc=row.fileloc,
             logical_date=iso(row.logical_date) or "",
             conf=row.conf or {},
             timeout=row.timeout,
             upstream_results=dict(upstream.tuples().all()),
-            heartbeat_interval=max(1.0, store.settings.heartbeat_timeout / 6),
+            heartbeat_interval=max(1.0, timeout / 6),
+            heartbeat_timeout=timeout,
         )
 
 

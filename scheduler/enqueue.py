@@ -70,7 +70,8 @@ class Enqueuer:
     def missing(
         self, payloads: list[JobPayload], claim_grace: datetime, queued_at: dict[int, datetime]
     ) -> list[JobPayload]:
-        """Payloads whose job Redis lost, or whose job ended without the task being claimed."""
+        """Payloads whose job Redis lost, or whose job ended or was started `claim_grace` ago
+        without the task being claimed (its work horse died before the claim)."""
         jobs = Job.fetch_many(
             [job_id(p.ti_id, p.try_number) for p in payloads],
             connection=self.redis,
@@ -82,7 +83,9 @@ class Enqueuer:
                 lost.append(p)
                 continue
             status = job.get_status(refresh=False)
-            started_at = as_utc(queued_at[p.ti_id])
+            # A job waits in the queue for as long as the queue is long: only the time a
+            # worker took it (the worker's clock, as RQ records it) says a claim is overdue.
+            started_at = as_utc(job.started_at or queued_at[p.ti_id])
             stale_start = (
                 status == JobStatus.STARTED and started_at is not None and started_at < claim_grace
             )

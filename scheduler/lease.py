@@ -31,13 +31,17 @@ def _free(now: datetime):
 def lease_due_dags(
     session: Session, holder: str, now: datetime, ttl: float, limit: int = 10
 ) -> list[Lease]:
-    """Lease up to `limit` due DAGs, furthest behind first (never computed ones before all)."""
+    """Lease up to `limit` due DAGs, furthest behind first (never computed ones before all).
+
+    A DAG whose schedule ended is no candidate: its NULL due time means "no more ticks", not
+    "not computed yet", and it must not take a place in every batch."""
     candidates = (
         select(Dag.id)
         .where(
             Dag.is_active.is_(True),
             Dag.is_paused.is_(False),
             Dag.schedule.is_not(None),
+            Dag.schedule_ended.is_(False),
             or_(Dag.next_due_at.is_(None), Dag.next_due_at <= now),
             _free(now),
         )

@@ -3,8 +3,12 @@
 1. lease the due DAGs furthest behind their schedule, create their due runs (pinned to each
    DAG's current version), advance their next due time, release;
 2. queue the tasks that are ready (upstream done, or retry delay passed) and enqueue them;
-3. recover: fail or retry running tasks that stopped heartbeating; enqueue again what Redis
-   lost. Any number of these loops run at once, on any machines.
+3. recover: fail or retry running tasks that stopped heartbeating (only on evidence, see
+   `scheduler.health`); evaluate again runs that nothing moves any more; enqueue again what
+   Redis lost. Any number of these loops run at once, on any machines.
+
+A DAG whose scheduling fails (a broken stored structure, say) is logged and left alone for a
+while; it never stops the other DAGs of the tick.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from datetime import timedelta
 
 from dagstore.db import Database, db_time
 from scheduler.enqueue import Enqueuer, requeue_lost
+from scheduler.health import WriteHealth
 from scheduler.lease import Lease, holds, lease_due_dags, release
 from scheduler.runs import active_runs, create_scheduled_runs
-from scheduler.taskstate import fail_lost, queue_ready, schedule_ready
+from scheduler.taskstate import queue_ready, schedule_ready, settle_stuck
 from scheduler.timetable import due_runs
+from scheduler.tries import fail_lost
 
 log = logging.getLogger("pinflow.scheduler")
 BLOCKED_BACKOFF = 5.0  # seconds a DAG at max_active_runs is left alone
+FAILED_BACKOFF = 30.0  # seconds a DAG whose scheduling raised is left alone
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Scheduler:
         self.config = config
         self._stop = False
         self._last_recover = 0.0
+        self.health = WriteHealth(db, config.heartbeat_timeout)
 
     def stop(self, *_: object) -> None:
         self._stop = True
@@ -74,20 +82,36 @@ class Scheduler:
         return created > 0 or queued > 0
 
     def schedule_dags(self) -> int:
-        with self.db.write() as session:
+        with self.health.write() as session:
             now = db_time(session)
             leases = lease_due_dags(
                 session, self.config.name, now, self.config.lease_ttl, self.config.batch
             )
-        return sum(self.schedule_one(lease) for lease in leases)
+        created = 0
+        for lease in leases:
+            try:
+                created += self.schedule_one(lease)
+            except Exception:  # noqa: BLE001 - one DAG must not stop the others
+                log.exception(
+                    "scheduling DAG %s failed; retrying in %g s", lease.dag_pk, FAILED_BACKOFF
+                )
+                self.back_off(lease, FAILED_BACKOFF)
+        return created
+
+    def back_off(self, lease: Lease, seconds: float) -> None:
+        with self.health.write() as session:
+            release(session, lease, until=db_time(session) + timedelta(seconds=seconds))
 
     def schedule_one(self, lease: Lease) -> int:
         """Create the due runs of one leased DAG; the lease's fence guards every write."""
-        with self.db.write() as session:
+        with self.health.write() as session:
             now = db_time(session)
             dag = holds(session, lease, now)
             if dag is None:
                 log.warning("lease on DAG %s lost before it was used", lease.dag_pk)
+                return 0
+            if dag.is_paused or not dag.is_active or dag.schedule is None:
+                release(session, lease)  # changed since it was leased: nothing is due
                 return 0
             structure = dag.structure or {}
             room = int(structure.get("max_active_runs") or 16) - active_runs(session, dag.dag_id)
@@ -101,24 +125,35 @@ class Scheduler:
             blocked = len(dates) < len(due.logical_dates)
             if not blocked:
                 dag.next_due_at = due.next_due_at
+                dag.schedule_ended = due.next_due_at is None
             backoff = now + timedelta(seconds=BLOCKED_BACKOFF) if blocked else None
             release(session, lease, until=backoff)
         return len(runs)
 
     def queue_tasks(self) -> int:
-        with self.db.write() as session:
+        with self.health.write() as session:
             payloads = queue_ready(session, db_time(session))
         if payloads and self.enqueuer is not None:
             self.enqueuer.enqueue(payloads)
         return len(payloads)
 
     def recover(self) -> None:
-        with self.db.write() as session:
-            lost = fail_lost(session, db_time(session), self.config.heartbeat_timeout)
+        timeout = self.config.heartbeat_timeout
+        with self.health.write() as session:
+            now = db_time(session)
+            judged = self.health.may_judge_lost()
+            lost = fail_lost(session, now, timeout) if judged else []
+            moved = settle_stuck(session, now)
+        if not judged:
+            log.info(
+                "not judging tries lost: database writes stalled %.1f s ago (timeout %g s)",
+                self.health.seconds_since_stall(),
+                timeout,
+            )
         if lost:
             log.warning("tasks lost by dead workers: %s", lost)
+        if moved:
+            log.warning("runs that nothing moved any more, evaluated again: %s", moved)
         if self.enqueuer is not None:
             with self.db.read() as session:
-                requeue_lost(
-                    session, self.enqueuer, db_time(session), self.config.heartbeat_timeout
-                )
+                requeue_lost(session, self.enqueuer, db_time(session), timeout)

@@ -26,6 +26,7 @@ class DagRun(Base):
         # leases do: `scheduled_key` is the logical date for scheduled runs, NULL for manual.
         UniqueConstraint("dag_id", "scheduled_key", name="uq_dag_runs_scheduled"),
         Index("ix_dag_runs_dag_state", "dag_id", "state"),
+        Index("ix_dag_runs_state", "state"),  # the recovery pass looks at active runs
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -68,6 +69,9 @@ class TaskInstance(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     next_try_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The claim's random id: the same worker asking again for the same try (its first
+    # answer was lost) is recognised, anyone else is refused.
+    attempt: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result: Mapped[object | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 

@@ -7,24 +7,34 @@
 Two parties (two schedulers, a scheduler and a late worker, a retried worker and its ghost)
 can never both win a transition: each UPDATE names the state (and try) it expects, and the
 loser sees rowcount 0.
+
+A conditional UPDATE guards one row; deciding what comes next reads the siblings. Under
+PostgreSQL's READ COMMITTED, two transactions that each end one of two sibling tasks would each
+read the other still running, and nobody would ready the join or settle the run (write skew).
+So every transaction that changes a task and then decides from its siblings first locks the
+run's row (`lock_run`), and the lock order is always: runs in ascending id, then their task
+instances. SQLite has one writer at a time and needs no lock.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ScalarSelect, and_, insert, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.errors import Conflict, NotFound
+from dagstore.errors import NotFound
 from dagstore.models import Repo
 from dagstore.protocol import JobPayload
-from scheduler.models import DagRun, TaskInstance, TaskTry
+from scheduler.models import DagRun, TaskInstance
+from scheduler.runs import ACTIVE_RUN_STATES
 
 TERMINAL = frozenset({"success", "failed", "upstream_failed"})
 FAILED = frozenset({"failed", "upstream_failed"})
+# A task in one of these states will move its run along by itself (a worker or the scheduler
+# acts on it); a run with none of them can only move if someone evaluates it again.
+MOVING = ("scheduled", "queued", "running", "up_for_retry")
 
 
 def transition(
@@ -33,12 +43,16 @@ def transition(
     expected: tuple[str, ...],
     expected_try: int | None = None,
     stale_before: datetime | None = None,
+    expected_attempt: str | None = None,
     **values: Any,
 ) -> bool:
-    """Apply `values` only if the task is still in an expected state (and try, and silent)."""
+    """Apply `values` only if the task is still in an expected state (and try, and attempt,
+    and silent)."""
     query = update(TaskInstance).where(TaskInstance.id == ti_id, TaskInstance.state.in_(expected))
     if expected_try is not None:
         query = query.where(TaskInstance.try_number == expected_try)
+    if expected_attempt is not None:
+        query = query.where(TaskInstance.attempt == expected_attempt)
     if stale_before is not None:
         query = query.where(TaskInstance.heartbeat_at < stale_before)
     # Readers reload rows (populate_existing), so skip SQLAlchemy's in-Python evaluation of
@@ -47,9 +61,23 @@ def transition(
     return session.execute(query).rowcount == 1
 
 
+def lock_run(session: Session, run_pk: int) -> DagRun:
+    """The run's row, locked until the transaction ends (see the module docstring)."""
+    run = session.scalars(
+        select(DagRun)
+        .where(DagRun.id == run_pk)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if run is None:
+        raise NotFound(f"run {run_pk} does not exist")
+    return run
+
+
 def schedule_ready(session: Session, run: DagRun, now: datetime) -> int:
     """none → scheduled once every upstream succeeded; → upstream_failed once one failed.
-    Returns how many tasks became scheduled.
+    Returns how many tasks became scheduled. The caller holds the run's lock, or created the
+    run in this transaction.
 
     Only tasks still in `none` can move, so only they (and their upstreams' states) are read:
     in a fan-out of 1,000 tasks most finishes find none left and cost one small query.
@@ -117,7 +145,7 @@ def settle_run(session: Session, run: DagRun, states: set[str], now: datetime) -
         session.expire(run, ["state", "started_at"])
 
 
-def start_run(session: Session, run_pk: int | ScalarSelect[int], now: datetime) -> None:
+def start_run(session: Session, run_pk: int, now: datetime) -> None:
     """queued → running; a no-op when the run already runs (or ended). A loaded DagRun is not
     refreshed: expire it if its state will be read in this session."""
     session.execute(
@@ -178,145 +206,29 @@ def payload(ti: TaskInstance, run: DagRun, repo_name: str, try_number: int) -> J
     )
 
 
-def get_ti(session: Session, ti_id: int) -> TaskInstance:
-    ti = session.get(TaskInstance, ti_id, populate_existing=True)
-    if ti is None:
-        raise NotFound(f"task instance {ti_id} does not exist")
-    return ti
+def settle_stuck(session: Session, now: datetime, limit: int = 100) -> list[str]:
+    """The safety net: active runs with no moving task are evaluated again, under their lock.
 
-
-def claim(session: Session, ti_id: int, try_number: int, worker: str, now: datetime) -> None:
-    """queued → running for exactly this try; anything else is someone else's task now."""
-    if not transition(
-        session,
-        ti_id,
-        ("queued",),
-        try_number,
-        state="running",
-        started_at=now,
-        heartbeat_at=now,
-        worker=worker,
-        ended_at=None,
-    ):
-        ti = get_ti(session, ti_id)
-        raise Conflict(
-            f"task instance {ti_id} try {try_number} cannot be claimed: it is {ti.state} "
-            f"at try {ti.try_number}"
-        )
-    session.execute(
-        insert(TaskTry).values(
-            ti_id=ti_id,
-            try_number=try_number,
-            state="running",
-            worker=worker,
-            started_at=now,
-            log="",
-        )
+    Such a run cannot move by itself: whatever should have readied its next task or ended it
+    did not happen (a bug, or a crash between two writes of an older version). Runs another
+    transaction holds are skipped: it is moving them. Returns the run ids it moved.
+    """
+    moving = (
+        select(TaskInstance.id)
+        .where(TaskInstance.run_pk == DagRun.id, TaskInstance.state.in_(MOVING))
+        .exists()
     )
-    run_pk = select(TaskInstance.run_pk).where(TaskInstance.id == ti_id).scalar_subquery()
-    start_run(session, run_pk, now)  # this task runs, so its run does
-
-
-def heartbeat(session: Session, ti_id: int, try_number: int, now: datetime) -> None:
-    if not transition(session, ti_id, ("running",), try_number, heartbeat_at=now):
-        ti = get_ti(session, ti_id)
-        raise Conflict(
-            f"task instance {ti_id} try {try_number} is no longer running "
-            f"(it is {ti.state} at try {ti.try_number})"
-        )
-
-
-@dataclass(frozen=True)
-class Finished:
-    run: DagRun
-    state: str  # what the try left the task in: success, failed or up_for_retry
-    scheduled: int  # downstream tasks that became ready
-
-    @property
-    def may_queue(self) -> bool:
-        """Whether anything of this run can be ready to queue because of this finish."""
-        return self.scheduled > 0 or self.state == "up_for_retry"
-
-
-def finish(
-    session: Session,
-    ti_id: int,
-    try_number: int,
-    success: bool,
-    now: datetime,
-    result: Any = None,
-    error: str | None = None,
-    log: str | None = None,
-    stale_before: datetime | None = None,
-) -> Finished:
-    """running → success, or failed / up_for_retry; then the run moves on."""
-    ti = session.execute(
-        select(
-            TaskInstance.run_pk,
-            TaskInstance.try_number,
-            TaskInstance.max_tries,
-            TaskInstance.retry_delay,
-        ).where(TaskInstance.id == ti_id)
-    ).one_or_none()
-    if ti is None:
-        raise NotFound(f"task instance {ti_id} does not exist")
-    if success:
-        values: dict[str, Any] = {
-            "state": "success",
-            "result": result,
-            "error": None,
-            "ended_at": now,
-        }
-    elif ti.try_number < ti.max_tries:
-        values = {
-            "state": "up_for_retry",
-            "error": error,
-            "ended_at": now,
-            "next_try_at": now + timedelta(seconds=ti.retry_delay),
-        }
-    else:
-        values = {"state": "failed", "error": error, "ended_at": now}
-    if not transition(session, ti_id, ("running",), try_number, stale_before, **values):
-        current = get_ti(session, ti_id)
-        raise Conflict(
-            f"task instance {ti_id} try {try_number} cannot finish: it is "
-            f"{current.state} at try {current.try_number}"
-        )
-    try_values: dict[str, Any] = {
-        "state": "success" if success else "failed",
-        "ended_at": now,
-        "error": error,
-    }
-    if log is not None:
-        try_values["log"] = log
-    session.execute(
-        update(TaskTry)
-        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
-        .values(**try_values)
-        .execution_options(synchronize_session=False)
+    query = (
+        select(DagRun)
+        .where(DagRun.state.in_(ACTIVE_RUN_STATES), ~moving)
+        .order_by(DagRun.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     )
-    run = session.get(DagRun, ti.run_pk, populate_existing=True)
-    assert run is not None
-    return Finished(run, values["state"], schedule_ready(session, run, now))
-
-
-def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
-    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed."""
-    cutoff = now - timedelta(seconds=heartbeat_timeout)
-    lost = session.scalars(
-        select(TaskInstance).where(
-            TaskInstance.state == "running", TaskInstance.heartbeat_at < cutoff
-        )
-    ).all()
-    failed = []
-    for ti in lost:
-        message = (
-            f"lost: no heartbeat for {heartbeat_timeout:g} s from worker "
-            f"{ti.worker or '?'} (killed or cut off?)"
-        )
-        try:
-            finish(session, ti.id, ti.try_number, False, now, error=message, stale_before=cutoff)
-        except Conflict:
-            continue  # it finished or heartbeated meanwhile
-        failed.append(ti.id)
-    return failed
+    moved = []
+    for run in session.scalars(query).all():
+        before = run.state
+        if schedule_ready(session, run, now) or run.state != before:
+            moved.append(run.run_id)
+    return moved

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from dagstore.db import Database
 from dagstore.settings import normalise_database_url
+from pinflow.migrate import upgrade
 from tests.support.cluster import Cluster
 from tests.support.pg import PostgresCluster, find_pg_bin
 from tests.support.redis import RedisServer
@@ -103,6 +105,17 @@ def cluster_for(
             yield cluster
         finally:
             cluster.stop()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated database on each backend, for tests that call pinflow's code in-process."""
+    database = Database(database_url)
+    upgrade(database)
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 @pytest.fixture

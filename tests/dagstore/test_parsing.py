@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from dagstore.db import Database, as_utc
+from dagstore.models import Dag
+from scheduler.loop import Scheduler, SchedulerConfig
 from tests.conftest import BACKENDS, serve
 from tests.support.git import Git
 from tests.support.server import PINFLOW, ServerProcess, pinflow_env
@@ -220,6 +225,38 @@ def test_structure_history(repo: Repo, uid):
     )
     history = repo.api(f"/dags/report_{uid}")["versions"]
     assert [v["sha"] for v in history] == [third, first]
+
+
+def scheduled(dag_id: str, schedule: str) -> str:
+    return report(dag_id).replace(
+        "schedule=None", f'schedule="{schedule}", start_date="2026-01-01"'
+    )
+
+
+def next_due(server: ServerProcess, dag_id: str) -> datetime:
+    """Schedule the server's due DAGs once, in this process; `dag_id`'s next due time."""
+    db = Database(server.database_url)
+    sched = Scheduler(db, None, SchedulerConfig(name="test"))
+    try:
+        for _ in range(20):  # other tests' DAGs are due too: a tick takes ten at a time
+            with db.read() as session:
+                due = session.scalar(select(Dag.next_due_at).where(Dag.dag_id == dag_id))
+            if due is not None:
+                break
+            sched.tick()
+    finally:
+        db.dispose()
+    assert due is not None
+    return as_utc(due)
+
+
+def test_a_schedule_change_takes_effect_at_once(repo: Repo, uid):
+    """@weekly → @hourly: the next run is due within the hour, not at next week's tick."""
+    dag_id = f"sched_{uid}"
+    repo.push("weekly", {"dags/s.py": scheduled(dag_id, "@weekly")})
+    assert next_due(repo.server, dag_id) > datetime.now(UTC) + timedelta(hours=1)
+    repo.push("hourly", {"dags/s.py": scheduled(dag_id, "@hourly")})
+    assert next_due(repo.server, dag_id) <= datetime.now(UTC) + timedelta(hours=1)
 
 
 def test_duplicate_dag_id_in_one_commit(repo: Repo, uid):

@@ -1,11 +1,17 @@
-"""DAG rows as the store leaves them after parsing, for scheduler tests that need no push."""
+"""Rows as the store and the scheduler leave them, for scheduler tests that need no push."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from dagstore.db import Database
+from sqlalchemy import select
+
+from dagstore.db import Database, db_time
 from dagstore.models import Dag, Repo
+from scheduler.models import DagRun, TaskInstance
+from scheduler.runs import create_run
+from scheduler.taskstate import queue_ready, schedule_ready
+from scheduler.tries import claim
 
 
 def insert_dags(db: Database, repo_name: str, structures: dict[str, dict]) -> None:
@@ -43,3 +49,58 @@ def daily(start: datetime, max_active_runs: int = 16) -> dict:
 
 def every(seconds: int, start: datetime, max_active_runs: int = 100_000) -> dict:
     return {**daily(start, max_active_runs), "schedule": f"timedelta:{seconds}"}
+
+
+def running_run(
+    db: Database, tasks: dict[str, list[str]], retries: int = 0, claimed: bool = True
+) -> int:
+    """A manual run of `tasks` (task id → upstream ids) whose root tasks are queued and, if
+    `claimed`, claimed by a worker; returns the run's primary key."""
+
+    with db.write() as session:
+        repo = session.scalar(select(Repo).where(Repo.name == "seeded-runs"))
+        if repo is None:
+            repo = Repo(name="seeded-runs", track="main", strict=False)
+            session.add(repo)
+            session.flush()
+        now = db_time(session)
+        structure = {
+            "tasks": [{"task_id": t, "upstream": up, "retries": retries} for t, up in tasks.items()]
+        }
+        run = create_run(
+            session,
+            dag_id="seeded",
+            repo_id=repo.id,
+            sha="a" * 40,
+            fileloc="dags/seeded.py",
+            structure=structure,
+            logical_date=now,
+            run_type="manual",
+            created_by="test",
+        )
+        schedule_ready(session, run, now)
+        for job in queue_ready(session, now, run_pk=run.id):
+            if claimed:
+                claim(session, job.ti_id, job.try_number, "w", now)
+        return run.id
+
+
+def ti_id(db: Database, run_pk: int, task_id: str) -> int:
+    with db.read() as session:
+        found = session.scalar(
+            select(TaskInstance.id).where(
+                TaskInstance.run_pk == run_pk, TaskInstance.task_id == task_id
+            )
+        )
+    assert found is not None
+    return found
+
+
+def run_states(db: Database, run_pk: int) -> tuple[str, dict[str, str]]:
+    """(the run's state, task id → state)."""
+    with db.read() as session:
+        state = session.scalar(select(DagRun.state).where(DagRun.id == run_pk))
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.state).where(TaskInstance.run_pk == run_pk)
+        )
+        return str(state), {task: task_state for task, task_state in rows}

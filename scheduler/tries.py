@@ -1,0 +1,200 @@
+"""One try of a task, as a worker lives it: claim, heartbeat, finish; or lost when it goes silent.
+
+Claim and finish lock the run first (`taskstate.lock_run`'s order: the run, then its tasks),
+because what they change decides what the run does next. A claim names its attempt (a random
+id the worker picks per job): when the claim's response is lost and the worker asks again, the
+same attempt gets the same answer instead of a 409 that would strand the try.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.orm import Session
+
+from dagstore.errors import Conflict, NotFound
+from dagstore.models import Repo
+from scheduler.models import DagRun, TaskInstance, TaskTry
+from scheduler.taskstate import schedule_ready, start_run, transition
+
+
+def get_ti(session: Session, ti_id: int) -> TaskInstance:
+    ti = session.get(TaskInstance, ti_id, populate_existing=True)
+    if ti is None:
+        raise NotFound(f"task instance {ti_id} does not exist")
+    return ti
+
+
+def _conflict(session: Session, ti_id: int, try_number: int, what: str) -> Conflict:
+    ti = get_ti(session, ti_id)
+    return Conflict(
+        f"task instance {ti_id} try {try_number} {what}: it is {ti.state} at try {ti.try_number}"
+    )
+
+
+def claim(
+    session: Session,
+    ti_id: int,
+    try_number: int,
+    worker: str,
+    now: datetime,
+    attempt: str | None = None,
+) -> Row[Any]:
+    """queued → running for exactly this try; returns what the worker needs to run it.
+
+    The same `attempt` claiming again while its try runs is answered again (and counts as a
+    heartbeat); anything else is someone else's task now.
+    """
+    row = session.execute(
+        select(
+            TaskInstance.task_id,
+            TaskInstance.timeout,
+            TaskInstance.upstream,
+            DagRun.id.label("run_pk"),
+            DagRun.state.label("run_state"),
+            DagRun.run_id,
+            DagRun.dag_id,
+            DagRun.sha,
+            DagRun.fileloc,
+            DagRun.logical_date,
+            DagRun.conf,
+            Repo.name.label("repo"),
+        )
+        .join(DagRun, DagRun.id == TaskInstance.run_pk)
+        .join(Repo, Repo.id == DagRun.repo_id)
+        .where(TaskInstance.id == ti_id)
+        .with_for_update(of=DagRun)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"task instance {ti_id} does not exist")
+    if transition(
+        session,
+        ti_id,
+        ("queued",),
+        try_number,
+        state="running",
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker,
+        attempt=attempt,
+        ended_at=None,
+    ):
+        session.execute(
+            insert(TaskTry).values(
+                ti_id=ti_id,
+                try_number=try_number,
+                state="running",
+                worker=worker,
+                started_at=now,
+                log="",
+            )
+        )
+        if row.run_state == "queued":
+            start_run(session, row.run_pk, now)  # this task runs, so its run does
+        return row
+    if attempt is not None and transition(
+        session, ti_id, ("running",), try_number, expected_attempt=attempt, heartbeat_at=now
+    ):
+        return row  # our own claim again: its first answer never arrived
+    raise _conflict(session, ti_id, try_number, "cannot be claimed")
+
+
+def heartbeat(session: Session, ti_id: int, try_number: int, now: datetime) -> None:
+    if not transition(session, ti_id, ("running",), try_number, heartbeat_at=now):
+        raise _conflict(session, ti_id, try_number, "is no longer running")
+
+
+@dataclass(frozen=True)
+class Finished:
+    run: DagRun
+    state: str  # what the try left the task in: success, failed or up_for_retry
+    scheduled: int  # downstream tasks that became ready
+
+    @property
+    def may_queue(self) -> bool:
+        """Whether anything of this run can be ready to queue because of this finish."""
+        return self.scheduled > 0 or self.state == "up_for_retry"
+
+
+def finish(
+    session: Session,
+    ti_id: int,
+    try_number: int,
+    success: bool,
+    now: datetime,
+    result: Any = None,
+    error: str | None = None,
+    log: str | None = None,
+    stale_before: datetime | None = None,
+) -> Finished:
+    """running → success, or failed / up_for_retry; then, under the run's lock, the run moves on."""
+    found = session.execute(
+        select(DagRun, TaskInstance.max_tries, TaskInstance.retry_delay)
+        .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
+        .where(TaskInstance.id == ti_id)
+        .with_for_update(of=DagRun)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"task instance {ti_id} does not exist")
+    run, max_tries, retry_delay = found
+    if success:
+        values: dict[str, Any] = {
+            "state": "success",
+            "result": result,
+            "error": None,
+            "ended_at": now,
+        }
+    elif try_number < max_tries:  # the transition below checks that this try is current
+        values = {
+            "state": "up_for_retry",
+            "error": error,
+            "ended_at": now,
+            "next_try_at": now + timedelta(seconds=retry_delay),
+        }
+    else:
+        values = {"state": "failed", "error": error, "ended_at": now}
+    if not transition(session, ti_id, ("running",), try_number, stale_before, **values):
+        raise _conflict(session, ti_id, try_number, "cannot finish")
+    try_values: dict[str, Any] = {
+        "state": "success" if success else "failed",
+        "ended_at": now,
+        "error": error,
+    }
+    if log is not None:
+        try_values["log"] = log
+    session.execute(
+        update(TaskTry)
+        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
+        .values(**try_values)
+        .execution_options(synchronize_session=False)
+    )
+    return Finished(run, values["state"], schedule_ready(session, run, now))
+
+
+def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
+    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed.
+
+    In run order, so two schedulers doing this at once take the run locks in the same order.
+    """
+    cutoff = now - timedelta(seconds=heartbeat_timeout)
+    lost = session.execute(
+        select(TaskInstance.id, TaskInstance.try_number, TaskInstance.worker)
+        .where(TaskInstance.state == "running", TaskInstance.heartbeat_at < cutoff)
+        .order_by(TaskInstance.run_pk, TaskInstance.id)
+    ).all()
+    failed = []
+    for ti_id, try_number, worker in lost:
+        message = (
+            f"lost: no heartbeat for {heartbeat_timeout:g} s from worker "
+            f"{worker or '?'} (killed or cut off?)"
+        )
+        try:
+            finish(session, ti_id, try_number, False, now, error=message, stale_before=cutoff)
+        except Conflict:
+            continue  # it finished or heartbeated meanwhile
+        failed.append(ti_id)
+    return failed
