@@ -28,12 +28,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from dagstore.errors import VersionUnavailable
 from dagstore.gitrepo import validate_full_sha, validate_repo_name
 from dagstore.unpack import unpack_archive, verify_digest
 from runner.client import WorkerClient
 
 READY = ".pinflow-ready"
 USED = ".pinflow-used"
+USING_ATTEMPTS = 3
 _SIZE_KEY = "unpacked-bytes "  # READY's content: this, then the size of the version's files
 
 
@@ -86,15 +88,29 @@ class VersionCache:
 
     @contextmanager
     def using(self, repo: str, sha: str) -> Iterator[Path]:
-        """Hold the version while a task runs: eviction skips it."""
+        """Hold the version while a task runs: eviction skips it.
+
+        Another worker's eviction may have removed it since `ensure()`: checked again under
+        the shared lock (eviction needs the exclusive one), and fetched again if gone.
+        """
         target = self.path(repo, sha)
-        lock = os.open(self._lock_path(repo, sha), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            (target / USED).touch()
-            yield target
-        finally:
-            os.close(lock)  # releases the lock
+        for _ in range(USING_ATTEMPTS):
+            lock = os.open(
+                self._lock_path(repo, sha), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                if is_ready(target):
+                    (target / USED).touch()
+                    yield target
+                    return
+            finally:
+                os.close(lock)  # releases the lock
+            self.ensure(repo, sha)  # takes the exclusive lock: ours is released by now
+        raise VersionUnavailable(
+            f"version {sha[:12]} of {repo} was evicted {USING_ATTEMPTS} times before use: "
+            "the cache is too small for the versions in use"
+        )
 
     def evict(self, keep: Path | None = None) -> list[Path]:
         """Remove least recently used versions not in use until the cache fits its limit."""

@@ -38,7 +38,13 @@ class ApiUnavailable(VersionUnavailable):
 
 
 class WorkerClient:
-    def __init__(self, api_url: str, token: str, max_wait: float = 3600.0) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        max_wait: float = 3600.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.api_url = api_url.rstrip("/")
         self.max_wait = max_wait
         self._http = httpx.Client(
@@ -46,6 +52,7 @@ class WorkerClient:
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(30.0, connect=5.0),
             verify=_TLS,
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -82,14 +89,23 @@ class WorkerClient:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)
 
-    def claim(self, ti_id: int, try_number: int, worker: str) -> TaskSpec:
-        body = ClaimRequest(try_number=try_number, worker=worker).model_dump()
+    def claim(
+        self, ti_id: int, try_number: int, worker: str, attempt: str
+    ) -> tuple[TaskSpec, float]:
+        """The try's spec, and when (time.monotonic()) the request that won was sent: the
+        server's heartbeat clock for the try starts no earlier. Retried with the same
+        `attempt`, so a claim whose answer was lost is answered again."""
+        body = ClaimRequest(try_number=try_number, worker=worker, attempt=attempt).model_dump()
         response = self.request("POST", f"/task-instances/{ti_id}/claim", json=body)
-        return TaskSpec.model_validate(response.json())
+        sent = time.monotonic() - response.elapsed.total_seconds()
+        return TaskSpec.model_validate(response.json()), sent
 
-    def heartbeat(self, ti_id: int, try_number: int) -> None:
+    def heartbeat(self, ti_id: int, try_number: int, timeout: float | None = None) -> None:
+        """One try, no retry: the heartbeat thread decides what a failure means."""
         body = Heartbeat(try_number=try_number).model_dump()
-        self.request("POST", f"/task-instances/{ti_id}/heartbeat", json=body, retry=False)
+        path = f"/task-instances/{ti_id}/heartbeat"
+        kwargs: dict[str, Any] = {"timeout": timeout} if timeout else {}
+        self.request("POST", path, json=body, retry=False, **kwargs)
 
     def finish(self, ti_id: int, report: FinishRequest) -> None:
         self.request("POST", f"/task-instances/{ti_id}/finish", json=report.model_dump(mode="json"))

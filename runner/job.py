@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import secrets
 import signal
 import socket
-import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from runner.cache import VersionCache
 from runner.capture import CappedLog, capture
 from runner.client import WorkerClient
 from runner.execute import Outcome, execute
+from runner.heartbeat import ABANDON_SIGNAL, Abandoned, Heartbeater, on_abandon
 
 log = logging.getLogger("pinflow.worker")
 
@@ -33,44 +35,6 @@ def worker_name() -> str:
 
 def cache_dir(settings: Settings) -> Path:
     return Path(os.environ.get("PINFLOW_CACHE_DIR") or settings.home / "cache" / "versions")
-
-
-# Sent by the heartbeat thread to the main thread when the try was taken away. Not SIGINT:
-# RQ's work horse ignores SIGINT, and in a --no-fork worker SIGINT means "shut down".
-ABANDON_SIGNAL = signal.SIGUSR1
-
-
-class Abandoned(BaseException):
-    """The try was given to someone else while this worker ran it: stop, report nothing."""
-
-
-def _on_abandon(_signum: int, _frame: Any) -> None:
-    raise Abandoned()
-
-
-class Heartbeater(threading.Thread):
-    """Beats while the task runs; if the try was taken away (409), stops the task."""
-
-    def __init__(self, client: WorkerClient, ti_id: int, try_number: int, interval: float) -> None:
-        super().__init__(daemon=True, name="pinflow-heartbeat")
-        self.client, self.ti_id, self.try_number = client, ti_id, try_number
-        self.interval = interval
-        self.done = threading.Event()
-        self.abandoned = False
-        self.main_ident = threading.main_thread().ident or 0
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval):
-            try:
-                self.client.heartbeat(self.ti_id, self.try_number)
-            except Conflict:
-                self.abandoned = True
-                # A real signal to the main thread, so a task blocked in sleep() or I/O wakes
-                # up too (`_thread.interrupt_main` would wait for it to return by itself).
-                signal.pthread_kill(self.main_ident, ABANDON_SIGNAL)
-                return
-            except PinflowError as exc:
-                log.warning("heartbeat failed: %s", exc.detail)
 
 
 def run_task(payload: dict[str, Any]) -> str:
@@ -111,8 +75,9 @@ def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog)
 
 def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
     name = worker_name()
+    attempt = secrets.token_hex(16)  # the same on every retry of this claim
     try:
-        spec = client.claim(job.ti_id, job.try_number, name)
+        spec, claim_sent = client.claim(job.ti_id, job.try_number, name, attempt)
     except Conflict as exc:  # someone else owns this try, or it is stale: not ours to run
         log.info("dropping %s: %s", job.task_id, exc.detail)
         return "dropped"
@@ -121,12 +86,17 @@ def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
         f"pinflow: {spec.dag_id}.{spec.task_id} try {spec.try_number} of run "
         f"{spec.run_id} at {spec.repo}@{spec.sha} on {name}"
     )
-    beat = Heartbeater(client, spec.ti_id, spec.try_number, spec.heartbeat_interval)
-    previous = signal.signal(ABANDON_SIGNAL, _on_abandon)
+    beat = Heartbeater(client, spec, claim_sent)
+    previous = signal.signal(ABANDON_SIGNAL, on_abandon)
     beat.start()
     try:
         try:
             outcome = _fetch_and_execute(spec, cache, task_log)
+        except Exception:  # noqa: BLE001 - pinflow's own failure, or the host's (disk, cache)
+            outcome = Outcome(
+                False,
+                error="pinflow: the worker could not run the task:\n" + traceback.format_exc(),
+            )
         finally:
             beat.done.set()
             beat.join()  # after this no abandon signal can come: the handler can go
@@ -135,7 +105,7 @@ def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
     finally:
         signal.signal(ABANDON_SIGNAL, previous)
     if beat.abandoned:
-        log.warning("try %s of %s was taken away; not reporting", spec.try_number, spec.task_id)
+        log.warning("try %s of %s not reported: %s", spec.try_number, spec.task_id, beat.abandoned)
         return "abandoned"
     if outcome.error:
         task_log.write(outcome.error if outcome.error.endswith("\n") else outcome.error + "\n")

@@ -130,3 +130,18 @@ def test_eviction_spares_versions_in_use(store_server, version, tmp_path):
         assert cache.path(repo, old).exists()
     assert cache.evict() == [cache.path(repo, old)]  # least recently used goes first
     assert cache.path(repo, new).exists()
+
+
+def test_a_version_evicted_between_ensure_and_using_is_fetched_again(
+    store_server, version, tmp_path
+):
+    """Issue 12, finding 5: another worker's eviction deleted the version after this worker's
+    ensure(); using() must notice under its lock and fetch it again, not hand out a hole."""
+    repo, sha = version
+    cache = cache_for(store_server, tmp_path / "cache")
+    cache.ensure(repo, sha)
+    other = cache_for(store_server, tmp_path / "cache", max_bytes=0)
+    assert other.evict() == [cache.path(repo, sha)]
+    with cache.using(repo, sha) as root:
+        assert (root / "dags/a.py").read_text() == "A = 1\n"
+        assert other.evict() == [], "evicted while in use"

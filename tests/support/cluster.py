@@ -62,7 +62,7 @@ class Cluster:
         self.schedulers.append(proc.start())
         return proc
 
-    def add_worker(self, name: str, api_url: str | None = None) -> PinflowProcess:
+    def add_worker(self, name: str, api_url: str | None = None, **env: str) -> PinflowProcess:
         # Workers get no database URL (they must not need one) and share one cache, as the
         # workers of one host do.
         proc = PinflowProcess(
@@ -70,8 +70,11 @@ class Cluster:
             ["worker", "--name", name, *self.worker_args],
             self.home / name,
             "",
-            **self.process_env(self.tokens["worker"]),
-            PINFLOW_CACHE_DIR=str(self.home / "worker-cache"),
+            **{
+                **self.process_env(self.tokens["worker"]),
+                "PINFLOW_CACHE_DIR": str(self.home / "worker-cache"),
+                **env,
+            },
         )
         (self.home / name).mkdir(exist_ok=True)
         proc.env.pop("PINFLOW_DATABASE_URL", None)
