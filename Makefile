@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest --ignore=tests/failure $(PYTEST_ARGS)
 
-# The failure suite (crashes, restarts, bad-input sweeps): minutes of real processes, so CI
-# runs it as a step of its own after `make test`.
+# The failure suite (crashes, restarts, the HA soak, bad-input sweeps): minutes of real
+# processes, so CI runs it as a step of its own after `make test`.
 test-failure: $(STAMP)
 	$(BIN)/python -m pytest tests/failure -s $(PYTEST_ARGS)
 

@@ -48,6 +48,10 @@ def dag_json(row: Dag, repo_name: str) -> dict[str, Any]:
         "schedule": row.schedule,
         "is_paused": row.is_paused,
         "is_active": row.is_active,
+        # When the next scheduled run is due (None: not computed yet, or no more ticks), and
+        # whether the schedule has no ticks left (@once done, past end_date).
+        "next_due_at": iso(row.next_due_at),
+        "schedule_ended": row.schedule_ended,
         "description": structure.get("description", ""),
         "tags": structure.get("tags", []),
         "structure_hash": row.structure_hash,

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from dagstore.db import Database, db_time
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.health import WriteHealth
@@ -91,6 +93,8 @@ class Scheduler:
         for lease in leases:
             try:
                 created += self.schedule_one(lease)
+            except (OperationalError, InterfaceError):
+                raise  # the database went away: the whole tick waits, the leases expire
             except Exception:  # noqa: BLE001 - one DAG must not stop the others
                 log.exception(
                     "scheduling DAG %s failed; retrying in %g s", lease.dag_pk, FAILED_BACKOFF

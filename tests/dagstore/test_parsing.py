@@ -256,7 +256,11 @@ def test_a_schedule_change_takes_effect_at_once(repo: Repo, uid):
     repo.push("weekly", {"dags/s.py": scheduled(dag_id, "@weekly")})
     assert next_due(repo.server, dag_id) > datetime.now(UTC) + timedelta(hours=1)
     repo.push("hourly", {"dags/s.py": scheduled(dag_id, "@hourly")})
-    assert next_due(repo.server, dag_id) <= datetime.now(UTC) + timedelta(hours=1)
+    due = next_due(repo.server, dag_id)
+    assert due <= datetime.now(UTC) + timedelta(hours=1)
+    shown = repo.api(f"/dags/{dag_id}")
+    assert shown["next_due_at"] == due.isoformat().replace("+00:00", "Z")
+    assert shown["schedule_ended"] is False
 
 
 def test_duplicate_dag_id_in_one_commit(repo: Repo, uid):

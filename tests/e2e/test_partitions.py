@@ -75,6 +75,13 @@ def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
     )
 
 
+def push_quick(cluster: Cluster, tmp_path: Path, dag_id: str) -> str:
+    """QUICK_DAG as `dag_id`, in a repo of its own."""
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "q", **{"dags/q.py": QUICK_DAG.format(dag_id=dag_id)})
+    return dag_id
+
+
 def stop(cluster: Cluster, *workers: PinflowProcess) -> None:
     for worker in workers:
         worker.stop()
@@ -161,9 +168,7 @@ def test_a_claim_whose_answer_was_lost_is_answered_again(
     cluster: Cluster, tmp_path: Path, uid: str
 ):
     assert cluster.server is not None
-    dag_id = f"lost_{uid}"
-    work = cluster.repo(f"lost{uid}", tmp_path / "w")
-    cluster.push(work, "q", **{"dags/q.py": QUICK_DAG.format(dag_id=dag_id)})
+    dag_id = push_quick(cluster, tmp_path, f"lost_{uid}")
     run = cluster.trigger(dag_id)
     payload = take_job(cluster, run["run_id"])  # this test is the worker
     transport = LoseFirstClaimAnswer()
@@ -182,9 +187,7 @@ def test_a_claim_whose_answer_was_lost_is_answered_again(
 
 
 def test_the_same_attempt_is_answered_again_and_no_one_else(cluster: Cluster, tmp_path, uid):
-    dag_id = f"twice_{uid}"
-    work = cluster.repo(f"twice{uid}", tmp_path / "w")
-    cluster.push(work, "q", **{"dags/q.py": QUICK_DAG.format(dag_id=dag_id)})
+    dag_id = push_quick(cluster, tmp_path, f"twice_{uid}")
     run = cluster.trigger(dag_id)
     ti_id = take_job(cluster, run["run_id"]).ti_id
     claim = {"try_number": 1, "worker": "w1", "attempt": "a" * 32}
@@ -210,9 +213,7 @@ def test_a_failure_in_the_worker_itself_is_reported_at_once(cluster: Cluster, tm
     the traceback in its log, without waiting for the heartbeat timeout."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    dag_id = f"broken_{uid}"
-    work = cluster.repo(f"broken{uid}", tmp_path / "w")
-    cluster.push(work, "q", **{"dags/q.py": QUICK_DAG.format(dag_id=dag_id)})
+    dag_id = push_quick(cluster, tmp_path, f"broken_{uid}")
     worker = cluster.add_worker(f"bad{uid}", PINFLOW_CACHE_DIR=str(blocker / "cache"))
     try:
         started = time.monotonic()

@@ -38,15 +38,18 @@ class PinflowProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill9(self) -> None:
+    def kill9(self) -> list[int]:
         """Kill the process and all its descendants at once (RQ's work horse has its own
-        process group, so killing the group alone would spare it)."""
-        if self.alive:
-            assert self.proc is not None
-            for pid in [self.proc.pid, *descendants(self.proc.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            self.proc.wait()
+        process group, so killing the group alone would spare it); returns their pids."""
+        if not self.alive:
+            return []
+        assert self.proc is not None
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        return pids
 
     def stop(self, timeout: float = 10) -> None:
         if not self.alive:

@@ -91,6 +91,14 @@ class ServerProcess:
         self.stop()
         raise RuntimeError("server did not become healthy")
 
+    def kill9(self) -> None:
+        """Killed at once, no shutdown; `start()` brings it back on the same port."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
