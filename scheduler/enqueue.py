@@ -70,26 +70,39 @@ class Enqueuer:
     def missing(
         self, payloads: list[JobPayload], claim_grace: datetime, queued_at: dict[int, datetime]
     ) -> list[JobPayload]:
-        """Payloads whose job Redis lost, or whose job ended or was started `claim_grace` ago
-        without the task being claimed (its work horse died before the claim)."""
+        """Payloads whose job Redis lost, or that a worker took and never ran.
+
+        A job is lost when Redis does not have it or it ended, when it was started before
+        `claim_grace` without the task being claimed (its work horse died before the claim),
+        or when it was queued before `claim_grace` and is still marked queued but no longer
+        waits in its queue: a worker moved it out (RQ's intermediate queue) and died before
+        starting it, and RQ itself would only notice in its maintenance, minutes later.
+        """
         jobs = Job.fetch_many(
             [job_id(p.ti_id, p.try_number) for p in payloads],
             connection=self.redis,
             serializer=JSONSerializer,
         )
+        waiting: dict[str, set[str]] = {}  # queue → job ids in it, read only when needed
         lost = []
         for p, job in zip(payloads, jobs, strict=True):
             if job is None:
                 lost.append(p)
                 continue
             status = job.get_status(refresh=False)
+            queued_long_ago = as_utc(queued_at[p.ti_id]) < claim_grace
             # A job waits in the queue for as long as the queue is long: only the time a
             # worker took it (the worker's clock, as RQ records it) says a claim is overdue.
             started_at = as_utc(job.started_at or queued_at[p.ti_id])
             stale_start = (
                 status == JobStatus.STARTED and started_at is not None and started_at < claim_grace
             )
-            if status in _DEAD or stale_start:
+            taken_never_started = False
+            if status == JobStatus.QUEUED and queued_long_ago:
+                if p.queue not in waiting:
+                    waiting[p.queue] = set(self.queue(p.queue).get_job_ids())
+                taken_never_started = job.id not in waiting[p.queue]
+            if status in _DEAD or stale_start or taken_never_started:
                 job.delete()
                 lost.append(p)
         return lost

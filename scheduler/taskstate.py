@@ -12,8 +12,8 @@ A conditional UPDATE guards one row; deciding what comes next reads the siblings
 PostgreSQL's READ COMMITTED, two transactions that each end one of two sibling tasks would each
 read the other still running, and nobody would ready the join or settle the run (write skew).
 So every transaction that changes a task and then decides from its siblings first locks the
-run's row (`lock_run`), and the lock order is always: runs in ascending id, then their task
-instances. SQLite has one writer at a time and needs no lock.
+run's row (SELECT ... FOR UPDATE), and the lock order is always: runs in ascending id, then
+their task instances. SQLite has one writer at a time and needs no lock.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.errors import NotFound
 from dagstore.models import Repo
 from dagstore.protocol import JobPayload
 from scheduler.models import DagRun, TaskInstance
@@ -59,19 +58,6 @@ def transition(
     # the WHERE against loaded objects (SQLite's naive datetimes would not compare).
     query = query.values(**values).execution_options(synchronize_session=False)
     return session.execute(query).rowcount == 1
-
-
-def lock_run(session: Session, run_pk: int) -> DagRun:
-    """The run's row, locked until the transaction ends (see the module docstring)."""
-    run = session.scalars(
-        select(DagRun)
-        .where(DagRun.id == run_pk)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if run is None:
-        raise NotFound(f"run {run_pk} does not exist")
-    return run
 
 
 def schedule_ready(session: Session, run: DagRun, now: datetime) -> int:

@@ -1,9 +1,10 @@
 """One try of a task, as a worker lives it: claim, heartbeat, finish; or lost when it goes silent.
 
-Claim and finish lock the run first (`taskstate.lock_run`'s order: the run, then its tasks),
-because what they change decides what the run does next. A claim names its attempt (a random
-id the worker picks per job): when the claim's response is lost and the worker asks again, the
-same attempt gets the same answer instead of a 409 that would strand the try.
+Claim and finish lock the run's row first (the order `scheduler.taskstate` describes: the
+run, then its tasks), because what they change decides what the run does next. A claim names
+its attempt (a random id the worker picks per job): when the claim's response is lost and the
+worker asks again, the same attempt gets the same answer instead of a 409 that would strand
+the try.
 """
 
 from __future__ import annotations

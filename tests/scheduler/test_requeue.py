@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from sqlalchemy import update
 
 from dagstore.db import Database, db_time
-from dagstore.protocol import job_id
+from dagstore.protocol import DEFAULT_QUEUE, job_id
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.models import DagRun, TaskInstance
 from scheduler.taskstate import payload
@@ -69,3 +70,17 @@ def test_a_job_redis_lost_is_enqueued_again(db: Database, redis_url: str):
     enqueuer.redis.flushall()
     assert requeue(db, enqueuer) == 1
     assert Job.exists(job.id, connection=enqueuer.redis)
+
+
+def test_a_job_a_dead_worker_took_off_the_queue_is_enqueued_again(db: Database, redis_url):
+    """Found by the HA soak: a worker killed between taking a job off the queue and starting
+    it leaves the job marked queued but in no queue; the task waited forever."""
+    enqueuer = Enqueuer(redis_url)
+    job = queued_long_ago(db, enqueuer)
+    queue = enqueuer.queue(DEFAULT_QUEUE)
+    taken = Queue.dequeue_any([queue], None, connection=enqueuer.redis, serializer=JSONSerializer)
+    assert taken is not None and taken[0].id == job.id  # and the worker dies here
+    assert job.get_status(refresh=True) == JobStatus.QUEUED and queue.get_job_ids() == []
+    assert requeue(db, enqueuer) == 1
+    assert queue.get_job_ids() == [job.id]
+    assert requeue(db, enqueuer) == 0, "a job waiting in its queue is not lost"
