@@ -54,6 +54,7 @@ from rich.table import Table
 
 from bench._repo import COMMIT_DATE, FILE_COUNT, repo_files
 from bench._stats import Goal, Measure, kib, ms, repeat, timed
+from bench._stored import stored_bytes
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from runner.cache import VersionCache
 from runner.client import WorkerClient
@@ -103,10 +104,6 @@ def unparsed_copy(git: Git) -> str:
     leaves an archive that only the first GET builds: the honest "first build".
     """
     return git.run("commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "bench: copy").stdout.strip()
-
-
-def disk_usage(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 # -- the clients --------------------------------------------------------------------------
@@ -452,7 +449,7 @@ def run_benchmark(scratch: Path, reps: int, warm_reps: int, start_reps: int) -> 
         ]
         if shutil.which("curl"):
             measures.append(measure_curl(url, token, reps))
-        store_bytes = disk_usage(server.home / "repos" / f"{REPO}.git")
+        store_bytes = stored_bytes(server.database_url, REPO)
     finally:
         server.stop()
     log = server.server_log().strip()
@@ -541,7 +538,7 @@ def fact_lines(report: Report) -> list[str]:
     f = report.facts
     return [
         f"repo: {f.files} files, {kib(f.tree_bytes)} of file contents; "
-        f"store repo on disk {kib(f.store_bytes)}",
+        f"store repo in the database {kib(f.store_bytes)}",
         f"archive: {kib(f.archive_bytes)} (.tar.gz)",
         f"unpacker: {f.unpacker}",
         f"scratch folder (clones and unpacks land here): {f.scratch}",

@@ -14,7 +14,6 @@ import io
 import os
 import stat
 import tarfile
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 from dulwich.objects import Blob, Commit
 from dulwich.repo import Repo
 
+from dagstore.diskcache import DiskCache
 from dagstore.gitrepo import get_commit, validate_full_sha, validate_repo_name
 
 GZIP_LEVEL = 6  # level 9 costs ~3x the time for a few percent (PITFALLS.md)
@@ -81,10 +81,12 @@ def write_archive(repo: Repo, commit: Commit, out: io.BufferedIOBase) -> None:
 
 
 class ArchiveCache:
-    """Archives on disk, one file per (repo, sha); built at most once per sha per server."""
+    """Archives on disk, one file per (repo, sha); built at most once per sha per server while
+    the disk cache keeps it (`dagstore.diskcache`: bounded, least recently used go)."""
 
-    def __init__(self, root: Path, memory_bytes: int = 128 * 1024**2) -> None:
-        self.root = root
+    def __init__(self, disk: DiskCache, memory_bytes: int = 128 * 1024**2) -> None:
+        self.disk = disk
+        self.root = disk.root / "archives"
         self._digests: dict[Path, ArchiveFile] = {}
         self._locks: dict[Path, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -124,6 +126,7 @@ class ArchiveCache:
         path = self.path(repo_name, sha)
         known = self._digests.get(path)
         if known is not None and path.exists():  # the cache folder may have been cleared
+            self.disk.touch(path)
             return known
         return None
 
@@ -149,15 +152,7 @@ class ArchiveCache:
 
     def _build(self, repo: Repo, sha: str, path: Path) -> None:
         commit = get_commit(repo, sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".build-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                write_archive(repo, commit, out)
-            os.replace(tmp, path)  # atomic: other servers on a shared volume see all or nothing
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.disk.write(path, lambda out: write_archive(repo, commit, out))
 
 
 def _sha256_of(path: Path) -> str:

@@ -1,8 +1,9 @@
 """Catching up after a crash: what a push changed in git but not (yet) in the database.
 
 A server can die between a ref update and the database write that records it, or while a
-commit is being parsed. At start, every server records the commits its refs reach but the
-database lacks, and parses each tracked tip still pending, so nothing waits for the next push.
+commit is being parsed, or in the middle of a push. At start, every server records the
+commits the refs reach but no version row has, parses each tracked tip still pending, and
+drops the quarantined packs of pushes that died long ago, so nothing waits for the next push.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 
 from dagstore.context import StoreContext
 from dagstore.current import pending_tip, publish
+from dagstore.packstore import discard_stale_quarantine
 from dagstore.parse import parse_commit
 from dagstore.repos import list_repos
 from dagstore.version import reconcile
@@ -21,11 +23,11 @@ log = logging.getLogger("pinflow.catchup")
 def catch_up(store: StoreContext) -> None:
     with store.db.read() as session:
         repos = list_repos(session)
+    discard_stale_quarantine(store.db)
     for row in repos:
-        if not store.storage.exists(row.name):
-            store.storage.create(row.name, row.track)
-            continue
         with store.storage.open(row.name) as git:
+            if git.refs.read_loose_ref(b"HEAD") is None:  # created before refs were rows
+                git.refs.set_symbolic_ref(b"HEAD", f"refs/heads/{row.track}".encode())
             with store.db.write() as session:
                 added = reconcile(session, git, row)
                 sha = pending_tip(session, row, git)

@@ -1,4 +1,4 @@
-"""What a store process holds for its whole life: settings, database, repos, archive cache."""
+"""What a store process holds for its whole life: settings, database, repos, caches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dagstore.archive import ArchiveCache
 from dagstore.db import Database
+from dagstore.diskcache import DiskCache
 from dagstore.gitrepo import RepoStorage
 from dagstore.parse import ParseLimits
 from dagstore.settings import Settings
@@ -26,12 +27,13 @@ class StoreContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StoreContext:
+        """Packs and archives share one bounded disk cache: both can be built again."""
+        db = Database(settings.database_url)
+        disk = DiskCache(settings.server_cache_dir, settings.server_cache_mb * 1024 * 1024)
         return cls(
             settings=settings,
-            db=Database(settings.database_url),
-            storage=RepoStorage(settings.repos_dir),
-            archives=ArchiveCache(
-                settings.archive_cache_dir, settings.archive_memory_mb * 1024 * 1024
-            ),
+            db=db,
+            storage=RepoStorage(db, disk),
+            archives=ArchiveCache(disk, settings.archive_memory_mb * 1024 * 1024),
             tokens=TokenCache(settings.token_cache_seconds),
         )

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from dagstore.db import iso
 from dagstore.errors import NotFound
-from dagstore.gitrepo import RepoStorage, ref_sha
+from dagstore.gitmodels import GitRef
 from dagstore.models import Dag, Repo, Version, VersionDag, VersionError
 
 
@@ -110,27 +110,21 @@ def version_dag(session: Session, repo_id: int, sha: str, dag_id: str) -> Versio
     )
 
 
-def tip_versions(session: Session, storage: RepoStorage) -> list[tuple[Repo, Version]]:
+def tip_versions(session: Session) -> list[tuple[Repo, Version]]:
     """Each repo's tracked-ref tip as a recorded version (repos with no tip are left out)."""
-    out = []
-    for repo in session.scalars(select(Repo).order_by(Repo.name)):
-        if not storage.exists(repo.name):
-            continue
-        with storage.open(repo.name) as git:
-            tip = ref_sha(git, f"refs/heads/{repo.track}".encode())
-        if tip is None:
-            continue
-        version = session.scalar(
-            select(Version).where(Version.repo_id == repo.id, Version.sha == tip.decode())
-        )
-        if version is not None:
-            out.append((repo, version))
-    return out
+    tracked = "refs/heads/" + Repo.track
+    rows = session.execute(
+        select(Repo, Version)
+        .join(GitRef, (GitRef.repo_id == Repo.id) & (GitRef.name == tracked))
+        .join(Version, (Version.repo_id == Repo.id) & (Version.sha == GitRef.value))
+        .order_by(Repo.name)
+    )
+    return [(repo, version) for repo, version in rows]
 
 
-def import_errors(session: Session, storage: RepoStorage) -> list[dict[str, Any]]:
+def import_errors(session: Session) -> list[dict[str, Any]]:
     """The broken DAG files at each repo's tracked tip: what `pinflow dags --errors` shows."""
-    tips = tip_versions(session, storage)
+    tips = tip_versions(session)
     _, errors = version_contents(session, [v.id for _, v in tips])
     return [
         {"repo": repo.name, "sha": version.sha, **error}

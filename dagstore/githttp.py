@@ -18,13 +18,12 @@ from urllib.parse import parse_qs
 
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.protocol import pkt_line
-from dulwich.repo import Repo
-from dulwich.server import Backend
+from dulwich.server import Backend, ReceivePackHandler
 from dulwich.web import make_wsgi_chain
 
 from dagstore.context import StoreContext
 from dagstore.errors import NotFound, PinflowError
-from dagstore.gitrepo import REPO_NAME_RE
+from dagstore.gitrepo import REPO_NAME_RE, DatabaseRepo
 from dagstore.receive import install_hooks
 
 log = logging.getLogger("pinflow.git")
@@ -33,13 +32,14 @@ StartResponse = Callable[..., Any]
 
 
 class StoreBackend(Backend):
-    """Opens repos for one request and remembers them so they can all be closed after it."""
+    """Opens repos for one request and remembers them so they can all be closed after it;
+    closing also discards what a push brought that no ref points into (quarantine)."""
 
     def __init__(self, store: StoreContext) -> None:
         self.store = store
-        self.opened: list[Repo] = []
+        self.opened: list[DatabaseRepo] = []
 
-    def open_repository(self, path: str | bytes) -> Repo:  # type: ignore[override]
+    def open_repository(self, path: str | bytes) -> DatabaseRepo:  # type: ignore[override]
         if isinstance(path, bytes):
             path = path.decode("utf-8", "replace")
         name = path.strip("/").removesuffix(".git")
@@ -52,9 +52,26 @@ class StoreBackend(Backend):
         return repo
 
     def close(self) -> None:
-        for repo in self.opened:
-            repo.close()
-        self.opened.clear()
+        try:
+            for repo in self.opened:
+                try:
+                    repo.end_push()
+                except Exception:  # the database went away: stale quarantine is swept later
+                    log.exception("could not discard the quarantined packs of a push")
+                repo.close()
+        finally:
+            self.opened.clear()
+
+
+class StoreReceivePack(ReceivePackHandler):
+    """receive-pack that settles the push's quarantine as soon as its refs are applied, before
+    the client reads the report: what moved no ref is gone by the time the push returns."""
+
+    def _apply_pack(self, refs):  # type: ignore[no-untyped-def]
+        try:
+            yield from super()._apply_pack(refs)
+        finally:
+            self.repo.end_push()  # type: ignore[attr-defined]
 
 
 class PushSizeLimit:
@@ -189,6 +206,7 @@ def make_git_app(store: StoreContext) -> Callable[[dict[str, Any], StartResponse
             environ["wsgi.input"] = limit
         backend = StoreBackend(store)
 
-        return _Closing(make_wsgi_chain(backend)(environ, start_response), backend.close)
+        chain = make_wsgi_chain(backend, handlers={b"git-receive-pack": StoreReceivePack})
+        return _Closing(chain(environ, start_response), backend.close)
 
     return app

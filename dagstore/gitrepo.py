@@ -1,26 +1,32 @@
 """Where the store's git repositories live, and reading commits out of them.
 
-Repositories are bare git repos in one folder today; everything else reaches them through
-`RepoStorage`, so they could live elsewhere later. A fresh dulwich `Repo` is opened per use and
-closed after it: sharing one across threads breaks on pack-cache eviction (PITFALLS.md).
+Every repository's objects and refs are in the database (`DatabaseRepo`); an API server's
+disk holds only a cache of the packs it read, so any server can be replaced by a fresh one
+with nothing but the database URL. Everything reaches repositories through `RepoStorage`. A
+fresh repo object is opened per use and closed after it: sharing one across threads breaks on
+pack-cache eviction (PITFALLS.md).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from dulwich.errors import NotGitRepository, NotTreeError
-from dulwich.file import FileLocked
+from dulwich.errors import NotTreeError
 from dulwich.objects import Blob, Commit, SubmoduleEncountered, Tag, Tree
 from dulwich.objectspec import AmbiguousShortId, parse_commit
-from dulwich.refs import DiskRefsContainer
-from dulwich.repo import Repo
+from dulwich.repo import BaseRepo, MemoryRepo
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from dagstore.db import Database
+from dagstore.diskcache import DiskCache
 from dagstore.errors import BadRequest, NotFound
+from dagstore.gitmodels import GitRef
+from dagstore.models import Repo as RepoRow
+from dagstore.packstore import DatabaseObjectStore, PackCache
+from dagstore.refstore import DatabaseRefsContainer
 
 REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -56,85 +62,78 @@ def validate_branch_name(ref: str) -> str:
     return ref
 
 
-class CheckedRefs(DiskRefsContainer):
-    """Refs whose failed compare-and-swap is an error, not a silent success.
+class DatabaseRepo(MemoryRepo):
+    """A bare repository whose objects and refs live in the database (issue 13).
 
-    dulwich's receive-pack ignores the boolean that `set_if_equals` returns, so a push that
-    lost a race to another push would be reported as accepted; and `FileLocked` is not an
-    `OSError`, so a locked ref escapes as a server error. Raising `OSError` makes the client
-    see `[remote rejected] (failed to write)`.
+    dulwich's smart-HTTP handlers, walkers and archive code see an ordinary repository: only
+    the object store (`dagstore.packstore`) and the refs (`dagstore.refstore`) are ours.
     """
 
-    def set_if_equals(self, name, old_ref, new_ref, *args, **kwargs):  # type: ignore[override]
-        try:
-            done = super().set_if_equals(name, old_ref, new_ref, *args, **kwargs)
-        except FileLocked as exc:
-            raise OSError(f"{name!r} is being updated by another push") from exc
-        if not done:
-            raise OSError(f"{name!r} moved while this push was applied")
-        return True
+    def __init__(self, db: Database, repo_id: int, cache: PackCache) -> None:
+        from dulwich.config import ConfigFile
+        from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 
-    def remove_if_equals(self, name, old_ref, *args, **kwargs):  # type: ignore[override]
-        try:
-            done = super().remove_if_equals(name, old_ref, *args, **kwargs)
-        except FileLocked as exc:
-            raise OSError(f"{name!r} is being updated by another push") from exc
-        if not done:
-            raise OSError(f"{name!r} moved while this push was applied")
-        return True
+        store = DatabaseObjectStore(db, repo_id, cache)
+        refs = DatabaseRefsContainer(db, repo_id, before_write=store.publish)
+        BaseRepo.__init__(self, store, refs)
+        self.object_store: DatabaseObjectStore = store
+        self.refs: DatabaseRefsContainer = refs
+        self._named_files: dict[str, bytes] = {}
+        self._reflog: list = []
+        self.bare = True
+        self._config = ConfigFile()
+        self._description: bytes | None = None
+        self.filter_context = None
+        self.object_format = DEFAULT_OBJECT_FORMAT
+
+    def end_push(self) -> None:
+        """After a push: what it brought but no ref points into goes (quarantine)."""
+        self.object_store.discard(refs_moved=self.refs.moved > 0)
 
 
 class RepoStorage:
-    """A folder of bare repositories, one per store repo name."""
+    """The store's repositories: a row each, their git data in the database, a pack cache."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, db: Database, disk: DiskCache) -> None:
+        self.db = db
+        self.cache = PackCache(db, disk)
+        self._ids: dict[str, int] = {}  # repos are never deleted: name → id, once read
 
-    def path(self, name: str) -> Path:
-        return self.root / f"{validate_repo_name(name)}.git"
+    def repo_id(self, name: str) -> int | None:
+        validate_repo_name(name)
+        if name not in self._ids:
+            with self.db.read() as session:
+                found = session.scalar(select(RepoRow.id).where(RepoRow.name == name))
+            if found is None:
+                return None
+            self._ids[name] = found
+        return self._ids[name]
 
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "HEAD").is_file()
+        return self.repo_id(name) is not None
 
-    def create(self, name: str, track: str) -> None:
-        """Create a bare repo whose HEAD names the tracked branch, so clones check it out."""
-        final = self.path(name)
-        self.root.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            return
-        staging = self.root / f".{name}.creating"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        repo = Repo.init_bare(str(staging))
-        try:
-            repo.refs.set_symbolic_ref(b"HEAD", b"refs/heads/" + track.encode())
-        finally:
-            repo.close()
-        try:
-            staging.rename(final)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # created meanwhile by another server
+    def create(self, session: Session, repo_id: int, track: str) -> None:
+        """A new repo's HEAD names the tracked branch, so clones check it out (in the
+        caller's transaction, with the repo's row)."""
+        session.add(GitRef(repo_id=repo_id, name="HEAD", value=f"ref: refs/heads/{track}"))
 
     @contextmanager
-    def open(self, name: str) -> Iterator[Repo]:
+    def open(self, name: str) -> Iterator[DatabaseRepo]:
         repo = self.open_unmanaged(name)
         try:
             yield repo
         finally:
             repo.close()
 
-    def open_unmanaged(self, name: str) -> Repo:
-        """Open a repo the caller must close; its refs refuse lost compare-and-swaps."""
-        try:
-            repo = Repo(str(self.path(name)))
-        except NotGitRepository:
-            raise NotFound(f"repository {name!r} does not exist") from None
-        if type(repo.refs) is DiskRefsContainer:
-            repo.refs.__class__ = CheckedRefs
-        return repo
+    def open_unmanaged(self, name: str) -> DatabaseRepo:
+        """Open a repo the caller must close."""
+        repo_id = self.repo_id(name)
+        if repo_id is None:
+            raise NotFound(f"repository {name!r} does not exist")
+        return DatabaseRepo(self.db, repo_id, self.cache)
 
 
-def resolve_commit(repo: Repo, spec: str) -> str:
+def resolve_commit(repo: BaseRepo, spec: str) -> str:
     """A branch, tag, full or unique short sha → the full sha of the commit it names."""
     if not spec or len(spec) > 255 or not REF_RE.match(spec) or ".." in spec:
         raise BadRequest(f"invalid ref {spec!r}")
@@ -157,7 +156,7 @@ def resolve_commit(repo: Repo, spec: str) -> str:
     raise NotFound(f"no branch, tag or commit named {spec!r}")
 
 
-def _peel_to_commit(repo: Repo, sha: bytes, spec: str) -> str:
+def _peel_to_commit(repo: BaseRepo, sha: bytes, spec: str) -> str:
     obj = repo[sha]
     while isinstance(obj, Tag):
         obj = repo[obj.object[1]]
@@ -166,7 +165,7 @@ def _peel_to_commit(repo: Repo, sha: bytes, spec: str) -> str:
     return obj.id.decode()
 
 
-def get_commit(repo: Repo, sha: str) -> Commit:
+def get_commit(repo: BaseRepo, sha: str) -> Commit:
     validate_full_sha(sha)
     try:
         obj = repo[sha.encode()]
@@ -187,7 +186,7 @@ def validate_file_path(path: str) -> bytes:
     return path.encode("utf-8")
 
 
-def read_file(repo: Repo, sha: str, path: str) -> bytes:
+def read_file(repo: BaseRepo, sha: str, path: str) -> bytes:
     commit = get_commit(repo, sha)
     tree = repo[commit.tree]
     assert isinstance(tree, Tree)
@@ -201,7 +200,7 @@ def read_file(repo: Repo, sha: str, path: str) -> bytes:
     return obj.as_raw_string()
 
 
-def ref_sha(repo: Repo, ref: bytes) -> bytes | None:
+def ref_sha(repo: BaseRepo, ref: bytes) -> bytes | None:
     """The sha a ref points at, or None when the ref does not exist."""
     try:
         return repo.refs[ref]

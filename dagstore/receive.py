@@ -1,10 +1,11 @@
 """What the store does when a push arrives.
 
-dulwich calls the `update` hook per ref after the pack's objects are stored and before the ref
-moves: there the store keeps what the update would orphan, parses the new commit, and (for a
-strict repo) refuses it cleanly. `post-receive` runs after the refs moved: it records the new
-versions and their parse results, makes the tracked ref's tip current, and returns what the
-pusher reads as `remote:` lines.
+dulwich calls the `update` hook per ref after the pack's objects are stored (in quarantine:
+only this request sees them) and before the ref moves: there the store parses the new commit,
+(for a strict repo) refuses it cleanly, and keeps what the update would orphan.
+`post-receive` runs after the refs moved: it records the new versions and their parse
+results, makes the tracked ref's tip current, and returns what the pusher reads as `remote:`
+lines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dagstore.context import StoreContext
 from dagstore.current import lock_repo, publish
 from dagstore.gitrepo import KEEP_PREFIX, ref_sha
 from dagstore.parse import ParseResult, parse_commit
+from dagstore.repack import consolidate
 from dagstore.repos import get_repo
 from dagstore.version import ZERO_SHA, record_ref_update
 
@@ -101,19 +103,20 @@ class GuardUpdate(Hook):
                 raise HookError(f"pinflow: refused: {new.decode()} is not in the pushed pack")
             if ref.startswith(b"refs/heads/") and store[new].type_name != b"commit":
                 raise HookError(f"pinflow: refused: {new.decode()} is not a commit")
+        if new != ZERO_SHA and ref.startswith(b"refs/heads/"):
+            try:
+                result = self.push.parse(new.decode())
+            except Exception as exc:
+                raise HookError(f"pinflow: refused: could not parse the DAG files ({exc})") from exc
+            if self.push.strict and result is not None and result.errors:
+                broken = "; ".join(f"{e.file}: {e.summary}" for e in result.errors)
+                raise HookError(f"pinflow: refused (strict repository): {broken}")
+        # Last, once the update is accepted: the first ref written makes the push's objects
+        # live (quarantine), so nothing may be written for an update that is then refused.
         try:
             keep_reachable(self.push.repo, old, new)
         except OSError as exc:
             raise HookError(f"could not keep {old.decode()[:12]} reachable: {exc}") from exc
-        if new == ZERO_SHA or not ref.startswith(b"refs/heads/"):
-            return b"", b""
-        try:
-            result = self.push.parse(new.decode())
-        except Exception as exc:
-            raise HookError(f"pinflow: refused: could not parse the DAG files ({exc})") from exc
-        if self.push.strict and result is not None and result.errors:
-            broken = "; ".join(f"{e.file}: {e.summary}" for e in result.errors)
-            raise HookError(f"pinflow: refused (strict repository): {broken}")
         return b"", b""
 
 
@@ -148,6 +151,10 @@ class RecordVersions(Hook):
                 f"pinflow: warning: the push landed but recording it failed ({exc}); "
                 "it is recorded on the next push or server start"
             )
+        try:
+            consolidate(push.repo)
+        except Exception:  # the push landed: consolidation is tried again at the next one
+            log.exception("consolidating the packs of %s failed", push.repo_name)
         return "".join(line + "\n" for line in lines).encode()
 
 

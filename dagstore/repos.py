@@ -29,7 +29,8 @@ def list_repos(session: Session) -> list[Repo]:
 def create_repo(
     session: Session, storage: RepoStorage, name: str, track: str = "main", strict: bool = False
 ) -> Repo:
-    """Create the row, then the git repo; the row's unique name settles a race of two servers."""
+    """Create the row and its git HEAD in one transaction; the row's unique name settles a
+    race of two servers."""
     validate_repo_name(name)
     validate_branch_name(track)
     if session.scalar(select(Repo.id).where(Repo.name == name)) is not None:
@@ -40,7 +41,7 @@ def create_repo(
         session.flush()
     except IntegrityError:
         raise Conflict(f"repository {name!r} already exists") from None
-    storage.create(name, track)
+    storage.create(session, row.id, track)
     return row
 
 

@@ -45,14 +45,17 @@ class Settings:
     parse_memory_mb: int
     token_cache_seconds: float = 5.0
     archive_memory_mb: int = 128
+    server_cache_mb: int = 2048
 
     @property
     def repos_dir(self) -> Path:
+        """Where repositories lived on disk before issue 13 (imported from there once)."""
         return self.home / "repos"
 
     @property
-    def archive_cache_dir(self) -> Path:
-        return self.home / "archives"
+    def server_cache_dir(self) -> Path:
+        """An API server's disk cache: packs read from the database, archives built."""
+        return self.home / "cache" / "server"
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:
@@ -73,6 +76,7 @@ class Settings:
             parse_memory_mb=int(_env_float("PINFLOW_PARSE_MEMORY_MB", 1024)),
             token_cache_seconds=_env_float("PINFLOW_TOKEN_CACHE_SECONDS", 5.0),
             archive_memory_mb=int(_env_float("PINFLOW_ARCHIVE_MEMORY_MB", 128)),
+            server_cache_mb=int(_env_float("PINFLOW_SERVER_CACHE_MB", 2048)),
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

@@ -58,7 +58,11 @@ def record_ref_update(
             sha for name, sha in repo.get_refs().items() if name != ref.encode() and name != b"HEAD"
         ]
     )
-    commits = new_commits(repo, new, exclude)
+    return _record(session, repo_row, ref, new_commits(repo, new, exclude))
+
+
+def _record(session: Session, repo_row: RepoRow, ref: str, commits: list[Commit]) -> list[str]:
+    """Version rows for those of `commits` that have none; returns their shas."""
     shas = [c.id.decode() for c in commits]
     known = (
         set(
@@ -75,12 +79,30 @@ def record_ref_update(
 
 
 def reconcile(session: Session, repo: Repo, repo_row: RepoRow) -> int:
-    """Record every commit reachable from any ref that has no version row yet."""
+    """Record every commit reachable from any ref that has no version row yet.
+
+    A ref whose tip is recorded was recorded with all it reaches (pushes record the whole
+    range), so only refs with an unrecorded tip are walked, and only down to recorded tips.
+    """
+    refs = {
+        name: sha
+        for name, sha in repo.get_refs().items()
+        if name != b"HEAD" and not name.startswith(b"refs/pinflow/")
+    }
+    known = set(
+        session.scalars(
+            select(Version.sha).where(
+                Version.repo_id == repo_row.id,
+                Version.sha.in_([sha.decode() for sha in refs.values()]),
+            )
+        )
+    )
+    recorded = [sha for sha in refs.values() if sha.decode() in known]
     added = 0
-    for name, sha in sorted(repo.get_refs().items()):
-        if name == b"HEAD" or name.startswith(b"refs/pinflow/"):
+    for name, sha in sorted(refs.items()):
+        if sha.decode() in known:
             continue
-        added += len(record_ref_update(session, repo, repo_row, name.decode(), ZERO_SHA, sha))
+        added += len(_record(session, repo_row, name.decode(), new_commits(repo, sha, recorded)))
     return added
 
 

@@ -39,8 +39,14 @@ def test_topology():
         assert "healthcheck" in service or name in by_command.get("scheduler", []) + by_command.get(
             "worker", []
         ) + ["migrate"], f"{name} has no health check"
-    api_volumes = {tuple(SERVICES[n]["volumes"]) for n in by_command["server"]}
-    assert len(api_volumes) == 1, "the API servers must share the store volume"
+    mounted: dict[str, list[str]] = {}  # named volume → the API servers that mount it
+    for name in by_command["server"]:
+        for volume in SERVICES[name].get("volumes", []):
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else volume["source"]
+            mounted.setdefault(source, []).append(name)
+    shared = {v: names for v, names in mounted.items() if len(names) > 1}
+    assert shared == {}, f"API servers share a volume (issue 13: nothing shared): {shared}"
+    assert "store" not in COMPOSE.get("volumes", {})
     upstreams = re.findall(r"server (\w+):8740", (ROOT / "deploy/nginx.conf").read_text())
     assert sorted(upstreams) == sorted(by_command["server"])
     for name in by_command["worker"]:

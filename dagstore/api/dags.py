@@ -37,4 +37,4 @@ def get_one_dag(dag_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
 def get_import_errors(store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """Broken DAG files at each repo's tracked tip."""
     with store.db.read() as session:
-        return {"items": import_errors(session, store.storage)}
+        return {"items": import_errors(session)}

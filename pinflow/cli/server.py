@@ -17,6 +17,7 @@ db_app = typer.Typer(help="The database schema.")
 def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     """Bring the database schema up to date (safe to run from many processes at once)."""
     from dagstore.context import StoreContext
+    from dagstore.gitimport import import_disk_repositories
     from pinflow.migrate import upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
@@ -24,6 +25,11 @@ def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     store = StoreContext.from_settings(settings)
     upgrade(store.db)
     print("database schema is up to date")
+    for done in import_disk_repositories(store.storage, settings.repos_dir):
+        print(
+            f"repository {done.name}: moved into the database ({done.objects} objects checked, "
+            f"{done.refs} refs); {settings.repos_dir / (done.name + '.git')} can be deleted"
+        )
 
 
 def serve(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import dagstore.gitmodels  # noqa: F401  (the git store's)
 import dagstore.models  # noqa: F401  (registers the store's tables)
 import scheduler.models  # noqa: F401  (and the scheduler's)
 from dagstore.db import Base

@@ -13,7 +13,7 @@ import pytest
 from dulwich.repo import Repo
 
 from dagstore.archive import write_archive
-from tests.support.git import Git
+from tests.support.git import Git, clone
 from tests.support.server import ServerProcess
 
 
@@ -66,7 +66,9 @@ def test_archive_equals_git_archive(store_server, pushed, repo_name):
     assert ours["link.py"] == ("link", 0, "dags/etl.py")
 
 
-def test_archive_is_deterministic_immutable_and_verifiable(store_server, pushed, repo_name):
+def test_archive_is_deterministic_immutable_and_verifiable(
+    store_server, pushed, repo_name, tmp_path
+):
     _, sha = pushed
     with store_server.api("read") as api:
         first = api.get(f"/repos/{repo_name}/archive/{sha}.tar.gz")
@@ -86,8 +88,12 @@ def test_archive_is_deterministic_immutable_and_verifiable(store_server, pushed,
             f"/repos/{repo_name}/archive/{sha}.tar.gz", headers={"If-None-Match": '"other"'}
         )
         assert stale.status_code == 200
-    # Rebuilt from scratch elsewhere, the bytes are the same: any server can answer.
-    with Repo(str(store_server.home / "repos" / f"{repo_name}.git")) as repo:
+    # Rebuilt from scratch elsewhere (a clone of the repo), the bytes are the same: any
+    # server can answer.
+    copy = tmp_path / "copy.git"
+    cloned = clone(store_server.git_url(repo_name, store_server.tokens["read"]), copy, "--bare")
+    assert cloned.returncode == 0, cloned.stderr
+    with Repo(str(copy)) as repo:
         buffer = io.BytesIO()
         write_archive(repo, repo[sha.encode()], buffer)
     assert buffer.getvalue() == first.content

@@ -15,6 +15,7 @@ from pinflow.migrate import alembic_config
 from tests.support.git import Git
 from tests.support.ports import free_port
 from tests.support.server import PINFLOW, pinflow_env
+from tests.support.store import storage_for, write_commits
 
 
 def pinflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -109,13 +110,15 @@ def test_server_start_records_versions_missed_by_a_crash(tmp_path, database_url)
         server.create_repo("crashy")
     finally:
         server.stop()
-    # Write commits straight into the bare repo, as if the server died before recording them.
-    bare = home / "repos" / "crashy.git"
+    # Commits and the ref straight into the store, as if the server died before recording
+    # the versions.
     work = Git(tmp_path / "w").init()
     shas = [work.commit(f"c{i}", **{"a.py": f"{i}\n"}) for i in range(2)]
-    subprocess.run(
-        ["git", "push", "-q", str(bare), "main"], cwd=work.path, check=True, env=work.env
-    )
+    db = Database(database_url)
+    try:
+        write_commits(storage_for(db, tmp_path / "writer"), "crashy", work)
+    finally:
+        db.dispose()
     server.start()
     try:
         with server.api("read") as api:

@@ -20,15 +20,16 @@ from dagstore.repos import create_repo
 from dagstore.version import ZERO_SHA, record_ref_update
 from tests.support.git import Git
 from tests.support.race import race
+from tests.support.store import storage_for, write_commits
 
 
 def pushed(db: Database, storage: RepoStorage, name: str, work: Path) -> tuple[Repo, str]:
-    """A store repo with one commit pushed by the real git client, its version recorded."""
+    """A store repo with one commit in it, its version recorded."""
     with db.write() as session:
         row = create_repo(session, storage, name)
     git = Git(work).init()
     sha = git.commit("first", **{"dags/shared.py": f"# {name}\n"})
-    git.run("push", "-q", str(storage.path(name)), "main")
+    write_commits(storage, name, git)
     with db.write() as session, storage.open(name) as repo:
         record_ref_update(session, repo, row, "refs/heads/main", ZERO_SHA, sha.encode())
     return row, sha
@@ -45,7 +46,7 @@ def publisher(storage: RepoStorage, row: Repo, sha: str):
 
 
 def test_the_same_dag_id_from_two_repos_at_once(db: Database, tmp_path: Path):
-    storage = RepoStorage(tmp_path / "repos")
+    storage = storage_for(db, tmp_path)
     first, first_sha = pushed(db, storage, "one", tmp_path / "one")
     second, second_sha = pushed(db, storage, "two", tmp_path / "two")
     race(db, publisher(storage, first, first_sha), publisher(storage, second, second_sha))

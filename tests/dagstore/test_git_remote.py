@@ -8,8 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
-from tests.support.git import Git, clone, work_on_tip
+from dagstore.db import Database
+from dagstore.gitmodels import GitPack
+from tests.support.git import Git, clone, race_pushes, work_on_tip
 from tests.support.server import ServerProcess, start_server
 
 
@@ -154,23 +157,6 @@ def test_pushing_store_refs_is_refused(store_server, work, repo_name):
     assert "reserved" in result.stderr
 
 
-def _race_pushes(works: list[Git], url: str) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
-    """Start every push at the same moment; returns (pushed sha, result) per client."""
-    results: list = [None] * len(works)
-    barrier = threading.Barrier(len(works))
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = (works[i].head(), push(works[i], url, "main"))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(works))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 def _fetch_sha_and_read(server, repo, sha, dest: Path) -> str:
     """`git fetch <sha>` by a fresh client, then read a.py at that sha."""
     g = Git(dest).init()
@@ -192,7 +178,7 @@ def test_concurrent_pushes_one_wins_none_lies(store_server, repo_name, tmp_path)
             g = work_on_tip(tmp_path / f"r{round_no}c{i}", url)
             g.commit(f"round {round_no} client {i}", **{f"c{i}.py": f"{round_no}\n"})
             works.append(g)
-        results = _race_pushes(works, url)
+        results = race_pushes(works, url)
         winners = [sha for sha, r in results if r.returncode == 0]
         with store_server.api("read") as api:
             tip = api.get(f"/repos/{repo_name}/refs").json()["refs"]["refs/heads/main"]
@@ -265,6 +251,12 @@ def test_push_size_limit(tmp_path, repo_name):
         assert "larger than the store's limit of 1.0 MiB" in result.stderr
         with server.api("read") as api:
             assert api.get(f"/repos/{repo_name}/refs").json()["refs"] == {}
+        db = Database(server.database_url)
+        try:
+            with db.read() as session:
+                assert session.scalar(select(func.count()).select_from(GitPack)) == 0
+        finally:
+            db.dispose()
         small = Git(tmp_path / "s").init()
         small.commit("small", **{"a.py": "1\n"})
         ok = small.run(

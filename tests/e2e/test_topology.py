@@ -1,6 +1,7 @@
-"""The compose.yaml topology on one machine: PostgreSQL, Redis, two API servers sharing one
-store folder, two schedulers, three workers. 20 runs of the example DAGs complete, each on the
-commit that was current when it was created, though a push lands halfway."""
+"""The compose.yaml topology on one machine: PostgreSQL, Redis, two API servers with homes of
+their own (nothing shared but the database), two schedulers, three workers. 20 runs of the
+example DAGs complete, each on the commit that was current when it was created, though a push
+lands halfway."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ def topology(request, tmp_path) -> Cluster:
     try:
         cluster.start(schedulers=2, workers=0)
         assert cluster.server is not None
+        (tmp_path / "home-b").mkdir()
         second = ServerProcess(
-            home=cluster.home,
+            home=tmp_path / "home-b",
             database_url=url,
             backend="postgresql",
             extra_env={"PINFLOW_REDIS_URL": cluster.redis.url},

@@ -23,11 +23,13 @@ from dulwich.protocol import PktLineParser, pkt_line
 from sqlalchemy import select
 
 from dagstore.db import Database
+from dagstore.gitrepo import RepoStorage
 from dagstore.scopes import SCOPES, grants
 from scheduler.models import DagRun, TaskInstance
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
 from tests.support.git import Git, clone
+from tests.support.store import fsck, refs_of, storage_for
 
 DAG_ID = "bad_input_flow"
 FLOW = f"""
@@ -183,14 +185,24 @@ class Victim:
 
     name: str
     work: Git
-    bare: Git
+    storage: RepoStorage
+
+    def refs(self) -> dict[bytes, bytes]:
+        return refs_of(self.storage, self.name)
+
+    def tip(self) -> str:
+        return self.refs()[b"refs/heads/main"].decode()
 
 
 @pytest.fixture(scope="module")
-def victim(cluster: Cluster, tmp_path_factory) -> Victim:
+def victim(cluster: Cluster, tmp_path_factory) -> Iterator[Victim]:
     work = cluster.repo("victim", tmp_path_factory.mktemp("victim") / "work")
     cluster.push(work, "base", **{"a.txt": "base\n"})
-    return Victim("victim", work, Git(cluster.home / "repos" / "victim.git"))
+    db = Database(cluster.database_url)
+    try:
+        yield Victim("victim", work, storage_for(db, tmp_path_factory.mktemp("reader")))
+    finally:
+        db.dispose()
 
 
 @dataclass
@@ -218,7 +230,7 @@ def _pack(work: Git, objects: str, *args: str) -> bytes:
 
 
 def _pieces(victim: Victim) -> Pieces:
-    tip = victim.bare.head("refs/heads/main")
+    tip = victim.tip()
     new = victim.work.commit("never lands in one piece", **{"b.txt": uuid.uuid4().hex})
     victim.work.write("blob.txt", uuid.uuid4().hex)
     blob = victim.work.run("hash-object", "-w", "blob.txt").stdout.strip()
@@ -297,7 +309,7 @@ def test_malformed_git_request(
     """Refused with an error git shows, the refs untouched, the repo whole, pushes still land."""
     assert cluster.server is not None
     body = GIT_CASES[service][case](_pieces(victim))
-    refs = victim.bare.run("for-each-ref").stdout  # keep refs included
+    refs = victim.refs()  # keep refs included
     log_size = len(cluster.server.server_log())
     response = httpx.post(
         f"{cluster.server.url}/git/{victim.name}.git/{service}",
@@ -310,13 +322,13 @@ def test_malformed_git_request(
     if response.status_code == 200:
         assert _refused(_replies(response.content)), response.content[:500]
     assert "Traceback" not in cluster.server.server_log()[log_size:]
-    assert victim.bare.run("for-each-ref").stdout == refs
-    victim.bare.run("fsck", "--full")
+    assert victim.refs() == refs
+    assert fsck(victim.storage, victim.name) > 0
     fresh = clone(cluster.server.git_url(victim.name, cluster.tokens["read"]), tmp_path / "c")
     assert fresh.returncode == 0, fresh.stderr
     Git(tmp_path / "c").run("fsck", "--full")
     sha = cluster.push(victim.work, "an ordinary push", **{"a.txt": uuid.uuid4().hex})
-    assert victim.bare.head("refs/heads/main") == sha
+    assert victim.tip() == sha
 
 
 # -- 3. who may do what ------------------------------------------------------------------------

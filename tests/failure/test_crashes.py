@@ -18,13 +18,12 @@ from dagstore.db import Database, as_utc
 from pinflow.migrate import upgrade
 from scheduler.models import DagRun
 from tests.conftest import BACKENDS, cluster_for
-from tests.dagstore.test_git_remote import _race_pushes
 from tests.support.cluster import Cluster
-from tests.support.git import Git, work_on_tip
+from tests.support.git import Git, race_pushes, work_on_tip
 from tests.support.pg import PostgresCluster, create_database, find_pg_bin
 from tests.support.procs import PinflowProcess
 from tests.support.seed import every, insert_dags
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_server
 
 
 def report(scenario: str, **figures: object) -> None:
@@ -206,7 +205,7 @@ def test_force_push_and_branch_deletion_mid_run(cluster: Cluster, tmp_path, uid)
     work.run("commit", "-q", "--amend", "-m", "rewritten", "--allow-empty")
     assert work.run("push", "--force", work.remote, "main").returncode == 0  # type: ignore[attr-defined]
     assert work.run("push", work.remote, "--delete", "feature").returncode == 0  # type: ignore[attr-defined]
-    shutil.rmtree(cluster.home / "archives", ignore_errors=True)
+    shutil.rmtree(cluster.home / "cache", ignore_errors=True)  # packs and archives
     results = {}
     for run_id, sha in ((run_main, old), (run_feature, feature)):
         done = cluster.wait(run_id, timeout=60)
@@ -228,39 +227,46 @@ def test_force_push_and_branch_deletion_mid_run(cluster: Cluster, tmp_path, uid)
 
 
 def test_fifty_simultaneous_push_pairs(cluster: Cluster, tmp_path, uid):
+    """Two servers with homes of their own on one database (issue 13): each round, one push
+    through A and one through B at the same moment. Exactly one lands, the other is refused
+    as git refuses it, and the ref is the winner's."""
     name = f"race{uid}"
     assert cluster.server is not None
-    cluster.server.create_repo(name)
-    url = cluster.server.git_url(name, cluster.tokens["push"])
-    base = Git(tmp_path / "base").init()
-    base.commit("base", **{"a.py": "0\n"})
-    base.run("push", url, "main")
-    landed = refused = 0
-    for round_no in range(50):
-        pair = []
-        for side in "ab":
-            g = work_on_tip(tmp_path / f"{round_no}{side}", url)
-            g.commit(f"{round_no}{side}", **{f"{side}.py": f"{round_no}\n"})
-            pair.append(g)
-        results = _race_pushes(pair, url)
-        winners = [sha for sha, r in results if r.returncode == 0]
-        for _, r in results:
-            if r.returncode != 0:
-                assert (
-                    "rejected" in r.stderr
-                    or "failed to write" in r.stderr
-                    or "fetch first" in r.stderr
-                ), r.stderr
-        with cluster.api("read") as api:
-            tip = api.get(f"/repos/{name}/refs").json()["refs"]["refs/heads/main"]
-        assert len(winners) == 1 and tip == winners[0]
-        landed += len(winners)
-        refused += len(results) - len(winners)
-    check = Git(tmp_path / "fsck").init()
-    check.run("fetch", "-q", url, "main")
-    fsck = check.run("fsck", "--full", check=False)
+    other = start_server(tmp_path / "home-b", cluster.database_url)
+    try:
+        cluster.server.create_repo(name)
+        urls = [s.git_url(name, cluster.tokens["push"]) for s in (cluster.server, other)]
+        base = Git(tmp_path / "base").init()
+        base.commit("base", **{"a.py": "0\n"})
+        base.run("push", urls[0], "main")
+        landed = refused = 0
+        for round_no in range(50):
+            pair = []
+            for side, url in zip("ab", urls, strict=True):
+                g = work_on_tip(tmp_path / f"{round_no}{side}", url)
+                g.commit(f"{round_no}{side}", **{f"{side}.py": f"{round_no}\n"})
+                pair.append(g)
+            results = race_pushes(pair, urls)
+            winners = [sha for sha, r in results if r.returncode == 0]
+            for _, r in results:
+                if r.returncode != 0:
+                    assert (
+                        "rejected" in r.stderr
+                        or "failed to write" in r.stderr
+                        or "fetch first" in r.stderr
+                    ), r.stderr
+            with other.api("read") as api:
+                tip = api.get(f"/repos/{name}/refs").json()["refs"]["refs/heads/main"]
+            assert len(winners) == 1 and tip == winners[0]
+            landed += len(winners)
+            refused += len(results) - len(winners)
+        check = Git(tmp_path / "fsck").init()
+        check.run("fetch", "-q", urls[1], "main")
+        fsck = check.run("fsck", "--full", check=False)
+    finally:
+        other.stop()
     report(
-        "simultaneous pushes",
+        "simultaneous pushes through two servers",
         backend=cluster.backend,
         rounds=50,
         landed=landed,
@@ -333,8 +339,11 @@ def test_one_of_two_api_servers_killed_for_good(tmp_path):
     try:
         cluster.start(schedulers=1, workers=0)
         assert cluster.server is not None
+        (tmp_path / "home-b").mkdir()
         second = ServerProcess(
-            home=home, database_url=url, extra_env={"PINFLOW_REDIS_URL": cluster.redis.url}
+            home=tmp_path / "home-b",
+            database_url=url,
+            extra_env={"PINFLOW_REDIS_URL": cluster.redis.url},
         )
         second.tokens = cluster.tokens
         second.start()

@@ -132,8 +132,9 @@ class Soak:
         cluster = self.cluster
         cluster.start(schedulers=0, workers=0)
         assert cluster.server is not None
-        second = ServerProcess(
-            home=cluster.home,
+        (cluster.home / "server-b").mkdir()
+        second = ServerProcess(  # a home of its own: API servers share nothing but the database
+            home=cluster.home / "server-b",
             database_url=cluster.database_url,
             backend=self.backend,
             extra_env={"PINFLOW_REDIS_URL": cluster.redis.url, **cluster.env},

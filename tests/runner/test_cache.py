@@ -65,7 +65,7 @@ def test_tampered_archive_is_refused(store_server, version, tmp_path):
     repo, sha = version
     with store_server.api("read") as api:  # the server builds it and vouches for its digest
         assert api.get(f"/repos/{repo}/archive/{sha}.tar.gz").status_code == 200
-    built = store_server.home / "archives" / repo / f"{sha}.tar.gz"
+    built = store_server.home / "cache" / "server" / "archives" / repo / f"{sha}.tar.gz"
     data = bytearray(built.read_bytes())
     data[len(data) // 2] ^= 0xFF
     built.write_bytes(bytes(data))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 
@@ -84,3 +85,24 @@ def work_on_tip(path: Path, url: str, branch: str = "main") -> Git:
     work.run("fetch", "-q", url, branch)
     work.run("reset", "-q", "--hard", "FETCH_HEAD")
     return work
+
+
+def race_pushes(
+    works: list[Git], urls: str | list[str], branch: str = "main"
+) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
+    """Start every push at the same moment (client i to `urls[i]`, or all to one URL);
+    returns (pushed sha, result) per client."""
+    targets = [urls] * len(works) if isinstance(urls, str) else urls
+    results: list = [None] * len(works)
+    barrier = threading.Barrier(len(works))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = (works[i].head(), works[i].run("push", targets[i], branch, check=False))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(works))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

@@ -1,0 +1,204 @@
+"""A repo's refs as database rows: dulwich's `RefsContainer` with a conditional UPDATE as its
+compare-and-swap.
+
+Two pushes to one branch through two servers both send `UPDATE ... WHERE value = <old>`; the
+database lets exactly one match (PostgreSQL re-checks the WHERE after the first commits,
+SQLite has one writer), and the loser's failed swap raises `OSError`, which receive-pack
+reports as git's normal `[remote rejected] (failed to write)`. A single ref is always read
+fresh; the whole set (ref advertisement, `get_refs`) in one query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dulwich.refs import SYMREF, RefsContainer
+from sqlalchemy import delete, select, update
+
+from dagstore.db import Database
+from dagstore.gitmodels import GitRef
+from dagstore.version import ZERO_SHA, insert_ignoring_duplicates
+
+MAX_SYMREF_DEPTH = 5
+
+
+class DatabaseRefsContainer(RefsContainer):
+    def __init__(
+        self, db: Database, repo_id: int, before_write: Callable[[], None] | None = None
+    ) -> None:
+        """`before_write` runs before any ref moves: the push's packs must be live first."""
+        super().__init__()
+        self.db = db
+        self.repo_id = repo_id
+        self.before_write = before_write
+        self.moved = 0  # refs this container changed (the push's own, not keep refs)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _all(self) -> dict[bytes, bytes]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(GitRef.name, GitRef.value).where(GitRef.repo_id == self.repo_id)
+            )
+            return {name.encode(): value.encode() for name, value in rows}
+
+    def allkeys(self) -> set[bytes]:  # type: ignore[override]
+        return set(self._all())
+
+    def read_loose_ref(self, name: bytes) -> bytes | None:  # type: ignore[override]
+        with self.db.read() as session:
+            value = session.scalar(
+                select(GitRef.value).where(
+                    GitRef.repo_id == self.repo_id, GitRef.name == name.decode()
+                )
+            )
+        return value.encode() if value is not None else None
+
+    def get_packed_refs(self) -> dict[bytes, bytes]:  # type: ignore[override]
+        return {}
+
+    def get_peeled(self, name: bytes) -> bytes | None:  # type: ignore[override]
+        return None  # not known without reading the object: dulwich peels it itself
+
+    def as_dict(self, base: bytes | None = None) -> dict[bytes, bytes]:  # type: ignore[override]
+        """Every ref resolved, from one query (the default asks once per ref)."""
+        values = self._all()
+        prefix = base.rstrip(b"/") + b"/" if base else b""
+        resolved = {}
+        for name in values:
+            if not name.startswith(prefix):
+                continue
+            sha = _resolve(values, name)
+            if sha is not None:
+                resolved[name[len(prefix) :]] = sha
+        return resolved
+
+    def get_symrefs(self) -> dict[bytes, bytes]:  # type: ignore[override]
+        return {
+            name: value[len(SYMREF) :]
+            for name, value in self._all().items()
+            if value.startswith(SYMREF)
+        }
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _target(self, name: bytes) -> bytes:
+        """The ref a write to `name` changes: symbolic refs are followed."""
+        names, _ = self.follow(name)
+        return names[-1]
+
+    def _written(self, name: bytes) -> None:
+        if not name.startswith(b"refs/pinflow/"):
+            self.moved += 1
+
+    def _before(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
+
+    def set_if_equals(  # type: ignore[override]
+        self, name: bytes, old_ref: bytes | None, new_ref: bytes, *args: object, **kwargs: object
+    ) -> bool:
+        self._check_ref_value(new_ref)
+        target = self._target(name)
+        self._check_refname(target)
+        self._before()
+        with self.db.write() as session:
+            if old_ref is None:  # unconditional
+                done = self._upsert(session, target, new_ref)
+            elif old_ref == ZERO_SHA:  # only if it does not exist yet
+                done = self._insert(session, target, new_ref)
+            else:
+                done = (
+                    session.execute(
+                        update(GitRef)
+                        .where(
+                            GitRef.repo_id == self.repo_id,
+                            GitRef.name == target.decode(),
+                            GitRef.value == old_ref.decode(),
+                        )
+                        .values(value=new_ref.decode())
+                    ).rowcount
+                    == 1
+                )
+        if not done:
+            raise OSError(f"{name!r} moved while this push was applied")
+        self._written(target)
+        return True
+
+    def add_if_new(  # type: ignore[override]
+        self, name: bytes, ref: bytes, *args: object, **kwargs: object
+    ) -> bool:
+        self._check_ref_value(ref)
+        self._check_refname(name)
+        self._before()
+        with self.db.write() as session:
+            done = self._insert(session, name, ref)
+        if done:
+            self._written(name)
+        return done
+
+    def remove_if_equals(  # type: ignore[override]
+        self, name: bytes, old_ref: bytes | None, *args: object, **kwargs: object
+    ) -> bool:
+        self._before()
+        query = delete(GitRef).where(GitRef.repo_id == self.repo_id, GitRef.name == name.decode())
+        if old_ref is not None and old_ref != ZERO_SHA:
+            query = query.where(GitRef.value == old_ref.decode())
+        with self.db.write() as session:
+            done = session.execute(query).rowcount == 1
+        if not done and old_ref is not None:
+            raise OSError(f"{name!r} moved while this push was applied")
+        self._written(name)
+        return True
+
+    def set_symbolic_ref(  # type: ignore[override]
+        self, name: bytes, other: bytes, *args: object, **kwargs: object
+    ) -> None:
+        self._check_refname(name)
+        self._check_refname(other)
+        with self.db.write() as session:
+            self._upsert(session, name, SYMREF + other)
+
+    def _insert(self, session, name: bytes, value: bytes) -> bool:
+        before = session.execute(
+            select(GitRef.id).where(GitRef.repo_id == self.repo_id, GitRef.name == name.decode())
+        ).first()
+        if before is not None:
+            return False
+        insert_ignoring_duplicates(
+            session,
+            GitRef.__table__,
+            [{"repo_id": self.repo_id, "name": name.decode(), "value": value.decode()}],
+        )
+        # ON CONFLICT DO NOTHING reports no row count on every backend: read it back.
+        return (
+            session.scalar(
+                select(GitRef.value).where(
+                    GitRef.repo_id == self.repo_id, GitRef.name == name.decode()
+                )
+            )
+            == value.decode()
+        )
+
+    def _upsert(self, session, name: bytes, value: bytes) -> bool:
+        changed = session.execute(
+            update(GitRef)
+            .where(GitRef.repo_id == self.repo_id, GitRef.name == name.decode())
+            .values(value=value.decode())
+        ).rowcount
+        if not changed:
+            insert_ignoring_duplicates(
+                session,
+                GitRef.__table__,
+                [{"repo_id": self.repo_id, "name": name.decode(), "value": value.decode()}],
+            )
+        return True
+
+
+def _resolve(values: dict[bytes, bytes], name: bytes) -> bytes | None:
+    value = values.get(name)
+    for _ in range(MAX_SYMREF_DEPTH):
+        if value is None or not value.startswith(SYMREF):
+            return value
+        value = values.get(value[len(SYMREF) :])
+    return None
