@@ -43,7 +43,7 @@ def run_one(name: str) -> list[Goal] | None:
 
 
 def summary(goals: list[Goal]) -> Table:
-    table = Table(title="issue 8 goals, this run")
+    table = Table(title="goals, this run")
     for column in ("benchmark", "measure", "value", "goal", "verdict"):
         table.add_column(column, justify="right" if column in ("value", "goal") else "left")
     for goal in goals:

@@ -21,12 +21,14 @@ from dulwich.protocol import pkt_line
 from dulwich.server import Backend, ReceivePackHandler
 from dulwich.web import make_wsgi_chain
 
+from dagstore import packsend
 from dagstore.context import StoreContext
 from dagstore.errors import NotFound, PinflowError
 from dagstore.gitrepo import REPO_NAME_RE, DatabaseRepo
 from dagstore.receive import install_hooks
 
 log = logging.getLogger("pinflow.git")
+packsend.install()
 _PATH_RE = re.compile(r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/.*)$")
 StartResponse = Callable[..., Any]
 

@@ -201,7 +201,11 @@ def read_file(repo: BaseRepo, sha: str, path: str) -> bytes:
 
 
 def ref_sha(repo: BaseRepo, ref: bytes) -> bytes | None:
-    """The sha a ref points at, or None when the ref does not exist."""
+    """The sha a ref points at now (not as the request first saw it), or None when the ref
+    does not exist."""
+    refresh = getattr(repo.refs, "refresh", None)
+    if refresh is not None:
+        refresh()
     try:
         return repo.refs[ref]
     except KeyError:

@@ -4,8 +4,12 @@ compare-and-swap.
 Two pushes to one branch through two servers both send `UPDATE ... WHERE value = <old>`; the
 database lets exactly one match (PostgreSQL re-checks the WHERE after the first commits,
 SQLite has one writer), and the loser's failed swap raises `OSError`, which receive-pack
-reports as git's normal `[remote rejected] (failed to write)`. A single ref is always read
-fresh; the whole set (ref advertisement, `get_refs`) in one query.
+reports as git's normal `[remote rejected] (failed to write)`.
+
+Reads come from one snapshot of all the repo's refs, taken in one query at the first read
+(a request sees one consistent set, and advertising N refs costs one query, not N) and kept
+up to date with this container's own writes. `refresh()` drops it: whoever must know what a
+ref is now (is the tracked tip still this commit?) asks for that; `gitrepo.ref_sha` does.
 """
 
 from __future__ import annotations
@@ -32,27 +36,28 @@ class DatabaseRefsContainer(RefsContainer):
         self.repo_id = repo_id
         self.before_write = before_write
         self.moved = 0  # refs this container changed (the push's own, not keep refs)
+        self._snapshot: dict[bytes, bytes] | None = None
 
     # -- reading --------------------------------------------------------------------------
 
+    def refresh(self) -> None:
+        """Forget the snapshot: the next read asks the database."""
+        self._snapshot = None
+
     def _all(self) -> dict[bytes, bytes]:
-        with self.db.read() as session:
-            rows = session.execute(
-                select(GitRef.name, GitRef.value).where(GitRef.repo_id == self.repo_id)
-            )
-            return {name.encode(): value.encode() for name, value in rows}
+        if self._snapshot is None:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(GitRef.name, GitRef.value).where(GitRef.repo_id == self.repo_id)
+                )
+                self._snapshot = {name.encode(): value.encode() for name, value in rows}
+        return self._snapshot
 
     def allkeys(self) -> set[bytes]:  # type: ignore[override]
         return set(self._all())
 
     def read_loose_ref(self, name: bytes) -> bytes | None:  # type: ignore[override]
-        with self.db.read() as session:
-            value = session.scalar(
-                select(GitRef.value).where(
-                    GitRef.repo_id == self.repo_id, GitRef.name == name.decode()
-                )
-            )
-        return value.encode() if value is not None else None
+        return self._all().get(name)
 
     def get_packed_refs(self) -> dict[bytes, bytes]:  # type: ignore[override]
         return {}
@@ -87,9 +92,14 @@ class DatabaseRefsContainer(RefsContainer):
         names, _ = self.follow(name)
         return names[-1]
 
-    def _written(self, name: bytes) -> None:
+    def _written(self, name: bytes, value: bytes | None) -> None:
         if not name.startswith(b"refs/pinflow/"):
             self.moved += 1
+        if self._snapshot is not None:
+            if value is None:
+                self._snapshot.pop(name, None)
+            else:
+                self._snapshot[name] = value
 
     def _before(self) -> None:
         if self.before_write is not None:
@@ -121,8 +131,9 @@ class DatabaseRefsContainer(RefsContainer):
                     == 1
                 )
         if not done:
+            self.refresh()  # someone else moved it: what we know is stale
             raise OSError(f"{name!r} moved while this push was applied")
-        self._written(target)
+        self._written(target, new_ref)
         return True
 
     def add_if_new(  # type: ignore[override]
@@ -134,7 +145,9 @@ class DatabaseRefsContainer(RefsContainer):
         with self.db.write() as session:
             done = self._insert(session, name, ref)
         if done:
-            self._written(name)
+            self._written(name, ref)
+        else:
+            self.refresh()
         return done
 
     def remove_if_equals(  # type: ignore[override]
@@ -147,8 +160,9 @@ class DatabaseRefsContainer(RefsContainer):
         with self.db.write() as session:
             done = session.execute(query).rowcount == 1
         if not done and old_ref is not None:
+            self.refresh()
             raise OSError(f"{name!r} moved while this push was applied")
-        self._written(name)
+        self._written(name, None)
         return True
 
     def set_symbolic_ref(  # type: ignore[override]
@@ -158,6 +172,8 @@ class DatabaseRefsContainer(RefsContainer):
         self._check_refname(other)
         with self.db.write() as session:
             self._upsert(session, name, SYMREF + other)
+        if self._snapshot is not None:
+            self._snapshot[name] = SYMREF + other
 
     def _insert(self, session, name: bytes, value: bytes) -> bool:
         before = session.execute(

@@ -194,3 +194,29 @@ def test_kill_9_mid_push_leaves_no_partial_ref(pair: Pair, repo_name, tmp_path):
     assert cloned.returncode == 0, cloned.stderr
     assert Git(tmp_path / "c").head() == big
     assert work_on_tip(tmp_path / "t", pair.url(pair.a, repo_name, "read")).head() == big
+
+
+def test_clones_and_fetches_of_a_deltified_history_check_out_whole(pair: Pair, repo_name, tmp_path):
+    """Packs are sent by copying stored entries (dagstore.packsend): offset-deltas rewritten
+    as ref-deltas, deltas against objects a shallow clone lacks sent whole. git checks every
+    object of what it receives."""
+    pair.a.create_repo(repo_name)
+    work = Git(tmp_path / "w").init()
+    lines = [f"line {i} " + "x" * 60 for i in range(2000)]
+    for i in range(MAX_PACKS + 3):  # consolidated on the way: one pack full of deltas
+        lines[i * 7] = f"changed in {i}"
+        work.commit(f"c{i}", **{"big.txt": "\n".join(lines), f"n{i}.py": f"{i}\n"})
+        work.run("push", pair.url(pair.a, repo_name), "main")
+    for args, dest in (((), "full"), (("--depth", "1"), "shallow")):
+        cloned = clone(pair.url(pair.b, repo_name, "read"), tmp_path / dest, *args)
+        assert cloned.returncode == 0, cloned.stderr
+        Git(tmp_path / dest).run("fsck", "--full")
+        assert (tmp_path / dest / "big.txt").read_text() == "\n".join(lines)
+    lines[1] = "one more"
+    tip = work.commit("more", **{"big.txt": "\n".join(lines)})
+    work.run("push", pair.url(pair.a, repo_name), "main")
+    # (A fetch into the shallow clone fails in dulwich's upload-pack itself, on disk too.)
+    reader = Git(tmp_path / "full")
+    reader.run("fetch", "-q", "origin")
+    assert reader.head("origin/main") == tip
+    reader.run("fsck", "--full")
