@@ -205,6 +205,15 @@ class DatabaseObjectStore(BucketBasedObjectStore):
             self._pack_cache.pop(name).close()
         return new
 
+    def rescan(self) -> None:
+        """Ask the database for the list of packs at the next lookup."""
+        self._names_at = float("-inf")
+
+    def cached_packs(self) -> list[tuple[str, Pack]]:
+        """(name, pack) of every pack this store knows now, reading the list first."""
+        self._update_pack_cache()
+        return list(self._pack_cache.items())
+
     def _get_pack(self, name: str) -> Pack:
         base = self.cache.ensure(self.repo_id, name)
         if base is None:

@@ -1,12 +1,13 @@
-"""Consolidation: one pack instead of many, holding exactly what the refs reach.
+"""Consolidation: one pack instead of many.
 
 Every push adds a pack, so a busy repo collects packs, and each request looks up objects in
 all of them. When a repo has more than MAX_PACKS live packs, the push that crossed the line
-writes one pack of everything reachable from the refs (keep refs included, deltas reused as
-they are) and deletes the packs it replaces in the same transaction that makes it live. Packs
-that arrive meanwhile are not among the replaced ones, so nothing a concurrent push brought is
-lost; objects no ref reaches (a push that moved nothing and whose request died before
-discarding its pack) go.
+copies every object of those packs into one new pack (entries copied as stored, as
+`dagstore.packsend` sends them), checks that the new pack's index, computed from content,
+holds every one of them, and only then deletes the packs it replaced. It never decides what
+is reachable: a concurrent push may be about to point a ref at objects of a pack it just
+published, so the new pack keeps everything the old ones had, and packs published meanwhile
+are not among the replaced ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import delete, select
 
 from dagstore.gitmodels import GitPack
 from dagstore.gitrepo import DatabaseRepo
+from dagstore.packsend import stream_pack
 from dagstore.packstore import DatabaseObjectStore
 
 log = logging.getLogger("pinflow.repack")
@@ -56,27 +58,46 @@ def verify_objects(store: BaseObjectStore, object_ids: list[ObjectID]) -> int:
     return len(object_ids)
 
 
-def ref_targets(repo: DatabaseRepo) -> list[ObjectID]:
-    """The objects the refs name (peeled or not: tags are objects of their own)."""
-    return sorted(set(repo.refs.as_dict().values()))
-
-
 def consolidate(repo: DatabaseRepo) -> bool:
-    """Repack `repo` into one pack if it has too many; True when it did."""
+    """Repack `repo`'s live packs into one if it has too many; True when it did."""
     store = repo.object_store
     with store.db.read() as session:
-        old = set(
-            session.scalars(
-                select(GitPack.id).where(GitPack.repo_id == store.repo_id, GitPack.state == "live")
-            )
+        old = dict(
+            session.execute(
+                select(GitPack.name, GitPack.id).where(
+                    GitPack.repo_id == store.repo_id, GitPack.state == "live"
+                )
+            ).all()
         )
     if len(old) <= MAX_PACKS:
         return False
-    pack = pack_reachable(store, ref_targets(repo), store)
-    if pack is not None:  # the same objects may already be one of the old packs: keep it
-        old.discard(store.written[pack.name().decode("ascii")])
+    store.rescan()
+    packs = [pack for name, pack in store.cached_packs() if name in old]
+    if len(packs) != len(old):
+        return False  # one was consolidated away meanwhile: another server is at it
+    ids = {entry[0] for pack in packs for entry in pack.index.iterentries()}
+    f, commit, abort = store.add_pack()
+    try:
+        stream_pack(
+            f.write,
+            packs,
+            store,
+            [(sha.hex().encode(), None) for sha in sorted(ids)],
+            repo.object_format,
+        )
+    except BaseException:
+        abort()
+        raise
+    pack = commit()
+    assert pack is not None
+    held = {entry[0] for entry in pack.index.iterentries()}
+    if not ids <= held:
+        raise CorruptObject(f"consolidation lost {len(ids - held)} object(s); nothing deleted")
+    keep = store.written[pack.name().decode("ascii")]
     with store.db.write() as session:
-        session.execute(delete(GitPack).where(GitPack.id.in_(old)))
+        session.execute(
+            delete(GitPack).where(GitPack.id.in_([i for i in old.values() if i != keep]))
+        )
     log.info("repo %s: %d packs consolidated into one", store.repo_id, len(old))
     return True
 
