@@ -42,6 +42,18 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def summary_cells(m: Measure) -> list[str]:
+    """name, n, median, p90, min, max (ms): the columns every timing table shows."""
+    return [
+        m.name,
+        str(len(m.samples)),
+        ms(m.median),
+        ms(m.p90),
+        ms(min(m.samples)),
+        ms(max(m.samples)),
+    ]
+
+
 def kib(size: int) -> str:
     return f"{size / 1024:,.0f} KiB"
 

@@ -53,7 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._repo import COMMIT_DATE, FILE_COUNT, repo_files
-from bench._stats import Goal, Measure, kib, ms, repeat, timed
+from bench._stats import Goal, Measure, kib, ms, repeat, summary_cells, timed
 from bench._stored import stored_bytes
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from runner.cache import VersionCache
@@ -463,18 +463,7 @@ def run_benchmark(scratch: Path, reps: int, warm_reps: int, start_reps: int) -> 
 
 def rows(report: Report) -> list[list[str]]:
     """Table rows: operation, n, median, p90, min, max (ms), note."""
-    return [
-        [
-            m.name,
-            str(len(m.samples)),
-            ms(m.median),
-            ms(m.p90),
-            ms(min(m.samples)),
-            ms(max(m.samples)),
-            m.note,
-        ]
-        for m in report.measures
-    ]
+    return [[*summary_cells(m), m.note] for m in report.measures]
 
 
 HEADERS = ["operation", "n", "median ms", "p90 ms", "min ms", "max ms", "note"]

@@ -32,7 +32,7 @@ from dulwich.repo import Repo
 from rich.console import Console
 from rich.table import Table
 
-from bench._stats import Goal, Measure, ms, timed
+from bench._stats import Goal, Measure, summary_cells, timed
 from bench._stored import stored_bytes
 from bench.fetch import build_repo
 from dagstore.archive import write_archive
@@ -112,14 +112,7 @@ def table(title: str, measures: list[Measure]) -> None:
     for column in ("operation", "n", "median ms", "p90 ms", "min ms", "max ms"):
         out.add_column(column, justify="right" if column != "operation" else "left")
     for m in measures:
-        out.add_row(
-            m.name,
-            str(len(m.samples)),
-            ms(m.median),
-            ms(m.p90),
-            ms(min(m.samples)),
-            ms(max(m.samples)),
-        )
+        out.add_row(*summary_cells(m))
     Console(width=120).print(out)
 
 

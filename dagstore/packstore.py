@@ -35,7 +35,7 @@ from dulwich.pack import (
     iter_sha1,
     write_pack_index,
 )
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from dagstore.db import Database, db_time
 from dagstore.diskcache import DiskCache
@@ -193,14 +193,12 @@ class DatabaseObjectStore(BucketBasedObjectStore):
                 if base is None:  # consolidated away since the list was read: read it again
                     vanished = True
                     continue
-                pack = Pack(
-                    str(base), object_format=self.object_format, resolve_ext_ref=self.get_raw
-                )
+                pack = self._open(base)
                 self._pack_cache[name] = pack
                 new.append(pack)
             if not vanished:
                 break
-            self._names_at = float("-inf")
+            self.rescan()
         for name in set(self._pack_cache) - set(self._iter_pack_names()):
             self._pack_cache.pop(name).close()
         return new
@@ -214,27 +212,13 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         self._update_pack_cache()
         return list(self._pack_cache.items())
 
-    def _get_pack(self, name: str) -> Pack:
-        base = self.cache.ensure(self.repo_id, name)
-        if base is None:
-            raise KeyError(name)
+    def _open(self, base: Path) -> Pack:
         return Pack(str(base), object_format=self.object_format, resolve_ext_ref=self.get_raw)
 
     def _remove_pack_by_name(self, name: str) -> None:
         with self.db.write() as session:
             session.execute(
                 delete(GitPack).where(GitPack.repo_id == self.repo_id, GitPack.name == name)
-            )
-
-    def pack_count(self) -> int:
-        with self.db.read() as session:
-            return (
-                session.scalar(
-                    select(func.count())
-                    .select_from(GitPack)
-                    .where(GitPack.repo_id == self.repo_id, GitPack.state == "live")
-                )
-                or 0
             )
 
     # -- adding packs ---------------------------------------------------------------------
@@ -317,7 +301,7 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         )
         base = self.cache.adopt(self.repo_id, name, pack_file, idx_file)
         (self.quarantined if state == "quarantine" else self.written)[name] = pack_id
-        pack = Pack(str(base), object_format=self.object_format, resolve_ext_ref=self.get_raw)
+        pack = self._open(base)
         self._add_cached_pack(name, pack)
         return pack
 

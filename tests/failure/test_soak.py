@@ -93,7 +93,10 @@ with DAG("soak_fan", schedule=None, max_active_runs=50):
 
 SCHEDULED = """
 for i in range({ticking}):
-    with DAG(f"soak_tick{{i}}", schedule=timedelta(seconds=1), start_date="2026-01-01"):
+    with DAG(
+        f"soak_tick{{i}}", schedule=timedelta(seconds=1), start_date="2026-01-01",
+        max_active_runs=1000,  # the check is on scheduling, not on throttling
+    ):
         @task(retries=3)
         def tick(context):
             work(context)
