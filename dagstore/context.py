@@ -8,6 +8,7 @@ from dagstore.archive import ArchiveCache
 from dagstore.db import Database
 from dagstore.diskcache import DiskCache
 from dagstore.gitrepo import RepoStorage
+from dagstore.packcheck import InflateLimits
 from dagstore.parse import ParseLimits
 from dagstore.settings import Settings
 from dagstore.tokencache import TokenCache
@@ -33,7 +34,13 @@ class StoreContext:
         return cls(
             settings=settings,
             db=db,
-            storage=RepoStorage(db, disk),
+            storage=RepoStorage(
+                db,
+                disk,
+                InflateLimits(
+                    settings.max_object_mb * 2**20, settings.max_push_inflated_mb * 2**20
+                ),
+            ),
             archives=ArchiveCache(disk, settings.archive_memory_mb * 1024 * 1024),
             tokens=TokenCache(settings.token_cache_seconds),
         )

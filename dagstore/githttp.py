@@ -1,9 +1,12 @@
 """Git smart HTTP for the store: dulwich's WSGI handlers behind pinflow's auth and guards.
 
-This layer only adapts HTTP to dulwich: it checks the token (HTTP Basic, any user, the token
-as password), refuses unknown repos with a message git shows, caps push size, works around
-uvicorn's leftover `Transfer-Encoding` header (PITFALLS.md), and opens a fresh `Repo` per
-request that it closes when the response ends.
+This layer only adapts HTTP to dulwich: it answers only the canonical smart-HTTP paths (the
+scope a request needs follows from the same match that decides which service runs, so no
+other spelling, such as `REPO.git//git-receive-pack`, can be checked as one service and run as
+another), checks the token (HTTP Basic, any user, the token as password), refuses unknown
+repos with a message git shows, caps request bodies before and after any gzip encoding is
+inflated, works around uvicorn's leftover `Transfer-Encoding` header (PITFALLS.md), and opens
+a fresh repo per request that it closes when the response ends.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
-from dulwich.protocol import pkt_line
-from dulwich.server import Backend, ReceivePackHandler
-from dulwich.web import make_wsgi_chain
+from dulwich.protocol import CAPABILITY_ALLOW_TIP_SHA1_IN_WANT, pkt_line
+from dulwich.server import Backend, ReceivePackHandler, UploadPackHandler
+from dulwich.web import GunzipFilter, HTTPGitApplication, LimitedInputFilter
 
 from dagstore import packsend
 from dagstore.context import StoreContext
-from dagstore.errors import NotFound, PinflowError
+from dagstore.errors import BadRequest, NotFound, PinflowError
 from dagstore.gitrepo import REPO_NAME_RE, DatabaseRepo
 from dagstore.receive import install_hooks
 
 log = logging.getLogger("pinflow.git")
 packsend.install()
-_PATH_RE = re.compile(r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/.*)$")
+_PATH_RE = re.compile(
+    r"^/(?P<name>[^/]+?)(?:\.git)?(?P<rest>/info/refs|/git-upload-pack|/git-receive-pack)$"
+)
+SERVICES = {"git-upload-pack": "read", "git-receive-pack": "push"}  # service → scope it needs
+MAX_NEGOTIATION_BYTES = 16 * 1024 * 1024  # an upload-pack request: wants and haves only
 StartResponse = Callable[..., Any]
 
 
@@ -76,22 +83,34 @@ class StoreReceivePack(ReceivePackHandler):
             self.repo.end_push()  # type: ignore[attr-defined]
 
 
-class PushSizeLimit:
-    """A `wsgi.input` that fails once a push exceeds the limit; dulwich reports it to git."""
+class StoreUploadPack(UploadPackHandler):
+    """upload-pack that lets clients fetch the commits of hidden refs (the store's keep refs,
+    never advertised) by sha: `allow-tip-sha1-in-want`, with `DatabaseRepo.get_refs`."""
 
-    def __init__(self, stream: Any, limit: int) -> None:
+    def capabilities(self) -> list[bytes]:
+        return [*super().capabilities(), CAPABILITY_ALLOW_TIP_SHA1_IN_WANT]
+
+
+class BodyLimit:
+    """A `wsgi.input` that fails once a request body exceeds the limit; dulwich reports it."""
+
+    def __init__(self, stream: Any, limit: int, what: str = "push", drain: bool = True) -> None:
+        self.what = what
         self.stream = stream
         self.limit = limit
         self.count = 0
         self.exceeded = False
+        self.drains = drain  # only the raw stream: draining an inflating one costs its inflation
 
     def _account(self, data: bytes) -> bytes:
         self.count += len(data)
         if self.count > self.limit:
-            if not self.exceeded:
+            if not self.exceeded and self.drains:
                 self.exceeded = True
                 self.drain(cap=4 * self.limit)
-            raise OSError(f"push refused: larger than the store's limit of {_mib(self.limit)}")
+            raise OSError(
+                f"{self.what} refused: larger than the store's limit of {_mib(self.limit)}"
+            )
         return data
 
     def read(self, size: int = -1) -> bytes:
@@ -136,11 +155,33 @@ def _basic_password(environ: dict[str, Any]) -> str | None:
     return password if sep else None
 
 
-def _needed_scope(environ: dict[str, Any], rest: str) -> str:
-    service = parse_qs(environ.get("QUERY_STRING", "")).get("service", [""])[0]
-    if rest == "/git-receive-pack" or service == "git-receive-pack":
-        return "push"
-    return "read"
+def route(environ: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(repo name, service, scope needed) of a smart-HTTP request; None for anything else."""
+    match = _PATH_RE.match(environ.get("PATH_INFO", ""))
+    if match is None:
+        return None
+    method, rest = environ.get("REQUEST_METHOD"), match.group("rest")
+    if rest == "/info/refs":
+        service = parse_qs(environ.get("QUERY_STRING", "")).get("service", [""])[0]
+        wanted_method = "GET"
+    else:
+        service, wanted_method = rest[1:], "POST"
+    if method != wanted_method or service not in SERVICES:
+        return None
+    return match.group("name"), service, SERVICES[service]
+
+
+def _limit_inflated(
+    app: Callable[..., Iterable[bytes]], limit: int, what: str
+) -> Callable[..., Any]:
+    """Cap the request body as dulwich reads it, after GunzipFilter inflated it: a small gzip
+    body must not carry a large pack past the limit."""
+
+    def limited(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        environ["wsgi.input"] = BodyLimit(environ["wsgi.input"], limit, what, drain=False)
+        return app(environ, start_response)
+
+    return limited
 
 
 class _Closing:
@@ -177,11 +218,12 @@ def make_git_app(store: StoreContext) -> Callable[[dict[str, Any], StartResponse
     storage, db, max_push_bytes = store.storage, store.db, store.settings.max_push_bytes
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        match = _PATH_RE.match(environ.get("PATH_INFO", ""))
-        if match is None:
-            return _plain(start_response, "404 Not Found", "pinflow: use /git/REPO.git")
-        name, rest = match.group("name"), match.group("rest")
-        needed = _needed_scope(environ, rest)
+        routed = route(environ)
+        if routed is None:
+            return _plain(
+                start_response, "404 Not Found", "pinflow: smart HTTP only, at /git/REPO.git"
+            )
+        name, service, needed = routed
         try:
             store.tokens.authenticate(db, _basic_password(environ), needed)
         except PinflowError as exc:
@@ -193,7 +235,11 @@ def make_git_app(store: StoreContext) -> Callable[[dict[str, Any], StartResponse
                     [("WWW-Authenticate", 'Basic realm="pinflow"')],
                 )
             return _plain(start_response, "403 Forbidden", f"pinflow: {exc.detail}")
-        if not REPO_NAME_RE.match(name) or not storage.exists(name):
+        try:
+            known = REPO_NAME_RE.match(name) is not None and storage.exists(name)
+        except BadRequest:  # a name no repository can have, like x.git.git
+            known = False
+        if not known:
             return _plain(
                 start_response,
                 "404 Not Found",
@@ -202,13 +248,17 @@ def make_git_app(store: StoreContext) -> Callable[[dict[str, Any], StartResponse
             )
         # uvicorn de-chunked the body already; dulwich would de-chunk it again.
         environ.pop("HTTP_TRANSFER_ENCODING", None)
-        limit: PushSizeLimit | None = None
-        if needed == "push" and environ.get("REQUEST_METHOD") == "POST":
-            limit = PushSizeLimit(environ["wsgi.input"], max_push_bytes)
-            environ["wsgi.input"] = limit
+        pushing = service == "git-receive-pack"
+        limit = max_push_bytes if pushing else MAX_NEGOTIATION_BYTES
+        what = "push" if pushing else "fetch request"
+        if environ.get("REQUEST_METHOD") == "POST":  # the bytes on the wire
+            environ["wsgi.input"] = BodyLimit(environ["wsgi.input"], limit, what)
         backend = StoreBackend(store)
-
-        chain = make_wsgi_chain(backend, handlers={b"git-receive-pack": StoreReceivePack})
+        git = HTTPGitApplication(
+            backend,
+            handlers={b"git-receive-pack": StoreReceivePack, b"git-upload-pack": StoreUploadPack},
+        )
+        chain = LimitedInputFilter(GunzipFilter(_limit_inflated(git, limit, what)))
         return _Closing(chain(environ, start_response), backend.close)
 
     return app

@@ -10,7 +10,7 @@ pack-cache eviction (PITFALLS.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from dulwich.errors import NotTreeError
@@ -25,6 +25,7 @@ from dagstore.diskcache import DiskCache
 from dagstore.errors import BadRequest, NotFound
 from dagstore.gitmodels import GitRef
 from dagstore.models import Repo as RepoRow
+from dagstore.packcheck import InflateLimits
 from dagstore.packstore import DatabaseObjectStore, PackCache
 from dagstore.refstore import DatabaseRefsContainer
 
@@ -62,6 +63,25 @@ def validate_branch_name(ref: str) -> str:
     return ref
 
 
+HIDDEN_PREFIX = b"refs/pinflow/"
+DEFAULT_LIMITS = InflateLimits(object_bytes=100 * 2**20, total_bytes=1024 * 2**20)
+
+
+class AdvertisedRefs(dict):
+    """The refs upload-pack advertises (the visible ones), whose `values()` also hold the
+    hidden refs' commits: dulwich accepts a `want` only for a value of the refs it was given,
+    and a keep ref's commit must stay fetchable by its sha (`allow-tip-sha1-in-want`, which
+    `githttp.StoreUploadPack` announces) without the keep refs being listed to every client.
+    """
+
+    def __init__(self, visible: Mapping[bytes, bytes], hidden: list[bytes]) -> None:
+        super().__init__(visible)
+        self.hidden = hidden
+
+    def values(self):  # type: ignore[override]
+        return [*super().values(), *self.hidden]
+
+
 class DatabaseRepo(MemoryRepo):
     """A bare repository whose objects and refs live in the database (issue 13).
 
@@ -69,11 +89,11 @@ class DatabaseRepo(MemoryRepo):
     the object store (`dagstore.packstore`) and the refs (`dagstore.refstore`) are ours.
     """
 
-    def __init__(self, db: Database, repo_id: int, cache: PackCache) -> None:
+    def __init__(self, db: Database, repo_id: int, cache: PackCache, limits: InflateLimits) -> None:
         from dulwich.config import ConfigFile
         from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 
-        store = DatabaseObjectStore(db, repo_id, cache)
+        store = DatabaseObjectStore(db, repo_id, cache, limits)
         refs = DatabaseRefsContainer(db, repo_id, before_write=store.publish)
         BaseRepo.__init__(self, store, refs)
         self.object_store: DatabaseObjectStore = store
@@ -86,6 +106,19 @@ class DatabaseRepo(MemoryRepo):
         self.filter_context = None
         self.object_format = DEFAULT_OBJECT_FORMAT
 
+    def get_refs(self) -> dict[bytes, bytes]:
+        """The refs git clients see (push and fetch): the store's own, keep refs, left out."""
+        return {r: s for r, s in self.refs.as_dict().items() if not r.startswith(HIDDEN_PREFIX)}
+
+    def find_missing_objects(self, determine_wants, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """upload-pack's negotiation: wants of a hidden ref's commit are accepted too."""
+        hidden = [s for r, s in self.refs.as_dict().items() if r.startswith(HIDDEN_PREFIX)]
+
+        def wants(refs, depth=None):  # type: ignore[no-untyped-def]
+            return determine_wants(AdvertisedRefs(refs, hidden), depth)
+
+        return super().find_missing_objects(wants, *args, **kwargs)
+
     def end_push(self) -> None:
         """After a push: what it brought but no ref points into goes (quarantine)."""
         self.object_store.discard(refs_moved=self.refs.moved > 0)
@@ -94,9 +127,12 @@ class DatabaseRepo(MemoryRepo):
 class RepoStorage:
     """The store's repositories: a row each, their git data in the database, a pack cache."""
 
-    def __init__(self, db: Database, disk: DiskCache) -> None:
+    def __init__(
+        self, db: Database, disk: DiskCache, limits: InflateLimits = DEFAULT_LIMITS
+    ) -> None:
         self.db = db
         self.cache = PackCache(db, disk)
+        self.limits = limits
         self._ids: dict[str, int] = {}  # repos are never deleted: name → id, once read
 
     def repo_id(self, name: str) -> int | None:
@@ -130,7 +166,7 @@ class RepoStorage:
         repo_id = self.repo_id(name)
         if repo_id is None:
             raise NotFound(f"repository {name!r} does not exist")
-        return DatabaseRepo(self.db, repo_id, self.cache)
+        return DatabaseRepo(self.db, repo_id, self.cache, self.limits)
 
 
 def resolve_commit(repo: BaseRepo, spec: str) -> str:

@@ -30,7 +30,6 @@ from dulwich.pack import (
     Pack,
     PackData,
     PackIndexer,
-    PackStreamCopier,
     extend_pack,
     iter_sha1,
     write_pack_index,
@@ -40,6 +39,7 @@ from sqlalchemy import delete, insert, select, update
 from dagstore.db import Database, db_time
 from dagstore.diskcache import DiskCache
 from dagstore.gitmodels import PACK_CHUNK_BYTES, GitPack, GitPackChunk
+from dagstore.packcheck import InflateLimits, copy_checked
 
 log = logging.getLogger("pinflow.packs")
 RESCAN_AFTER = 1.0  # seconds a request trusts its list of packs before asking again
@@ -157,11 +157,12 @@ def store_pack(
 
 
 class DatabaseObjectStore(BucketBasedObjectStore):
-    def __init__(self, db: Database, repo_id: int, cache: PackCache) -> None:
+    def __init__(self, db: Database, repo_id: int, cache: PackCache, limits: InflateLimits) -> None:
         super().__init__()
         self.db = db
         self.repo_id = repo_id
         self.cache = cache
+        self.limits = limits
         self.quarantined: dict[str, int] = {}  # name → row id: this request's unpublished packs
         self.published: dict[str, int] = {}  # this request's pushed packs made live
         self.written: dict[str, int] = {}  # packs pinflow wrote itself (live at once)
@@ -231,21 +232,18 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         *,
         max_input_size: int | None = None,
     ) -> Pack:
-        """A pushed pack, completed with the bases it deltas against, in quarantine."""
+        """A pushed pack, checked on the way in (`dagstore.packcheck`), completed with the
+        bases it deltas against, in quarantine."""
         if max_input_size:
             read_all, read_some = _bounded(read_all, read_some, max_input_size)
         fd, path = tempfile.mkstemp(dir=self.cache.incoming(), prefix="push-", suffix=".pack")
         try:
             with os.fdopen(fd, "w+b") as f:
-                indexer = PackIndexer(f, self.object_format.hash_func, resolve_ext_ref=self.get_raw)
-                copier = PackStreamCopier(
-                    self.object_format.hash_func, read_all, read_some, f, delta_iter=indexer
-                )
-                copier.verify(progress=progress)
+                copy_checked(read_all, read_some, f, self.limits)
                 f.flush()
                 f.seek(0)
                 with PackData(path, file=f, object_format=self.object_format) as data:
-                    indexer.set_pack_data(data)
+                    indexer = PackIndexer.for_pack_data(data, resolve_ext_ref=self.get_raw)
                     entries = list(indexer)
                     ext_refs = set(indexer.ext_refs())
                 pack_sha, extra = extend_pack(

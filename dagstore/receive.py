@@ -28,6 +28,7 @@ from dagstore.repos import get_repo
 from dagstore.version import ZERO_SHA, record_ref_update
 
 log = logging.getLogger("pinflow.receive")
+PUSHABLE = (b"refs/heads/", b"refs/tags/")
 RefUpdate = tuple[bytes, bytes, bytes]  # (old sha, new sha, ref name), as dulwich passes them
 
 
@@ -88,7 +89,8 @@ class Push:
 
 
 class GuardUpdate(Hook):
-    """The `update` hook: refuse the store's own refs, keep what is orphaned, parse."""
+    """The `update` hook: only branches and tags, never to a missing object, parsed (and, for
+    a strict repo, refused when broken), and what the update orphans kept."""
 
     def __init__(self, push: Push) -> None:
         self.push = push
@@ -96,6 +98,8 @@ class GuardUpdate(Hook):
     def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         if ref.startswith(b"refs/pinflow/"):
             raise HookError("refs/pinflow/ is reserved for the store")
+        if not ref.startswith(PUSHABLE):
+            raise HookError("pinflow: refused: only branches (refs/heads/) and tags (refs/tags/)")
         if new != ZERO_SHA:
             # dulwich would point the ref at whatever the client names, even a missing object.
             store = self.push.repo.object_store

@@ -46,6 +46,8 @@ class Settings:
     token_cache_seconds: float = 5.0
     archive_memory_mb: int = 128
     server_cache_mb: int = 2048
+    max_object_mb: int = 100
+    max_push_inflated_mb: int = 1024
 
     @property
     def repos_dir(self) -> Path:
@@ -77,6 +79,8 @@ class Settings:
             token_cache_seconds=_env_float("PINFLOW_TOKEN_CACHE_SECONDS", 5.0),
             archive_memory_mb=int(_env_float("PINFLOW_ARCHIVE_MEMORY_MB", 128)),
             server_cache_mb=int(_env_float("PINFLOW_SERVER_CACHE_MB", 2048)),
+            max_object_mb=int(_env_float("PINFLOW_MAX_OBJECT_MB", 100)),
+            max_push_inflated_mb=int(_env_float("PINFLOW_MAX_PUSH_INFLATED_MB", 1024)),
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

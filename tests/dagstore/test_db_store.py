@@ -104,7 +104,9 @@ def test_force_push_through_b_and_the_orphan_through_a(pair: Pair, repo_name, tm
         assert api.get(f"/repos/{repo_name}/archive/{orphan}.tar.gz").status_code == 200
         assert api.get(f"/repos/{repo_name}/files/{orphan}/a.py").content == b"orphan\n"
     fetched = Git(tmp_path / "f").init()
-    fetched.run("fetch", "-q", pair.url(pair.a, repo_name, "read"), f"refs/pinflow/keep/{orphan}")
+    url = pair.url(pair.a, repo_name, "read")
+    assert "refs/pinflow" not in fetched.run("ls-remote", url).stdout, "keep refs are hidden"
+    fetched.run("fetch", "-q", url, orphan)  # but their commits can be fetched by sha
     assert fetched.run("show", "FETCH_HEAD:a.py").stdout == "orphan\n"
 
 
