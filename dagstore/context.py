@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from dagstore.archive import ArchiveCache
 from dagstore.db import Database
@@ -10,6 +11,7 @@ from dagstore.diskcache import DiskCache
 from dagstore.gitrepo import RepoStorage
 from dagstore.packcheck import InflateLimits
 from dagstore.parse import ParseLimits
+from dagstore.sandbox import SandboxProbe
 from dagstore.settings import Settings
 from dagstore.tokencache import TokenCache
 
@@ -21,10 +23,15 @@ class StoreContext:
     storage: RepoStorage
     archives: ArchiveCache
     tokens: TokenCache
+    sandbox_probe: SandboxProbe
 
     @property
     def parse_limits(self) -> ParseLimits:
-        return ParseLimits(self.settings.parse_timeout, self.settings.parse_memory_mb)
+        return ParseLimits(
+            self.settings.parse_timeout,
+            self.settings.parse_memory_mb,
+            self.sandbox_probe.sandbox,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StoreContext:
@@ -43,4 +50,13 @@ class StoreContext:
             ),
             archives=ArchiveCache(disk, settings.archive_memory_mb * 1024 * 1024),
             tokens=TokenCache(settings.token_cache_seconds),
+            sandbox_probe=SandboxProbe(settings.parse_sandbox, _secret_paths(settings)),
         )
+
+
+def _secret_paths(settings: Settings) -> tuple[str, ...]:
+    """What a parse must never see even if a folder it is given holds it."""
+    paths = [str(settings.home)]
+    if settings.database_url.startswith("sqlite:///"):
+        paths.append(str(Path(settings.database_url.removeprefix("sqlite:///")).parent))
+    return tuple(paths)

@@ -24,6 +24,7 @@ from dulwich.repo import Repo
 
 from dagstore.archive import ArchiveCache
 from dagstore.loader import discover
+from dagstore.sandbox import Sandbox
 from dagstore.unpack import unpack_archive
 
 KILL_GRACE = 5.0  # seconds past the child's own alarm before the parent kills it
@@ -62,15 +63,20 @@ class ParseResult:
 class ParseLimits:
     timeout: float = 30.0
     memory_mb: int = 1024
+    sandbox: Sandbox = Sandbox("off")
 
 
 def parse_commit(
     repo: Repo, repo_name: str, sha: str, archives: ArchiveCache, limits: ParseLimits
 ) -> ParseResult:
-    """Parse one commit of a store repo from its (cached) archive."""
+    """Parse one commit of a store repo from its (cached) archive, in the sandbox.
+
+    Raises SandboxUnavailable when the sandbox cannot be built (nothing is parsed then)."""
+    limits.sandbox.check()
     started = time.monotonic()
     archive = archives.get(repo, repo_name, sha)
     workdir = Path(tempfile.mkdtemp(prefix=f"pinflow-parse-{sha[:12]}-"))
+    os.chmod(workdir, 0o755)  # the boxed child (`nobody` under a root server) reads below it
     try:
         root = workdir / "version"
         with archive.path.open("rb") as f:
@@ -87,6 +93,7 @@ def parse_version(root: Path, sha: str, limits: ParseLimits) -> ParseResult:
     records: dict[str, dict[str, Any]] = {}
     remaining = files
     with tempfile.TemporaryDirectory(prefix="pinflow-parse-") as scratch:
+        limits.sandbox.give(Path(scratch))  # the child writes its results there
         while remaining:
             done, stuck = _run_child(root, sha, remaining, limits, Path(scratch))
             records.update(done)
@@ -130,20 +137,22 @@ def _run_child(
     """Run one parse process; returns finished records and (file, why) if one never finished."""
     results = scratch / f"results-{time.monotonic_ns()}.jsonl"
     log = scratch / "parse.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    args = [
-        sys.executable,
-        "-P",
-        "-m",
-        "dagstore.parse_child",
-        str(root),
-        sha,
-        str(results),
-        str(limits.timeout),
-        str(limits.memory_mb),
-        *files,
-    ]
+    args, env = limits.sandbox.wrap(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "dagstore.parse_child",
+            str(root),
+            sha,
+            str(results),
+            str(limits.timeout),
+            str(limits.memory_mb),
+            *files,
+        ],
+        root,
+        scratch,
+    )
     with log.open("ab") as log_file:
         proc = subprocess.Popen(
             args,

@@ -4,12 +4,15 @@ Usage: python -m dagstore.parse_child ROOT SHA RESULTS TIMEOUT MEMORY_MB FILE...
 
 Writes one JSON line to RESULTS when it starts a file and one when the file is done, so the
 parent knows which file was running if this process hangs, dies or is killed. A file gets
-TIMEOUT seconds (SIGALRM); the whole process gets MEMORY_MB of address space.
+TIMEOUT seconds (SIGALRM); the whole process gets MEMORY_MB of address space, CPU time for
+its files, a few processes and a cap on what it writes (`confine`). It runs in the parse
+sandbox (`dagstore.sandbox`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import sys
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 TRACEBACK_LINES = 20
+MAX_PROCESSES = 64  # of `nobody` (a root server's parse): a fork bomb stops there
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # any file it writes, its printed output included
 
 
 class ParseTimeout(BaseException):
@@ -74,10 +79,30 @@ def _emit(out: TextIO, record: dict[str, Any]) -> None:
     out.flush()
 
 
+def confine(timeout: float, files: int, memory_mb: int) -> None:
+    """Before any DAG code: give up root (a root server's child becomes `nobody`, so the
+    per-user process limit applies), then the limits: memory, CPU, processes, output."""
+    uid, gid = os.environ.get("PINFLOW_PARSE_UID"), os.environ.get("PINFLOW_PARSE_GID")
+    limits = {
+        resource.RLIMIT_AS: memory_mb * 1024 * 1024,
+        resource.RLIMIT_CPU: int(timeout * max(files, 1)) + 5,
+        resource.RLIMIT_FSIZE: MAX_OUTPUT_BYTES,
+    }
+    if uid is not None and gid is not None and os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(int(gid))
+        os.setuid(int(uid))
+        # Counted per user: meaningful for `nobody`, not for a server's own user, whose
+        # threads count too (SECURITY.md: give a non-root server a per-user limit).
+        limits[resource.RLIMIT_NPROC] = MAX_PROCESSES
+    for kind, value in limits.items():
+        resource.setrlimit(kind, (value, value))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too much output: an OSError, not a kill
+
+
 def main(argv: list[str]) -> None:
     root, sha, results, timeout, memory_mb, *files = argv
-    limit = int(memory_mb) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    confine(float(timeout), len(files), int(memory_mb))
     with open(results, "a", encoding="utf-8") as out:
         parse_files(Path(root), sha, files, out, float(timeout), int(memory_mb))
 

@@ -25,6 +25,7 @@ from dagstore.gitrepo import KEEP_PREFIX, ref_sha
 from dagstore.parse import ParseResult, parse_commit
 from dagstore.repack import consolidate
 from dagstore.repos import get_repo
+from dagstore.sandbox import SandboxUnavailable
 from dagstore.version import ZERO_SHA, record_ref_update
 
 log = logging.getLogger("pinflow.receive")
@@ -58,6 +59,7 @@ class Push:
         self.repo = repo
         self.repo_name = repo_name
         self.parsed: dict[str, ParseResult] = {}
+        self.unparsed: dict[str, str] = {}  # sha → why it was not parsed (no sandbox)
 
     @cached_property
     def _settings(self) -> tuple[bytes, bool]:
@@ -80,6 +82,11 @@ class Push:
                 self.parsed[sha] = parse_commit(
                     self.repo, self.repo_name, sha, self.store.archives, self.store.parse_limits
                 )
+            except SandboxUnavailable as exc:
+                if self.strict:
+                    raise
+                self.unparsed[sha] = str(exc)
+                return None
             except Exception:
                 if self.strict:
                     raise
@@ -149,6 +156,8 @@ class RecordVersions(Hook):
                     if result is not None:
                         publish(session, row, push.repo, result)
                         lines.append(result.feedback())
+            for sha, why in push.unparsed.items():
+                lines.append(f"pinflow: warning: {sha[:7]} landed but was not parsed: {why}")
         except Exception as exc:  # the refs moved already: say so, catch_up() finishes later
             log.exception("post-receive of %s failed", push.repo_name)
             lines.append(

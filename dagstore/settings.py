@@ -48,6 +48,7 @@ class Settings:
     server_cache_mb: int = 2048
     max_object_mb: int = 100
     max_push_inflated_mb: int = 1024
+    parse_sandbox: str = "on"
 
     @property
     def repos_dir(self) -> Path:
@@ -81,6 +82,7 @@ class Settings:
             server_cache_mb=int(_env_float("PINFLOW_SERVER_CACHE_MB", 2048)),
             max_object_mb=int(_env_float("PINFLOW_MAX_OBJECT_MB", 100)),
             max_push_inflated_mb=int(_env_float("PINFLOW_MAX_PUSH_INFLATED_MB", 1024)),
+            parse_sandbox=os.environ.get("PINFLOW_PARSE_SANDBOX") or "on",
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

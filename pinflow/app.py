@@ -22,6 +22,7 @@ from scheduler.enqueue import Enqueuer
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     store = StoreContext.from_settings(settings or Settings.load())
+    _ = store.sandbox_probe.sandbox  # at start: says so now if pushed code cannot be parsed
     app = FastAPI(title="pinflow", version=pinflow.__version__)
     app.state.store = store
     # With Redis, a finished task's downstream tasks are enqueued by the server at once;
