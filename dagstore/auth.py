@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from dagstore.context import StoreContext
+from dagstore.errors import Forbidden
+from dagstore.grant import TryGrant, parse_grant
 from dagstore.models import Token
 
 _bearer = HTTPBearer(auto_error=False, description="A pinflow token (`pinflow token create`)")
@@ -34,8 +36,40 @@ def require(scope: str) -> Callable[..., Token]:
     return check
 
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def worker_or_try(store: StoreDep, credentials: Credentials) -> Token | TryGrant:
+    """A worker token, or a try credential (the endpoint checks it names the try it acts on:
+    `scheduler.grants.authorize_try`)."""
+    secret = credentials.credentials if credentials else None
+    grant = parse_grant(secret) if secret else None
+    if grant is not None:
+        return grant
+    return store.tokens.authenticate(store.db, secret, "worker")
+
+
+def version_reader(repo: str, sha: str, store: StoreDep, credentials: Credentials) -> None:
+    """A read token, or the credential of a running try of exactly this version."""
+    secret = credentials.credentials if credentials else None
+    grant = parse_grant(secret) if secret else None
+    if grant is None:
+        store.tokens.authenticate(store.db, secret, "read")
+        return
+    granted = None
+    if store.grant_version is not None:
+        with store.db.read() as session:
+            granted = store.grant_version(session, grant)
+    if granted != (repo, sha):
+        raise Forbidden(
+            f"this try credential does not grant {repo}@{sha[:12]} (or its try has ended)"
+        )
+
+
 ReadToken = Annotated[Token, Depends(require("read"))]
 PushToken = Annotated[Token, Depends(require("push"))]
 TriggerToken = Annotated[Token, Depends(require("trigger"))]
 WorkerToken = Annotated[Token, Depends(require("worker"))]
 AdminToken = Annotated[Token, Depends(require("admin"))]
+WorkerOrTry = Annotated[Token | TryGrant, Depends(worker_or_try)]
+VersionReader = Depends(version_reader)

@@ -9,6 +9,7 @@ from dagstore.archive import ArchiveCache
 from dagstore.db import Database
 from dagstore.diskcache import DiskCache
 from dagstore.gitrepo import RepoStorage
+from dagstore.grant import GrantVersion
 from dagstore.packcheck import InflateLimits
 from dagstore.parse import ParseLimits
 from dagstore.sandbox import SandboxProbe
@@ -24,6 +25,8 @@ class StoreContext:
     archives: ArchiveCache
     tokens: TokenCache
     sandbox_probe: SandboxProbe
+    # Whether a try credential may read a version: the scheduler answers (`pinflow.app`).
+    grant_version: GrantVersion | None = None
 
     @property
     def parse_limits(self) -> ParseLimits:

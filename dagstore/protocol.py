@@ -69,6 +69,9 @@ class TaskSpec(BaseModel):
     # Seconds without a heartbeat after which the server declares the try lost and may run
     # it again elsewhere: a worker that cannot heartbeat stops the task before then.
     heartbeat_timeout: float | None = None
+    # Bound to this try (`dagstore.grant`): what the task's process uses instead of the
+    # worker's token for heartbeat, finish and this version's archive.
+    credential: str | None = None
 
 
 class Heartbeat(BaseModel):

@@ -50,6 +50,19 @@ class Settings:
     max_push_inflated_mb: int = 1024
     parse_sandbox: str = "on"
 
+    def make_home(self) -> None:
+        """PINFLOW_HOME and the SQLite file are this user's alone (0700, 0600): they hold the
+        tokens `pinflow up` made, the database, caches. Existing ones are left as they are
+        (an operator may share them on purpose), except that a home this call creates is
+        never readable by others."""
+        if not self.home.exists():
+            self.home.mkdir(parents=True, mode=0o700)
+            os.chmod(self.home, 0o700)  # mkdir's mode is masked by the umask
+        if self.database_url.startswith("sqlite:///"):
+            path = Path(self.database_url.removeprefix("sqlite:///"))
+            if not path.exists() and path.parent.is_dir():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
     @property
     def repos_dir(self) -> Path:
         """Where repositories lived on disk before issue 13 (imported from there once)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -17,6 +19,7 @@ from dagstore.models import Token
 from dagstore.scopes import SCOPES, grants
 
 TOKEN_PREFIX = "pf_"
+LAST_USED_PRECISION = timedelta(minutes=5)
 
 
 def hash_token(secret: str) -> str:
@@ -25,12 +28,18 @@ def hash_token(secret: str) -> str:
 
 def create_token(session: Session, scope: str, name: str = "") -> str:
     """Store a new token's hash and return the secret: the only time it exists in clear."""
+    return issue_token(session, scope, name)[1]
+
+
+def issue_token(session: Session, scope: str, name: str = "") -> tuple[int, str]:
+    """As `create_token`, with the new token's id (what `token revoke` takes)."""
     if scope not in SCOPES:
         raise BadRequest(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(Token(name=name, scope=scope, token_hash=hash_token(secret)))
+    token = Token(name=name, scope=scope, token_hash=hash_token(secret))
+    session.add(token)
     session.flush()
-    return secret
+    return token.id, secret
 
 
 def revoke_token(session: Session, token_id: int) -> None:
@@ -60,6 +69,39 @@ def find_token(session: Session, token_hash: str) -> Token:
     if token is None:
         raise Unauthorized("invalid or revoked token")
     return token
+
+
+def note_use(session: Session, token: Token, now: datetime) -> None:
+    """Record that `token` was used, unless that was recorded less than
+    LAST_USED_PRECISION ago: one small write per token every few minutes, not per request."""
+    last = token.last_used_at
+    if last is not None and last.tzinfo is None:
+        last = last.replace(tzinfo=now.tzinfo)  # SQLite returns naive UTC
+    if last is not None and now - last < LAST_USED_PRECISION:
+        return
+    stale = Token.last_used_at.is_(None) | (Token.last_used_at < now - LAST_USED_PRECISION)
+    session.execute(
+        update(Token)
+        .where(Token.id == token.id, stale)
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def list_tokens(session: Session) -> list[dict[str, Any]]:
+    """Every token, newest first, without its secret (only a hash exists)."""
+    rows = session.scalars(select(Token).order_by(Token.id.desc())).all()
+    return [
+        {
+            "id": t.id,
+            "name": t.name,
+            "scope": t.scope,
+            "created_at": t.created_at,
+            "last_used_at": t.last_used_at,
+            "revoked_at": t.revoked_at,
+        }
+        for t in rows
+    ]
 
 
 def check_scope(token: Token, needed: str) -> None:

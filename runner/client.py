@@ -41,7 +41,7 @@ class WorkerClient:
     def __init__(
         self,
         api_url: str,
-        token: str,
+        token: str | None,
         max_wait: float = 3600.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -49,7 +49,7 @@ class WorkerClient:
         self.max_wait = max_wait
         self._http = httpx.Client(
             base_url=f"{self.api_url}/api/v1",
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=httpx.Timeout(30.0, connect=5.0),
             verify=_TLS,
             transport=transport,
@@ -57,6 +57,10 @@ class WorkerClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def authorize(self, secret: str) -> None:
+        """Send `secret` from now on: a work horse's try credential (`dagstore.grant`)."""
+        self._http.headers["Authorization"] = f"Bearer {secret}"
 
     def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

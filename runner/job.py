@@ -1,7 +1,9 @@
-"""The RQ job: claim the try, fetch its version, run the task, report. Runs in the work horse.
+"""The RQ job: fetch the claimed try's version, run the task, report. Runs in the work horse.
 
 Enqueued by dotted path (`dagstore.protocol.JOB_FUNCTION`) with a JSON payload, so the
-scheduler never imports this module and this module never opens the database.
+scheduler never imports this module and this module never opens the database. The RQ worker
+claimed the try before forking (`runner.claim`); the horse acts with that try's credential
+only, never with the worker's token (`runner.agent`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import secrets
 import signal
 import socket
 import time
@@ -22,6 +23,7 @@ from dagstore.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload, TaskSpec
 from dagstore.settings import Settings
 from runner.cache import VersionCache
 from runner.capture import CappedLog, capture
+from runner.claim import CLAIMS, Claimed, Dropped, claim_try
 from runner.client import WorkerClient
 from runner.execute import Outcome, execute
 from runner.heartbeat import ABANDON_SIGNAL, Abandoned, Heartbeater, on_abandon
@@ -39,19 +41,27 @@ def cache_dir(settings: Settings) -> Path:
 
 def run_task(payload: dict[str, Any]) -> str:
     job = JobPayload.model_validate(payload)
+    CLAIMS.forget_in_child()  # before any task code: the horse never talks to the agent
+    claimed = CLAIMS.take(job)
+    if isinstance(claimed, Dropped):
+        return _dropped(job, claimed)
     settings = Settings.load()
-    if not settings.token:
-        raise RuntimeError("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
-    client = _client(settings.api_url, settings.token)
-    return _run(job, client, VersionCache(cache_dir(settings), client))
+    client = _client(settings.api_url)
+    client.authorize(claimed.spec.credential or "")
+    return _perform(claimed, client, VersionCache(cache_dir(settings), client))
 
 
 @functools.cache
-def _client(api_url: str, token: str) -> WorkerClient:
+def _client(api_url: str) -> WorkerClient:
     """One client per process, so a --no-fork worker keeps its connection to the API server
-    from task to task. A forked work horse builds its own: the worker parent never calls
-    this, so no connection is ever shared between processes."""
-    return WorkerClient(api_url, token)
+    from task to task (each task sends its own credential). A forked work horse builds its
+    own: the worker parent never calls this, so no connection is shared between processes."""
+    return WorkerClient(api_url, None)
+
+
+def _dropped(job: JobPayload, dropped: Dropped) -> str:
+    log.info("dropping %s: %s", job.task_id, dropped.why)
+    return "dropped"
 
 
 def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog) -> Outcome:
@@ -74,19 +84,21 @@ def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog)
 
 
 def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
-    name = worker_name()
-    attempt = secrets.token_hex(16)  # the same on every retry of this claim
-    try:
-        spec, claim_sent = client.claim(job.ti_id, job.try_number, name, attempt)
-    except Conflict as exc:  # someone else owns this try, or it is stale: not ours to run
-        log.info("dropping %s: %s", job.task_id, exc.detail)
-        return "dropped"
+    """Claim and run with one client (tests and tools that hold a worker token)."""
+    claimed = claim_try(job, client, worker_name())
+    if isinstance(claimed, Dropped):
+        return _dropped(job, claimed)
+    return _perform(claimed, client, cache)
+
+
+def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str:
+    spec = claimed.spec
     task_log = CappedLog(MAX_LOG_BYTES)
     task_log.line(
         f"pinflow: {spec.dag_id}.{spec.task_id} try {spec.try_number} of run "
-        f"{spec.run_id} at {spec.repo}@{spec.sha} on {name}"
+        f"{spec.run_id} at {spec.repo}@{spec.sha} on {worker_name()}"
     )
-    beat = Heartbeater(client, spec, claim_sent)
+    beat = Heartbeater(client, spec, claimed.sent)
     previous = signal.signal(ABANDON_SIGNAL, on_abandon)
     beat.start()
     try:

@@ -24,9 +24,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
-from dagstore.protocol import DEFAULT_QUEUE, queue_name
+from dagstore.prctl import make_undumpable
+from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from dagstore.settings import Settings
+from runner.agent import AgentClient, WorkerOptions
+from runner.claim import CLAIMS
 from runner.warm import WARM
 
 log = logging.getLogger("pinflow.worker")
@@ -37,11 +41,37 @@ def rq_name(name: str | None) -> str:
 
 
 class _Warming:
-    """Imports the job's DAG file (`runner.warm`) before RQ executes the job."""
+    """Before RQ executes a job: refuse anything but pinflow's task entry point, claim the
+    try through the token agent (`runner.claim`), import the job's DAG file (`runner.warm`).
+    """
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        WARM.prepare(job.kwargs.get("payload"))
+        refusal = refusal_of(job)
+        if refusal is not None:
+            log.error("refusing RQ job %s: %s", job.id, refusal)
+            self.prepare_execution(job)  # type: ignore[attr-defined]
+            self.handle_job_failure(job, queue, exc_string=f"refused by pinflow: {refusal}")  # type: ignore[attr-defined]
+            self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
+            return
+        payload = job.kwargs.get("payload")
+        CLAIMS.prepare(payload, os.environ.get("PINFLOW_WORKER_NAME", ""))
+        WARM.prepare(payload)
         super().execute_job(job, queue)  # type: ignore[misc]
+
+
+def refusal_of(job: Job) -> str | None:
+    """Why a job must not run here, or None. Anyone who can write to Redis can enqueue any
+    dotted path (`os.system`, say): only pinflow's task entry point, with its one keyword
+    argument, is ever imported or called."""
+    try:
+        func, args, kwargs = job.func_name, job.args, job.kwargs
+    except Exception as exc:  # noqa: BLE001 - undecodable job data
+        return f"unreadable job ({type(exc).__name__})"
+    if func != JOB_FUNCTION:
+        return f"function {func!r} is not pinflow's task entry point {JOB_FUNCTION}"
+    if args or set(kwargs) != {"payload"}:
+        return "pinflow's task entry point takes one keyword argument, payload"
+    return None
 
 
 class PinflowWorker(_Warming, Worker):
@@ -99,6 +129,21 @@ def warm_up() -> None:
     if os.environ.get("PINFLOW_WARM_DAGS", "1") != "0":
         root = cache_dir(Settings.load())
         WARM.enable(lambda repo, sha: ready_version(root, repo, sha))
+
+
+def worker_main(options: WorkerOptions) -> int:
+    """The RQ worker under the token agent (`runner.agent`): no token, claims via the agent."""
+    make_undumpable()  # its horses inherit it: a task cannot read this process's socket
+    agent = AgentClient.from_env()
+    if agent is None:
+        log.error("no token agent: start workers with `pinflow worker`")
+        return 2
+    CLAIMS.enable(agent)
+    settings = Settings.load()
+    if options.name:
+        os.environ["PINFLOW_WORKER_NAME"] = options.name
+    run_worker(settings.redis_url or "", options.queues, options.burst, options.name, options.fork)
+    return 0
 
 
 def run_worker(

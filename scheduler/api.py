@@ -9,10 +9,11 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
-from dagstore.auth import ReadToken, StoreDep, TriggerToken, WorkerToken
+from dagstore.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
 from dagstore.dags import get_dag
 from dagstore.db import db_time, iso
 from dagstore.errors import NotFound
+from dagstore.grant import issue_grant
 from dagstore.models import Dag
 from dagstore.protocol import (
     MAX_DB_INT,
@@ -23,6 +24,7 @@ from dagstore.protocol import (
     TaskSpec,
 )
 from scheduler.enqueue import Enqueuer
+from scheduler.grants import authorize_try
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.taskstate import queue_ready
 from scheduler.tries import claim, finish, heartbeat
@@ -140,10 +142,18 @@ def post_claim(
 ) -> TaskSpec:
     """queued → running for this try; 409 when the try is stale or someone else has it.
 
-    The same attempt asking again gets the same answer (its first one was lost)."""
+    The same attempt asking again gets the same answer (its first one was lost), with a new
+    credential for the try: the one of the answer that arrives is the one that works."""
+    credential, grant_hash = issue_grant(ti_id, body.try_number)
     with store.db.write() as session:
         row = claim(
-            session, ti_id, body.try_number, body.worker, db_time(session), attempt=body.attempt
+            session,
+            ti_id,
+            body.try_number,
+            body.worker,
+            db_time(session),
+            attempt=body.attempt,
+            grant_hash=grant_hash,
         )
         upstream = session.execute(
             select(TaskInstance.task_id, TaskInstance.result).where(
@@ -166,14 +176,16 @@ def post_claim(
             upstream_results=dict(upstream.tuples().all()),
             heartbeat_interval=max(1.0, timeout / 6),
             heartbeat_timeout=timeout,
+            credential=credential,
         )
 
 
 @router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"])
 def post_heartbeat(
-    ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, _: WorkerToken
+    ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, who: WorkerOrTry
 ) -> dict[str, str]:
     with store.db.write() as session:
+        authorize_try(session, who, ti_id, body.try_number)
         heartbeat(session, ti_id, body.try_number, db_time(session))
     return {"state": "running"}
 
@@ -184,10 +196,11 @@ def post_finish(
     body: FinishRequest,
     store: StoreDep,
     enqueuer: EnqueuerDep,
-    _: WorkerToken,
+    who: WorkerOrTry,
 ) -> dict[str, str]:
     """Record the outcome; downstream tasks are enqueued now, not at the next scheduler tick."""
     with store.db.write() as session:
+        authorize_try(session, who, ti_id, body.try_number)
         now = db_time(session)
         finished = finish(
             session,

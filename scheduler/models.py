@@ -72,6 +72,8 @@ class TaskInstance(Base):
     # The claim's random id: the same worker asking again for the same try (its first
     # answer was lost) is recognised, anyone else is refused.
     attempt: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # sha256 of the try credential the claim handed out (`dagstore.grant`).
+    grant_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result: Mapped[object | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 

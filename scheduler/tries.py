@@ -43,11 +43,13 @@ def claim(
     worker: str,
     now: datetime,
     attempt: str | None = None,
+    grant_hash: str | None = None,
 ) -> Row[Any]:
     """queued → running for exactly this try; returns what the worker needs to run it.
 
     The same `attempt` claiming again while its try runs is answered again (and counts as a
-    heartbeat); anything else is someone else's task now.
+    heartbeat); anything else is someone else's task now. `grant_hash` is stored either way:
+    the credential of the answer that arrives is the one that works.
     """
     row = session.execute(
         select(
@@ -81,6 +83,7 @@ def claim(
         heartbeat_at=now,
         worker=worker,
         attempt=attempt,
+        grant_hash=grant_hash,
         ended_at=None,
     ):
         session.execute(
@@ -97,7 +100,13 @@ def claim(
             start_run(session, row.run_pk, now)  # this task runs, so its run does
         return row
     if attempt is not None and transition(
-        session, ti_id, ("running",), try_number, expected_attempt=attempt, heartbeat_at=now
+        session,
+        ti_id,
+        ("running",),
+        try_number,
+        expected_attempt=attempt,
+        heartbeat_at=now,
+        grant_hash=grant_hash,
     ):
         return row  # our own claim again: its first answer never arrived
     raise _conflict(session, ti_id, try_number, "cannot be claimed")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from dagstore.auth import AdminToken, ReadToken, StoreDep
+from dagstore.auth import AdminToken, ReadToken, StoreDep, VersionReader
 from dagstore.dags import version_contents
 from dagstore.gitrepo import read_file, resolve_commit, validate_full_sha
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
@@ -95,6 +95,7 @@ def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str,
 @router.get(
     "/repos/{repo}/archive/{sha}.tar.gz",
     tags=["versions"],
+    dependencies=[VersionReader],
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}}, 304: {"description": "unchanged"}},
 )
@@ -102,10 +103,10 @@ def get_archive(
     repo: str,
     sha: str,
     store: StoreDep,
-    _: ReadToken,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The commit's files; immutable, so caches may keep it forever."""
+    """The commit's files; immutable, so caches may keep it forever. A read token, or the
+    credential of a try running this very version (`dagstore.grant`)."""
     validate_full_sha(sha)
     # Repos are never deleted and an archive is only ever built from its repo's commit, so
     # an archive this process already has needs no database lookup: the hot path.

@@ -21,7 +21,7 @@ def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     from pinflow.migrate import upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.make_home()
     store = StoreContext.from_settings(settings)
     upgrade(store.db)
     print("database schema is up to date")
@@ -101,18 +101,16 @@ def worker(
     ] = True,
 ) -> None:
     """Run one worker: takes tasks from Redis, fetches versions and reports over HTTP."""
-    import os
-
-    from runner.worker import run_worker
+    from runner.agent import WorkerOptions, launch
 
     settings = Settings.load()
     if not settings.redis_url:
         raise BadRequest("PINFLOW_REDIS_URL is not set: the worker takes its tasks from Redis")
     if not settings.token:
         raise BadRequest("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
-    if name:
-        os.environ["PINFLOW_WORKER_NAME"] = name
-    run_worker(settings.redis_url, queue, burst, name, fork)
+    # Becomes the token agent (same process, token out of its environment), which starts the
+    # RQ worker without the token: task code never sees it (runner/agent.py, SECURITY.md).
+    launch(WorkerOptions(queue, burst, name, fork), settings.token)
 
 
 def up(

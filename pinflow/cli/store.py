@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -15,7 +16,7 @@ from pinflow.cli.render import console, short_time, table
 if TYPE_CHECKING:
     from dagstore.db import Database
 
-token_app = typer.Typer(help="Create and revoke API tokens (writes to the database).")
+token_app = typer.Typer(help="Create, list and revoke API tokens (reads and writes the database).")
 repo_app = typer.Typer(help="Repositories of the DAG store.")
 
 
@@ -25,7 +26,7 @@ def _database(home: str | None, database_url: str | None) -> Database:
     from pinflow.migrate import upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.make_home()
     db = Database(settings.database_url)
     upgrade(db)
     return db
@@ -39,12 +40,34 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print a new token on stdout (only its hash is stored)."""
-    from dagstore.token import create_token
+    from dagstore.token import issue_token
 
     db = _database(home, database_url)
     with db.write() as session:
-        secret = create_token(session, scope, name)
+        token_id, secret = issue_token(session, scope, name)
     print(secret)
+    print(f"created token {token_id} ({scope}); `pinflow token list` shows it", file=sys.stderr)
+
+
+@token_app.command("list")
+def token_list(home: Home = None, database_url: DatabaseUrl = None) -> None:
+    """Every token: id, name, scope, created, last used, revoked (never the secret: only its
+    hash is stored). Last use is recorded to within a few minutes."""
+    from dagstore.db import iso
+    from dagstore.token import list_tokens
+
+    db = _database(home, database_url)
+    with db.read() as session:
+        tokens = list_tokens(session)
+    rows = table("id", "name", "scope", "created", "last used", "revoked", no_wrap=("id",))
+    for t in tokens:
+        rows.add_row(
+            str(t["id"]),
+            t["name"],
+            t["scope"],
+            *(short_time(iso(t[k])) for k in ("created_at", "last_used_at", "revoked_at")),
+        )
+    console.print(rows)
 
 
 @token_app.command("revoke")

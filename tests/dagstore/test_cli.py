@@ -133,3 +133,29 @@ def test_home_is_created(tmp_path: Path):
     env = pinflow_env(home, f"sqlite:///{home}/pinflow.db")
     assert pinflow("db", "upgrade", env=env).returncode == 0
     assert (home / "pinflow.db").exists()
+    assert (home.stat().st_mode & 0o777, (home / "pinflow.db").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    ), "PINFLOW_HOME and the SQLite file must be the user's alone"
+
+
+def test_token_list_shows_ids_scopes_and_last_use_never_a_secret(store_server, tmp_path):
+    env = pinflow_env(store_server.home, store_server.database_url)
+    created = pinflow("token", "create", "--scope", "read", "--name", "to-revoke", env=env)
+    assert created.returncode == 0, created.stderr
+    token_id = int(created.stderr.split("created token ")[1].split()[0])
+    assert pinflow("token", "revoke", str(token_id), env=env).returncode == 0
+    with store_server.api("read") as api:
+        assert api.get("/repos").status_code == 200  # the read token is used now
+    listed = pinflow("token", "list", env={**env, "COLUMNS": "200"})
+    assert listed.returncode == 0, listed.stderr
+    rows = {
+        cells[0]: cells
+        for line in listed.stdout.splitlines()
+        if (cells := [c.strip() for c in line.strip("│┃ ").split("│")])[0].isdigit()
+    }
+    assert rows[str(token_id)][1:3] == ["to-revoke", "read"] and rows[str(token_id)][5]
+    read_row = next(r for r in rows.values() if r[2] == "read" and r[0] != str(token_id))
+    assert read_row[4], "the read token's last use is not shown"
+    assert created.stdout.strip() not in listed.stdout
+    assert all(secret not in listed.stdout for secret in store_server.tokens.values())

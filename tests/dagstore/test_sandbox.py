@@ -55,6 +55,9 @@ if os.fork() == 0:
     os._exit(0)
 raise RuntimeError("forked a grandchild")
 """,
+    "hog": """
+hoard = [bytearray(1 << 28) for _ in range(64)]  # 16 GiB, far over the parse's memory limit
+""",
     "printer": """
 import sys
 for _ in range(100):
@@ -89,6 +92,7 @@ def test_hostile_dag_files_reach_nothing_of_the_server(server, repo_name, tmp_pa
         "network": ESCAPES["network"].format(ports=[server.port, 5432, 6379]),
         "forker": ESCAPES["forker"].format(marker=marker),
         "printer": ESCAPES["printer"],
+        "hog": ESCAPES["hog"],
     }
     server.create_repo(repo_name)
     work = Git(tmp_path / "w").init()
@@ -112,6 +116,7 @@ def test_hostile_dag_files_reach_nothing_of_the_server(server, repo_name, tmp_pa
     survivors = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
     assert survivors.stdout == "", "a process the parse started outlived it"
     assert "File too large" in errors["dags/printer.py"]
+    assert "MemoryError" in errors["dags/hog.py"], errors["dags/hog.py"]
     assert "Traceback" not in server.server_log()
 
 

@@ -198,7 +198,16 @@ def test_the_same_attempt_is_answered_again_and_no_one_else(cluster: Cluster, tm
         bare = api.post(f"/task-instances/{ti_id}/claim", json={"try_number": 1, "worker": "w1"})
         short = api.post(f"/task-instances/{ti_id}/claim", json={**claim, "attempt": "x"})
         assert first.status_code == 200 and again.status_code == 200, again.text
-        assert again.json() == first.json()
+        answered = {k: v for k, v in first.json().items() if k != "credential"}
+        assert {k: v for k, v in again.json().items() if k != "credential"} == answered
+        # Each answer carries a new credential for the try: the one that arrived works.
+        stale, live = first.json()["credential"], again.json()["credential"]
+        beat = {"try_number": 1}
+        path = f"/task-instances/{ti_id}/heartbeat"
+        assert cluster.server is not None
+        with cluster.server.api_as(stale) as as_stale, cluster.server.api_as(live) as as_live:
+            assert as_stale.post(path, json=beat).status_code == 403
+            assert as_live.post(path, json=beat).status_code == 200
         assert first.json()["heartbeat_timeout"] == HEARTBEAT_TIMEOUT
         assert other.status_code == 409 and bare.status_code == 409
         assert short.status_code == 400

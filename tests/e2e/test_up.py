@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
 
+from dagstore.db import Database
+from dagstore.settings import Settings
+from pinflow.migrate import upgrade
 from pinflow.supervise import descendants
+from pinflow.up import banner, load_tokens, tokens_path
 from tests.support.git import Git
 from tests.support.ports import free_port
 from tests.support.server import PINFLOW
@@ -29,6 +36,52 @@ def wait_for(check, timeout: float = 90.0):  # type: ignore[no-untyped-def]
             return value
         time.sleep(0.2)
     raise AssertionError("timed out")
+
+
+def assert_private(home: Path, up_pid: int, tokens: dict[str, str], output: str) -> None:
+    """Issue 14, operator hygiene: the home and its secrets are the user's alone, Redis wants
+    a password, no token is on any command line, the banner shows no push or worker token."""
+    assert set(tokens) == {"admin", "push", "worker"}
+    for path, mode in (
+        (home, 0o700),
+        (home / "pinflow.db", 0o600),
+        (home / "up-tokens.json", 0o600),
+    ):
+        assert path.stat().st_mode & 0o777 == mode, path
+    assert (home / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
+    command_lines = {
+        pid: Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        for pid in descendants(up_pid)
+        if Path(f"/proc/{pid}").exists()
+    }
+    for secret in tokens.values():
+        assert all(secret not in line for line in command_lines.values()), (
+            "a token on a command line"
+        )
+    assert tokens["push"] not in output and tokens["worker"] not in output
+    # redis-server retitles itself "redis-server 127.0.0.1:PORT"
+    (port,) = {
+        int(m[1])
+        for line in command_lines.values()
+        if (m := re.search(r"redis-server \S*:(\d+)", line))
+    }
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+
+
+def test_up_tokens_are_made_once_and_the_admin_token_is_printed_once(tmp_path, capsys):
+    settings = Settings.load(home=str(tmp_path / "home"))
+    settings.make_home()
+    db = Database(settings.database_url)
+    upgrade(db)
+    first, new = load_tokens(settings, db)
+    again, renewed = load_tokens(settings, db)
+    db.dispose()
+    assert new and not renewed and again == first
+    banner("http://127.0.0.1:1", first, False, tokens_path(settings))
+    shown = capsys.readouterr().out
+    assert all(secret not in shown for secret in first.values())
+    assert str(tokens_path(settings)) in shown and "credential." in shown
 
 
 def test_up_demo(tmp_path: Path):
@@ -53,6 +106,7 @@ def test_up_demo(tmp_path: Path):
         output = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{port}/docs" in output and token in output
         assert "/git/REPO.git" in output
+        assert_private(home, proc.pid, json.loads((home / "up-tokens.json").read_text()), output)
 
         # A new commit pushed to the demo repo becomes current and runs.
         work = Git(tmp_path / "demo")

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from pinflow.supervise import descendants
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
 from tests.support.dags import sleeps_on_first_try
@@ -103,7 +102,7 @@ def test_a_try_taken_away_stops_its_task_at_the_next_heartbeat(cluster: Cluster,
     run = sleeper_running(cluster, tmp_path, f"taken_{uid}", seconds=60)
     worker = cluster.workers[0]
     assert worker.proc is not None
-    horses = descendants(worker.proc.pid)
+    horses = worker.horses()
     assert len(horses) == 1
     os.kill(horses[0], signal.SIGSTOP)
     try:
@@ -114,6 +113,6 @@ def test_a_try_taken_away_stops_its_task_at_the_next_heartbeat(cluster: Cluster,
     while time.monotonic() < deadline and "not reported" not in worker.log():
         time.sleep(0.2)
     assert "not reported" in worker.log(), worker.log()[-2000:]
-    assert not descendants(worker.proc.pid)  # the horse is gone: it did not sleep on
+    assert not worker.horses()  # the horse is gone: it did not sleep on
     tasks = {t["task_id"]: t for t in cluster.run(run["run_id"])["tasks"]}
     assert "no heartbeat" in tasks["sleeper"]["error"]  # the scheduler's verdict stands

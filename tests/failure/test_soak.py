@@ -28,7 +28,6 @@ import pytest
 from sqlalchemy import func, select
 
 from dagstore.db import Database, as_utc
-from pinflow.supervise import descendants
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from tests.conftest import BACKENDS, _database_for
 from tests.failure.test_crashes import report
@@ -187,7 +186,7 @@ class Soak:
         """Workers with a work horse right now: a kill then takes a try with it."""
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            busy = [w for w in self.cluster.workers if w.proc and descendants(w.proc.pid)]
+            busy = [w for w in self.cluster.workers if w.proc and w.horses()]
             if busy:
                 return busy
             time.sleep(0.01)

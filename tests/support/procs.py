@@ -38,6 +38,13 @@ class PinflowProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def horses(self) -> list[int]:
+        """A worker's work horses: below its RQ worker, which is below the token agent
+        (runner/agent.py) that `pinflow worker` becomes."""
+        assert self.proc is not None
+        rq = [pid for pid in descendants(self.proc.pid) if _parent(pid) == self.proc.pid]
+        return [horse for pid in rq for horse in descendants(pid)]
+
     def kill9(self) -> list[int]:
         """Kill the process and all its descendants at once (RQ's work horse has its own
         process group, so killing the group alone would spare it); returns their pids."""
@@ -67,3 +74,10 @@ class PinflowProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -111,7 +111,11 @@ class ServerProcess:
             self._log.close()
 
     def api(self, scope: str = "admin") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.tokens[scope]}"} if scope else {}
+        return self.api_as(self.tokens[scope] if scope else None)
+
+    def api_as(self, secret: str | None) -> httpx.Client:
+        """A client sending `secret` (any token or try credential) as its bearer."""
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         return httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=30)
 
     def create_repo(self, name: str, track: str = "main", strict: bool = False) -> dict:

@@ -1,0 +1,54 @@
+"""Whether a try credential (`dagstore.grant`) is live: the scheduler's side of the check.
+
+A credential works only for the try it names while that try is the task instance's current
+one and its hash is the stored one; the conditional updates of heartbeat and finish refuse
+anything for a try that is no longer running, so a credential ends with its try.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dagstore.errors import Forbidden
+from dagstore.grant import TryGrant
+from dagstore.models import Repo, Token
+from scheduler.models import DagRun, TaskInstance
+
+
+def granted_version(session: Session, grant: TryGrant) -> tuple[str, str] | None:
+    """(repo, sha) the grant's try runs, while that try is running under this credential."""
+    row = session.execute(
+        select(Repo.name, DagRun.sha)
+        .join(DagRun, DagRun.repo_id == Repo.id)
+        .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
+        .where(
+            TaskInstance.id == grant.ti_id,
+            TaskInstance.try_number == grant.try_number,
+            TaskInstance.state == "running",
+            TaskInstance.grant_hash == grant.digest,
+        )
+    ).one_or_none()
+    return (row.name, row.sha) if row is not None else None
+
+
+def authorize_try(session: Session, who: Token | TryGrant, ti_id: int, try_number: int) -> None:
+    """A worker token may act on any try; a try credential on its own try only.
+
+    A credential for a try that has since been retried is let through to the conditional
+    update, which answers 409 as it does a late worker: its task is stopped at once."""
+    if not isinstance(who, TryGrant):
+        return
+    if (who.ti_id, who.try_number) != (ti_id, try_number):
+        raise Forbidden(
+            f"this credential is for try {who.try_number} of task instance {who.ti_id} only"
+        )
+    current = session.execute(
+        select(TaskInstance.try_number, TaskInstance.grant_hash).where(TaskInstance.id == ti_id)
+    ).one_or_none()
+    if current is None or current.try_number != try_number:
+        return  # retried since, or gone: the conditional update says so (409, 404)
+    if current.grant_hash is None or not hmac.compare_digest(current.grant_hash, who.digest):
+        raise Forbidden("this try credential was never issued or has been replaced")
