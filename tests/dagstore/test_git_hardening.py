@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from sqlalchemy import func, select
 
 from dagstore.db import Database
 from dagstore.gitmodels import GitPack
-from tests.support.git import Git
+from tests.support.git import Git, pack_objects
 from tests.support.server import ServerProcess, start_server
 
 ZERO = "0" * 40
@@ -78,17 +77,6 @@ def update(old: str, new: str, ref: str = "refs/heads/main") -> bytes:
     return pkt_line(f"{old} {new} {ref}\0report-status\n".encode()) + pkt_line(None)
 
 
-def pack_of(work: Git, objects: str, *args: str) -> bytes:
-    return subprocess.run(
-        ["git", "pack-objects", "--stdout", "-q", *args],
-        cwd=work.path,
-        env=work.env,
-        input=objects.encode(),
-        capture_output=True,
-        check=True,
-    ).stdout
-
-
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -104,7 +92,7 @@ def pack_of(work: Git, objects: str, *args: str) -> bytes:
 def test_only_canonical_smart_http_paths_are_answered(server, pushed, repo_name, method, path):
     work, sha = pushed
     new = work.commit("more", **{"b.py": "1\n"})
-    body = update(sha, new) + pack_of(work, f"{new}\n^{sha}\n", "--revs")
+    body = update(sha, new) + pack_objects(work, f"{new}\n^{sha}\n", "--revs")
     response = httpx.request(
         method,
         f"{server.url}/git/{path.format(repo=repo_name)}",
@@ -133,7 +121,7 @@ def test_a_small_gzip_body_cannot_carry_a_large_pack(server, pushed, repo_name):
     work, sha = pushed
     work.write("zeros.bin", b"\0" * (8 * LIMIT))
     new = work.commit("zeros")
-    pack = pack_of(work, f"{new}\n^{sha}\n", "--revs", "--compression=0")
+    pack = pack_objects(work, f"{new}\n^{sha}\n", "--revs", "--compression=0")
     assert len(pack) > 8 * LIMIT
     body = gzip.compress(update(sha, new) + pack)
     assert len(body) < 64 * 1024

@@ -28,7 +28,7 @@ from dagstore.scopes import SCOPES, grants
 from scheduler.models import DagRun, TaskInstance
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
-from tests.support.git import Git, clone
+from tests.support.git import Git, clone, pack_objects
 from tests.support.store import fsck, refs_of, storage_for
 
 DAG_ID = "bad_input_flow"
@@ -218,17 +218,6 @@ class Pieces:
     empty: bytes
 
 
-def _pack(work: Git, objects: str, *args: str) -> bytes:
-    return subprocess.run(
-        ["git", "pack-objects", "--stdout", "-q", *args],
-        cwd=work.path,
-        env=work.env,
-        input=objects.encode(),
-        capture_output=True,
-        check=True,
-    ).stdout
-
-
 def _pieces(victim: Victim) -> Pieces:
     tip = victim.tip()
     new = victim.work.commit("never lands in one piece", **{"b.txt": uuid.uuid4().hex})
@@ -237,10 +226,10 @@ def _pieces(victim: Victim) -> Pieces:
     return Pieces(
         tip=tip,
         new=new,
-        pack=_pack(victim.work, f"{new}\n^{tip}\n", "--revs"),
+        pack=pack_objects(victim.work, f"{new}\n^{tip}\n", "--revs"),
         blob=blob,
-        blob_pack=_pack(victim.work, f"{blob}\n"),
-        empty=_pack(victim.work, ""),
+        blob_pack=pack_objects(victim.work, f"{blob}\n"),
+        empty=pack_objects(victim.work, ""),
     )
 
 

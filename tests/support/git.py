@@ -68,6 +68,18 @@ class Git:
         return self.run("rev-parse", ref).stdout.strip()
 
 
+def pack_objects(work: Git, objects: str, *args: str) -> bytes:
+    """`git pack-objects --stdout` of `objects` (one per line) in `work`: a pack's bytes."""
+    return subprocess.run(
+        ["git", "pack-objects", "--stdout", "-q", *args],
+        cwd=work.path,
+        env=work.env,
+        input=objects.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
 def clone(url: str, dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", "clone", "-q", *args, url, str(dest)],
