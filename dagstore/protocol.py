@@ -76,6 +76,11 @@ class TaskSpec(BaseModel):
 
 class Heartbeat(BaseModel):
     try_number: int = Field(ge=1, le=MAX_DB_INT)
+    # The task's log so far is shipped in pieces with heartbeats, so it can be followed while
+    # the task runs: `log` is the text from byte `log_offset` on. The answer says how many
+    # bytes the server holds, which is where the next piece starts.
+    log_offset: int = Field(default=0, ge=0, le=MAX_LOG_BYTES * 2)
+    log: str | None = Field(default=None, max_length=MAX_LOG_BYTES * 2)
 
 
 class FinishRequest(BaseModel):

@@ -104,12 +104,23 @@ class WorkerClient:
         sent = time.monotonic() - response.elapsed.total_seconds()
         return TaskSpec.model_validate(response.json()), sent
 
-    def heartbeat(self, ti_id: int, try_number: int, timeout: float | None = None) -> None:
-        """One try, no retry: the heartbeat thread decides what a failure means."""
-        body = Heartbeat(try_number=try_number).model_dump()
+    def heartbeat(
+        self,
+        ti_id: int,
+        try_number: int,
+        timeout: float | None = None,
+        log: tuple[int, str] | None = None,
+    ) -> int | None:
+        """One try, no retry: the heartbeat thread decides what a failure means. `log` is a
+        piece of the task's log and the byte it starts at; returns the bytes the server holds
+        (None from a server that does not keep pieces)."""
+        offset, piece = log or (0, "")
+        body = Heartbeat(try_number=try_number, log_offset=offset, log=piece or None).model_dump()
         path = f"/task-instances/{ti_id}/heartbeat"
         kwargs: dict[str, Any] = {"timeout": timeout} if timeout else {}
-        self.request("POST", path, json=body, retry=False, **kwargs)
+        answer = self.request("POST", path, json=body, retry=False, **kwargs).json()
+        held = answer.get("log_bytes") if isinstance(answer, dict) else None
+        return held if isinstance(held, int) else None
 
     def finish(self, ti_id: int, report: FinishRequest) -> None:
         self.request("POST", f"/task-instances/{ti_id}/finish", json=report.model_dump(mode="json"))

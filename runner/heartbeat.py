@@ -25,6 +25,7 @@ from typing import Any
 
 from dagstore.errors import Conflict, PinflowError
 from dagstore.protocol import TaskSpec
+from runner.capture import CappedLog
 from runner.client import WorkerClient
 
 log = logging.getLogger("pinflow.worker")
@@ -35,6 +36,7 @@ ABANDON_SIGNAL = signal.SIGUSR1
 FENCE_FRACTION = 0.75  # of the server's heartbeat timeout: stop the task after this silence
 HARD_EXIT_FRACTION = 0.125  # then this much more for the task to stop before its process ends
 HARD_EXIT_CODE = 75
+LOG_EVERY = 1.0  # seconds: how soon a printed line can be followed
 
 
 class Abandoned(BaseException):
@@ -46,8 +48,12 @@ def on_abandon(_signum: int, _frame: Any) -> None:
 
 
 class Heartbeater(threading.Thread):
-    def __init__(self, client: WorkerClient, spec: TaskSpec, last_ok: float) -> None:
-        """`last_ok`: when (time.monotonic()) the claim that the server recorded was sent."""
+    def __init__(
+        self, client: WorkerClient, spec: TaskSpec, last_ok: float, log: CappedLog | None = None
+    ) -> None:
+        """`last_ok`: when (time.monotonic()) the claim that the server recorded was sent.
+        `log`: the task's log, shipped as it grows (at most every LOG_EVERY seconds, and only
+        when it grew) so it can be followed while the task runs."""
         super().__init__(daemon=True, name="pinflow-heartbeat")
         self.client, self.ti_id, self.try_number = client, spec.ti_id, spec.try_number
         self.interval = spec.heartbeat_interval
@@ -55,31 +61,50 @@ class Heartbeater(threading.Thread):
         self.fence_after = timeout * FENCE_FRACTION if timeout else float("inf")
         self.hard_exit_after = timeout * HARD_EXIT_FRACTION if timeout else 0.0
         self.last_ok = last_ok
+        self.log = log
+        self.shipped = 0  # bytes of the log the server holds
         self.done = threading.Event()
         self.abandoned = ""  # why the task was stopped; empty while it is ours
         self.main_ident = threading.main_thread().ident or 0
 
     def run(self) -> None:
+        next_beat = self.last_ok + self.interval
         while True:
-            left = self.last_ok + self.fence_after - time.monotonic()
+            now = time.monotonic()
+            left = self.last_ok + self.fence_after - now
             if left <= 0:
-                silent = time.monotonic() - self.last_ok
+                silent = now - self.last_ok
                 self.stop_task(f"no heartbeat got through for {silent:.1f} s")
                 return
-            if self.done.wait(min(self.interval, left)):
+            wait = min(next_beat - now, left, LOG_EVERY if self.log is not None else left)
+            if self.done.wait(max(wait, 0.0)):
                 return
             if time.monotonic() >= self.last_ok + self.fence_after:
                 continue
+            piece = self._unshipped()
+            if time.monotonic() < next_beat and not piece:
+                continue  # woke to ship the log, but nothing new was printed
             sent = time.monotonic()
             try:
-                self.client.heartbeat(self.ti_id, self.try_number, timeout=self.interval)
+                held = self.client.heartbeat(
+                    self.ti_id, self.try_number, timeout=self.interval, log=(self.shipped, piece)
+                )
             except Conflict as exc:
                 self.stop_task(f"taken away: {exc.detail}")
                 return
             except PinflowError as exc:
                 log.warning("heartbeat failed: %s", exc.detail)
+                next_beat = time.monotonic() + min(self.interval, LOG_EVERY)
                 continue
-            self.last_ok = sent
+            self.last_ok, next_beat = sent, sent + self.interval
+            if held is not None:
+                self.shipped = held
+
+    def _unshipped(self) -> str:
+        if self.log is None:
+            return ""
+        data = self.log.getvalue().encode("utf-8")
+        return data[self.shipped :].decode("utf-8", "replace") if len(data) > self.shipped else ""
 
     def stop_task(self, why: str) -> None:
         self.abandoned = why

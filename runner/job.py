@@ -98,7 +98,7 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
         f"pinflow: {spec.dag_id}.{spec.task_id} try {spec.try_number} of run "
         f"{spec.run_id} at {spec.repo}@{spec.sha} on {worker_name()}"
     )
-    beat = Heartbeater(client, spec, claimed.sent)
+    beat = Heartbeater(client, spec, claimed.sent, task_log)
     previous = signal.signal(ABANDON_SIGNAL, on_abandon)
     beat.start()
     try:

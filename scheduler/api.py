@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -11,7 +12,7 @@ from sqlalchemy import select, update
 
 from dagstore.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
 from dagstore.dags import get_dag
-from dagstore.db import db_time, iso
+from dagstore.db import as_utc, db_time, iso
 from dagstore.errors import NotFound
 from dagstore.grant import issue_grant
 from dagstore.models import Dag
@@ -23,16 +24,19 @@ from dagstore.protocol import (
     JobPayload,
     TaskSpec,
 )
+from scheduler.backfill import backfill_json, create_backfill, release_held
+from scheduler.cancel import cancel
+from scheduler.clear import ClearRequest, clear
 from scheduler.enqueue import Enqueuer
 from scheduler.grants import authorize_try
-from scheduler.models import DagRun, TaskInstance, TaskTry
+from scheduler.models import Backfill, DagRun, TaskInstance, TaskTry
+from scheduler.runs import RUN_STATES
 from scheduler.taskstate import queue_ready
-from scheduler.tries import claim, finish, heartbeat
-from scheduler.trigger import resolve_target, trigger
+from scheduler.tries import append_log, claim, finish, heartbeat
+from scheduler.trigger import pinned_dag, resolve_target, trigger
 from scheduler.views import get_run, run_json, tasks_json
 
 router = APIRouter()
-RUN_STATES = ("queued", "running", "success", "failed")
 
 
 def get_enqueuer(request: Request) -> Enqueuer | None:
@@ -74,7 +78,7 @@ def get_runs(
     store: StoreDep,
     _: ReadToken,
     dag_id: str | None = None,
-    state: Annotated[str | None, Query(pattern="^(queued|running|success|failed)$")] = None,
+    state: Annotated[str | None, Query(pattern=f"^({'|'.join(RUN_STATES)})$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     query = select(DagRun).order_by(DagRun.id.desc()).limit(limit)
@@ -93,6 +97,87 @@ def get_one_run(run_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
         return run_json(run, tasks_json(session, run))
 
 
+class BackfillBody(BaseModel):
+    start: datetime
+    end: datetime
+    ref: str | None = Field(default=None, max_length=255)
+    sha: str | None = Field(default=None, max_length=40)
+    max_active_runs: int | None = Field(default=None, ge=1, le=1000)
+
+
+@router.post("/dags/{dag_id}/backfill", status_code=201, tags=["runs"])
+def post_backfill(
+    dag_id: str, body: BackfillBody, store: StoreDep, enqueuer: EnqueuerDep, token: TriggerToken
+) -> dict[str, Any]:
+    """One run per schedule tick in [start, end], pinned to `sha`, `ref` or the current
+    version; ticks that have a run already are skipped and listed."""
+    repo, sha = resolve_target(store, dag_id, body.ref, body.sha)
+    with store.db.write() as session:
+        vd = pinned_dag(session, repo, dag_id, sha)
+        made = create_backfill(
+            session,
+            dag_id,
+            sha,
+            vd.fileloc,
+            vd.structure,
+            as_utc(body.start),
+            as_utc(body.end),
+            body.max_active_runs,
+            f"backfill:{token.name or token.id}",
+        )
+        now = db_time(session)
+        release_held(session, now, made.backfill.id)
+        payloads = queue_ready(session, now) if enqueuer else []
+        out = backfill_json(session, made.backfill)
+    _enqueue(enqueuer, payloads)
+    return {**out, "created": made.created, "skipped": made.skipped}
+
+
+@router.get("/backfills/{backfill_id}", tags=["runs"])
+def get_backfill(backfill_id: TaskInstanceId, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    with store.db.read() as session:
+        backfill = session.get(Backfill, backfill_id)
+        if backfill is None:
+            raise NotFound(f"backfill {backfill_id} does not exist")
+        return backfill_json(session, backfill)
+
+
+class ClearBody(BaseModel):
+    task_ids: list[Annotated[str, Field(min_length=1, max_length=250)]] | None = Field(
+        default=None, max_length=10_000
+    )
+    failed_only: bool = False
+    downstream: bool = False
+    on_latest: bool = False
+
+
+@router.post("/runs/{run_id}/clear", tags=["runs"])
+def post_clear(
+    run_id: str, body: ClearBody, store: StoreDep, enqueuer: EnqueuerDep, _: TriggerToken
+) -> dict[str, Any]:
+    """Run tasks again (a new try each), on the run's own sha unless `on_latest`; 409 for a
+    queued or running task (cancel first) or a current version that lacks a cleared task."""
+    request = ClearRequest(body.task_ids, body.failed_only, body.downstream, body.on_latest)
+    with store.db.write() as session:
+        now = db_time(session)
+        cleared = clear(session, run_id, request, now)
+        run = get_run(session, run_id)
+        payloads = queue_ready(session, now, run_pk=run.id) if enqueuer else []
+        out = run_json(run, tasks_json(session, run))
+    _enqueue(enqueuer, payloads)
+    return {**out, "cleared": cleared}
+
+
+@router.post("/runs/{run_id}/cancel", tags=["runs"])
+def post_cancel(run_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
+    """Queued and scheduled tasks never start; running ones are stopped by their worker at
+    its next heartbeat; the run ends `canceled`. 409 when the run has ended already."""
+    with store.db.write() as session:
+        stopped = cancel(session, run_id, db_time(session))
+        run = get_run(session, run_id)
+        return {**run_json(run, tasks_json(session, run)), "canceled_tasks": stopped}
+
+
 @router.get("/runs/{run_id}/tasks/{task_id}/logs", tags=["runs"], response_class=PlainTextResponse)
 def get_logs(
     run_id: str,
@@ -100,7 +185,11 @@ def get_logs(
     store: StoreDep,
     _: ReadToken,
     try_number: Annotated[int | None, Query(alias="try", ge=1, le=MAX_DB_INT)] = None,
-) -> str:
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT, description="from this byte on")] = 0,
+) -> PlainTextResponse:
+    """The try's log (the latest try by default) from byte `offset`: what it printed so far
+    while it runs. Headers say whether it has ended (`X-Pinflow-Try-Ended`), its state, and
+    the log's size in bytes, where a follower asks next (`X-Pinflow-Log-Bytes`)."""
     with store.db.read() as session:
         run = get_run(session, run_id)
         ti = session.scalar(
@@ -115,8 +204,17 @@ def get_logs(
             select(TaskTry).where(TaskTry.ti_id == ti.id, TaskTry.try_number == wanted)
         )
         if entry is None:
+            if not ti.try_number:
+                raise NotFound(f"task {task_id!r} of run {run_id!r} never ran ({ti.state})")
             raise NotFound(f"task {task_id!r} of run {run_id!r} has no try {wanted}")
-        return entry.log
+        data = entry.log.encode("utf-8")
+        headers = {
+            "X-Pinflow-Try": str(wanted),
+            "X-Pinflow-Try-State": entry.state,
+            "X-Pinflow-Try-Ended": "false" if entry.state == "running" else "true",
+            "X-Pinflow-Log-Bytes": str(len(data)),
+        }
+        return PlainTextResponse(data[offset:].decode("utf-8", "replace"), headers=headers)
 
 
 def _set_paused(store: StoreDep, dag_id: str, paused: bool) -> dict[str, Any]:
@@ -183,11 +281,12 @@ def post_claim(
 @router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"])
 def post_heartbeat(
     ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, who: WorkerOrTry
-) -> dict[str, str]:
+) -> dict[str, Any]:
     with store.db.write() as session:
         authorize_try(session, who, ti_id, body.try_number)
         heartbeat(session, ti_id, body.try_number, db_time(session))
-    return {"state": "running"}
+        held = append_log(session, ti_id, body.try_number, body.log_offset, body.log or "")
+    return {"state": "running", "log_bytes": held}
 
 
 @router.post("/task-instances/{ti_id}/finish", tags=["workers"])

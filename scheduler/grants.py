@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dagstore.errors import Forbidden
@@ -21,7 +21,7 @@ from scheduler.models import DagRun, TaskInstance
 def granted_version(session: Session, grant: TryGrant) -> tuple[str, str] | None:
     """(repo, sha) the grant's try runs, while that try is running under this credential."""
     row = session.execute(
-        select(Repo.name, DagRun.sha)
+        select(Repo.name, func.coalesce(TaskInstance.sha, DagRun.sha).label("sha"))
         .join(DagRun, DagRun.repo_id == Repo.id)
         .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
         .where(

@@ -24,6 +24,7 @@ from datetime import timedelta
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dagstore.db import Database, db_time
+from scheduler.backfill import release_held
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.health import WriteHealth
 from scheduler.lease import Lease, holds, lease_due_dags, release
@@ -136,7 +137,9 @@ class Scheduler:
 
     def queue_tasks(self) -> int:
         with self.health.write() as session:
-            payloads = queue_ready(session, db_time(session))
+            now = db_time(session)
+            release_held(session, now)  # backfill runs, as their max_active_runs allows
+            payloads = queue_ready(session, now)
         if payloads and self.enqueuer is not None:
             self.enqueuer.enqueue(payloads)
         return len(payloads)

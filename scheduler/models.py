@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -27,6 +29,7 @@ class DagRun(Base):
         UniqueConstraint("dag_id", "scheduled_key", name="uq_dag_runs_scheduled"),
         Index("ix_dag_runs_dag_state", "dag_id", "state"),
         Index("ix_dag_runs_state", "state"),  # the recovery pass looks at active runs
+        Index("ix_dag_runs_backfill", "backfill_id", "held"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -37,13 +40,32 @@ class DagRun(Base):
     fileloc: Mapped[str] = mapped_column(String(1024))
     logical_date: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     scheduled_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    run_type: Mapped[str] = mapped_column(String(20))  # scheduled | manual
+    run_type: Mapped[str] = mapped_column(String(20))  # scheduled | manual | backfill
     created_by: Mapped[str] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(20), default="queued")
     conf: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=db_now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A backfill's run; `held` until the backfill's max_active_runs lets it start
+    # (`scheduler.backfill`): a held run is not active for anything else.
+    backfill_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    held: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+
+
+class Backfill(Base):
+    """Runs of one DAG for a range of past schedule ticks, pinned to one commit."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250), index=True)
+    sha: Mapped[str] = mapped_column(String(40))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    max_active_runs: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=db_now())
 
 
 class TaskInstance(Base):
@@ -76,6 +98,13 @@ class TaskInstance(Base):
     grant_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result: Mapped[object | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set only by a clear "on latest": the commit (and file) this task runs instead of the
+    # run's own. NULL means the run's sha, which is what every task runs by default.
+    sha: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    fileloc: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # Retries the DAG gives this task: a clear allows that many again (NULL in rows made
+    # before 0007: max_tries - 1 then, as they were never cleared).
+    retries: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class TaskTry(Base):
@@ -93,3 +122,4 @@ class TaskTry(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     log: Mapped[str] = mapped_column(Text, default="")
+    sha: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the commit it ran

@@ -13,12 +13,14 @@ from dagstore.models import Dag
 from scheduler.models import DagRun, TaskInstance
 
 ACTIVE_RUN_STATES = ("queued", "running")
+RUN_STATES = ("queued", "running", "success", "failed", "canceled")
+KEYED_RUN_TYPES = ("scheduled", "backfill")  # runs that stand for a schedule tick
 
 
 def make_run_id(run_type: str, logical_date: datetime) -> str:
     stamp = logical_date.strftime("%Y-%m-%dT%H:%M:%S")
-    if run_type == "scheduled":
-        return f"scheduled__{stamp}"
+    if run_type in KEYED_RUN_TYPES:  # one run per tick: the stamp is unique
+        return f"{run_type}__{stamp}"
     return f"manual__{stamp}__{secrets.token_hex(3)}"
 
 
@@ -43,7 +45,7 @@ def create_run(
         sha=sha,
         fileloc=fileloc,
         logical_date=logical_date,
-        scheduled_key=logical_date.isoformat() if run_type == "scheduled" else None,
+        scheduled_key=logical_date.isoformat() if run_type in KEYED_RUN_TYPES else None,
         run_type=run_type,
         created_by=created_by,
         state="queued",
@@ -59,6 +61,7 @@ def create_run(
             state="none",
             try_number=0,
             max_tries=int(task.get("retries") or 0) + 1,
+            retries=int(task.get("retries") or 0),
             retry_delay=float(task.get("retry_delay") or 0.0),
             timeout=task.get("timeout"),
             queue=task.get("queue") or "default",
@@ -74,7 +77,7 @@ def active_runs(session: Session, dag_id: str) -> int:
         session.scalar(
             select(func.count())
             .select_from(DagRun)
-            .where(DagRun.dag_id == dag_id, DagRun.state.in_(ACTIVE_RUN_STATES))
+            .where(DagRun.dag_id == dag_id, DagRun.state.in_(ACTIVE_RUN_STATES), ~DagRun.held)
         )
         or 0
     )
@@ -83,7 +86,16 @@ def active_runs(session: Session, dag_id: str) -> int:
 def create_scheduled_runs(
     session: Session, dag: Dag, logical_dates: list[datetime], scheduler: str
 ) -> list[DagRun]:
-    """Scheduled runs pinned to the DAG's current version; the unique key refuses repeats."""
+    """Scheduled runs pinned to the DAG's current version; the unique key refuses repeats.
+    Ticks a backfill has run already are left out (the caller holds the DAG row's lock)."""
+    keys = [d.isoformat() for d in logical_dates]
+    taken = set(
+        session.scalars(
+            select(DagRun.scheduled_key).where(
+                DagRun.dag_id == dag.dag_id, DagRun.scheduled_key.in_(keys)
+            )
+        )
+    )
     return [
         create_run(
             session,
@@ -97,4 +109,5 @@ def create_scheduled_runs(
             created_by=f"scheduler:{scheduler}",
         )
         for logical_date in logical_dates
+        if logical_date.isoformat() not in taken
     ]

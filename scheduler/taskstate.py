@@ -4,6 +4,9 @@
       │                    ▲          ├─────► failed
       └─► upstream_failed  │          └─────► up_for_retry ─┘ (after retry_delay, try + 1)
 
+    any unfinished state ─► canceled (the run is canceled: `scheduler.cancel`)
+    any state but queued and running ─► none (cleared: `scheduler.clear`, try + 1 next)
+
 Two parties (two schedulers, a scheduler and a late worker, a retried worker and its ghost)
 can never both win a transition: each UPDATE names the state (and try) it expects, and the
 loser sees rowcount 0.
@@ -29,8 +32,8 @@ from dagstore.protocol import JobPayload
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
 
-TERMINAL = frozenset({"success", "failed", "upstream_failed"})
-FAILED = frozenset({"failed", "upstream_failed"})
+TERMINAL = frozenset({"success", "failed", "upstream_failed", "canceled"})
+FAILED = frozenset({"failed", "upstream_failed", "canceled"})
 # A task in one of these states will move its run along by itself (a worker or the scheduler
 # acts on it); a run with none of them can only move if someone evaluates it again.
 MOVING = ("scheduled", "queued", "running", "up_for_retry")
@@ -183,8 +186,8 @@ def payload(ti: TaskInstance, run: DagRun, repo_name: str, try_number: int) -> J
         try_number=try_number,
         run_id=run.run_id,
         repo=repo_name,
-        sha=run.sha,
-        fileloc=run.fileloc,
+        sha=ti.sha or run.sha,
+        fileloc=ti.fileloc or run.fileloc,
         dag_id=run.dag_id,
         task_id=ti.task_id,
         queue=ti.queue,
@@ -206,7 +209,7 @@ def settle_stuck(session: Session, now: datetime, limit: int = 100) -> list[str]
     )
     query = (
         select(DagRun)
-        .where(DagRun.state.in_(ACTIVE_RUN_STATES), ~moving)
+        .where(DagRun.state.in_(ACTIVE_RUN_STATES), ~moving, ~DagRun.held)
         .order_by(DagRun.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

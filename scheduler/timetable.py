@@ -57,3 +57,22 @@ def due_runs(
     if tick is not None and end is not None and tick > end:
         tick = None
     return Due(dates, tick)
+
+
+def ticks_between(
+    structure: dict[str, Any], start: datetime, end: datetime, limit: int, count_to: int
+) -> tuple[list[datetime], int]:
+    """The schedule's ticks in [start, end] (at most `limit` of them), and how many there are
+    (counted up to `count_to`, so a huge range is refused quickly with a number)."""
+    schedule = schedule_from_json(
+        structure.get("schedule"), anchor=_parse_time(structure.get("start_date")) or start
+    )
+    ticks: list[datetime] = []
+    count = 0
+    tick = schedule.next_after(start - _EPSILON)
+    while tick is not None and tick <= end and count < count_to:
+        if len(ticks) < limit:
+            ticks.append(tick)
+        count += 1
+        tick = schedule.next_after(tick)
+    return ticks, count

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dagstore.errors import Conflict, NotFound
 from dagstore.models import Repo
+from dagstore.protocol import MAX_LOG_BYTES
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.taskstate import schedule_ready, start_run, transition
 
@@ -60,8 +61,8 @@ def claim(
             DagRun.state.label("run_state"),
             DagRun.run_id,
             DagRun.dag_id,
-            DagRun.sha,
-            DagRun.fileloc,
+            func.coalesce(TaskInstance.sha, DagRun.sha).label("sha"),
+            func.coalesce(TaskInstance.fileloc, DagRun.fileloc).label("fileloc"),
             DagRun.logical_date,
             DagRun.conf,
             Repo.name.label("repo"),
@@ -94,6 +95,7 @@ def claim(
                 worker=worker,
                 started_at=now,
                 log="",
+                sha=row.sha,
             )
         )
         if row.run_state == "queued":
@@ -115,6 +117,33 @@ def claim(
 def heartbeat(session: Session, ti_id: int, try_number: int, now: datetime) -> None:
     if not transition(session, ti_id, ("running",), try_number, heartbeat_at=now):
         raise _conflict(session, ti_id, try_number, "is no longer running")
+
+
+def append_log(session: Session, ti_id: int, try_number: int, offset: int, text: str) -> int:
+    """Add the piece of a running try's log that starts at byte `offset`; returns the bytes
+    held. A piece that overlaps what is held adds only what is new; one past the end (an
+    earlier piece was lost) adds nothing: the worker resends from the returned offset. The
+    caller has just heartbeated this try, so no finish can interleave."""
+    held = session.scalar(
+        select(TaskTry.log).where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
+    )
+    if held is None:
+        return 0
+    data, piece = held.encode("utf-8"), text.encode("utf-8")
+    if offset > len(data) or offset + len(piece) <= len(data):
+        return len(data)
+    room = MAX_LOG_BYTES + 256 - len(data)  # CappedLog caps the worker's side already
+    new = piece[len(data) - offset :][: max(room, 0)]
+    if not new:
+        return len(data)
+    data += new
+    session.execute(
+        update(TaskTry)
+        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
+        .values(log=data.decode("utf-8", "replace"))
+        .execution_options(synchronize_session=False)
+    )
+    return len(data)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dagstore.dags import get_dag, version_dag
 from dagstore.db import db_time
 from dagstore.errors import BadRequest, Conflict, NotFound
 from dagstore.gitrepo import resolve_commit
-from dagstore.models import Repo, Version, VersionError
+from dagstore.models import Repo, Version, VersionDag, VersionError
 from dagstore.parse import parse_commit
 from scheduler.models import DagRun
 from scheduler.runs import create_run
@@ -49,10 +49,8 @@ def resolve_target(
     return repo, full
 
 
-def trigger(
-    session: Session, repo: Repo, dag_id: str, sha: str, conf: dict[str, Any], who: str
-) -> DagRun:
-    """Create a manual run of `dag_id` as commit `sha` defines it (in the caller's transaction)."""
+def pinned_dag(session: Session, repo: Repo, dag_id: str, sha: str) -> VersionDag:
+    """The DAG as commit `sha` defines it; 400 saying why when it does not."""
     vd = version_dag(session, repo.id, sha, dag_id)
     if vd is None:
         errors = session.scalars(
@@ -62,6 +60,14 @@ def trigger(
         ).all()
         why = f" (errors there: {'; '.join(errors)})" if errors else ""
         raise BadRequest(f"DAG {dag_id!r} does not exist or failed to parse at {sha[:12]}{why}")
+    return vd
+
+
+def trigger(
+    session: Session, repo: Repo, dag_id: str, sha: str, conf: dict[str, Any], who: str
+) -> DagRun:
+    """Create a manual run of `dag_id` as commit `sha` defines it (in the caller's transaction)."""
+    vd = pinned_dag(session, repo, dag_id, sha)
     now = db_time(session)
     run = create_run(
         session,

@@ -35,6 +35,9 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
     }
     if tasks is not None:
         body["tasks"] = tasks
+        # Every commit a try of this run ran: more than one after a clear "on latest".
+        ran = [t["sha"] for task in tasks for t in task["tries"]]
+        body["shas"] = list(dict.fromkeys(ran or [run.sha]))
     return body
 
 
@@ -50,6 +53,7 @@ def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
             {
                 "try_number": t.try_number,
                 "state": t.state,
+                "sha": t.sha or run.sha,
                 "worker": t.worker,
                 "started_at": iso(t.started_at),
                 "ended_at": iso(t.ended_at),
@@ -60,6 +64,7 @@ def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
         {
             "task_id": ti.task_id,
             "state": ti.state,
+            "sha": ti.sha or run.sha,  # what its next (or current) try runs
             "try_number": ti.try_number,
             "max_tries": ti.max_tries,
             "upstream": ti.upstream,

@@ -11,6 +11,8 @@ from sqlalchemy import text
 
 from dagstore.auth import AdminToken, ReadToken, StoreDep, VersionReader
 from dagstore.dags import version_contents
+from dagstore.diff import diff_dags, diff_files
+from dagstore.errors import BadRequest
 from dagstore.gitrepo import read_file, resolve_commit, validate_full_sha
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
@@ -124,6 +126,24 @@ def get_archive(
         return Response(status_code=304, headers=headers)
     headers["Content-Disposition"] = f'attachment; filename="{repo}-{sha[:12]}.tar.gz"'
     return Response(store.archives.read(archive), media_type="application/gzip", headers=headers)
+
+
+@router.get("/repos/{repo}/diff/{spec:path}", tags=["versions"])
+def get_diff(repo: str, spec: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    """`BASE..HEAD` (branches, tags, full or short shas): the files that differ, with unified
+    diffs, and the DAGs whose structure changed."""
+    base_spec, dots, head_spec = spec.partition("..")
+    if not dots or not base_spec or not head_spec or head_spec.startswith("."):
+        raise BadRequest(f"give BASE..HEAD, not {spec!r}")
+    with store.db.read() as session:
+        row = get_repo(session, repo)
+        repo_id = row.id
+    with store.storage.open(repo) as git:
+        base, head = resolve_commit(git, base_spec), resolve_commit(git, head_spec)
+        body = diff_files(git, base, head)
+    with store.db.read() as session:
+        body["dags"] = diff_dags(session, repo_id, base, head)
+    return body
 
 
 @router.get("/repos/{repo}/files/{sha}/{path:path}", tags=["versions"])

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from dagstore.errors import PinflowError
-from pinflow.cli import dags, runs, server, store
+from pinflow.cli import dags, diff, runs, server, store
 
 app = typer.Typer(
     name="pinflow",
@@ -23,6 +23,7 @@ app = typer.Typer(
 store.register(app)
 dags.register(app)
 runs.register(app)
+diff.register(app)
 server.register(app)
 
 EXIT_CODES = {400: 2, 401: 3, 403: 3, 404: 4, 409: 5, 503: 6}

@@ -33,6 +33,14 @@ class ApiClient:
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON, or its text."""
+        response = self.response(method, path, **kwargs)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def response(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer itself (for its headers); 4xx and 5xx raise as pinflow errors."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -47,9 +55,7 @@ class ApiClient:
                 detail = response.text or response.reason_phrase
             cls = _BY_STATUS.get(response.status_code, errors.PinflowError)
             raise cls(f"{detail} (HTTP {response.status_code})")
-        if response.headers.get("content-type", "").startswith("application/json"):
-            return response.json()
-        return response.text
+        return response
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)

@@ -1,0 +1,161 @@
+"""Clearing tasks of a run so they run again: by default on the run's own commit.
+
+A cleared task goes back to `none` with its try number kept, so its next try is a new number
+and every earlier try stays on record with the sha it ran. It gets its retries again (as in
+Airflow, a clear grants the DAG's retries anew). The run goes back to `running` and moves on
+as tasks finish, exactly as if those tasks had never run.
+
+"On latest" pins the cleared tasks (only them) to the DAG's current version: each task instance
+then carries its own sha, and the run reports every sha its tries ran (`shas`). A current
+version whose structure lacks a cleared task is refused: there would be nothing to run.
+
+Queued and running tasks cannot be cleared (cancel the run first): a worker may be about to
+run them, and a clear under its feet would leave two tries of one task alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dagstore.dags import get_dag
+from dagstore.errors import Conflict, NotFound
+from dagstore.models import Dag
+from scheduler.models import DagRun, TaskInstance
+from scheduler.taskstate import FAILED, schedule_ready, transition
+
+NOT_CLEARABLE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class ClearRequest:
+    task_ids: list[str] | None = None
+    failed_only: bool = False
+    downstream: bool = False
+    on_latest: bool = False
+
+
+def lock_run(session: Session, run_id: str) -> DagRun:
+    """The run, locked against every other change to it (`scheduler.taskstate`)."""
+    run = session.scalar(
+        select(DagRun)
+        .where(DagRun.run_id == run_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if run is None:
+        raise NotFound(f"run {run_id!r} does not exist")
+    return run
+
+
+def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -> list[str]:
+    """Clear what `request` selects in run `run_id`; returns the cleared task ids."""
+    run = lock_run(session, run_id)
+    tis = {
+        ti.task_id: ti
+        for ti in session.scalars(
+            select(TaskInstance)
+            .where(TaskInstance.run_pk == run.id)
+            .execution_options(populate_existing=True)
+        )
+    }
+    chosen = _select(tis, request)
+    if not chosen:
+        raise Conflict(f"nothing to clear in run {run_id!r} (no task matches)")
+    busy = sorted(t for t in chosen if tis[t].state in NOT_CLEARABLE)
+    if busy:
+        raise Conflict(
+            f"cannot clear {', '.join(busy)}: {tis[busy[0]].state}; cancel the run first"
+        )
+    latest = _latest(session, run, chosen) if request.on_latest else None
+    for task_id in sorted(chosen):
+        ti = tis[task_id]
+        values = _cleared_values(ti, latest)
+        if not transition(session, ti.id, (ti.state,), ti.try_number, **values):
+            raise Conflict(f"task {task_id!r} changed meanwhile; try again")
+    session.execute(
+        update(DagRun)
+        .where(DagRun.id == run.id)
+        .values(state="running" if run.started_at else "queued", ended_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(run, ["state", "ended_at"])
+    schedule_ready(session, run, now)
+    return sorted(chosen)
+
+
+def _select(tis: dict[str, TaskInstance], request: ClearRequest) -> set[str]:
+    if request.task_ids:
+        unknown = sorted(set(request.task_ids) - set(tis))
+        if unknown:
+            raise NotFound(f"the run has no task {', '.join(map(repr, unknown))}")
+        chosen = set(request.task_ids)
+    else:
+        chosen = set(tis)
+    if request.failed_only:
+        chosen = {t for t in chosen if tis[t].state in FAILED}
+    if request.downstream:
+        chosen |= _downstream_of(tis, chosen)
+    return chosen
+
+
+def _downstream_of(tis: dict[str, TaskInstance], roots: set[str]) -> set[str]:
+    below: dict[str, set[str]] = {t: set() for t in tis}
+    for task_id, ti in tis.items():
+        for up in ti.upstream or []:
+            below.setdefault(up, set()).add(task_id)
+    found, todo = set(), list(roots)
+    while todo:
+        for child in below.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _latest(session: Session, run: DagRun, chosen: set[str]) -> tuple[Dag, dict[str, dict]]:
+    dag = get_dag(session, run.dag_id)
+    if dag.current_sha is None:
+        raise Conflict(f"DAG {run.dag_id!r} has no current version to clear on")
+    tasks = {t["task_id"]: t for t in (dag.structure or {}).get("tasks", [])}
+    missing = sorted(chosen - set(tasks))
+    if missing:
+        raise Conflict(
+            f"the current version {dag.current_sha[:12]} of {run.dag_id!r} has no task "
+            f"{', '.join(map(repr, missing))}; clear without on_latest to rerun the run's own"
+        )
+    return dag, tasks
+
+
+def _cleared_values(ti: TaskInstance, latest: tuple[Dag, dict[str, dict]] | None) -> dict:
+    retries = ti.retries if ti.retries is not None else max(ti.max_tries - 1, 0)
+    values: dict = {
+        "state": "none",
+        "result": None,
+        "error": None,
+        "queued_at": None,
+        "started_at": None,
+        "ended_at": None,
+        "heartbeat_at": None,
+        "next_try_at": None,
+        "worker": None,
+        "attempt": None,
+        "grant_hash": None,
+    }
+    if latest is not None:
+        dag, tasks = latest
+        task = tasks[ti.task_id]
+        retries = int(task.get("retries") or 0)
+        values.update(
+            sha=dag.current_sha,
+            fileloc=dag.fileloc,
+            retries=retries,
+            retry_delay=float(task.get("retry_delay") or 0.0),
+            timeout=task.get("timeout"),
+            queue=task.get("queue") or "default",
+        )
+    values["max_tries"] = ti.try_number + retries + 1
+    return values
