@@ -61,6 +61,19 @@ def dag_json(row: Dag, repo_name: str) -> dict[str, Any]:
     }
 
 
+def current_versions(session: Session) -> dict[str, dict[str, Any]]:
+    """dag_id → the message and push time of its current version, for every DAG at once."""
+    rows = session.execute(
+        select(Dag.dag_id, Version.message, Version.pushed_at).join(
+            Version, Version.id == Dag.current_version_id
+        )
+    )
+    return {
+        dag_id: {"message": message or "", "pushed_at": iso(pushed_at)}
+        for dag_id, message, pushed_at in rows
+    }
+
+
 def structure_history(session: Session, dag_id: str) -> list[dict[str, Any]]:
     """The versions where the DAG's structure changed, newest first."""
     rows = session.execute(

@@ -172,6 +172,7 @@ def banner(api: str, tokens: dict[str, str], new: bool, kept: Path) -> None:
     print(
         f"""
 pinflow is up.
+  UI          {api}/   (log in with a token)
   API         {api}   (docs: {api}/docs)
   admin token {admin}
   git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dagstore.db import iso
@@ -39,6 +39,41 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
         ran = [t["sha"] for task in tasks for t in task["tries"]]
         body["shas"] = list(dict.fromkeys(ran or [run.sha]))
     return body
+
+
+def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[dict]]:
+    """The newest `per_dag` runs of each DAG, newest first, in one query (a window)."""
+    newest = (
+        func.row_number().over(partition_by=DagRun.dag_id, order_by=DagRun.id.desc()).label("n")
+    )
+    ranked = select(DagRun.id, newest).where(DagRun.dag_id.in_(dag_ids)).subquery()
+    runs = session.scalars(
+        select(DagRun)
+        .join(ranked, ranked.c.id == DagRun.id)
+        .where(ranked.c.n <= per_dag)
+        .order_by(DagRun.id.desc())
+    )
+    out: dict[str, list[dict]] = {dag_id: [] for dag_id in dag_ids}
+    for run in runs:
+        out[run.dag_id].append(run_json(run))
+    return out
+
+
+def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
+    """The DAG's newest `limit` runs, oldest first, each with its tasks' states: a grid in
+    two queries, whatever its size."""
+    runs = session.scalars(
+        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(limit)
+    ).all()
+    states: dict[int, dict[str, str]] = {run.id: {} for run in runs}
+    rows = session.execute(
+        select(TaskInstance.run_pk, TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.run_pk.in_(list(states))
+        )
+    )
+    for run_pk, task_id, state in rows:
+        states[run_pk][task_id] = state
+    return [{"run": run_json(run), "states": states[run.id]} for run in reversed(runs)]
 
 
 def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:

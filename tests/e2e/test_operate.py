@@ -71,14 +71,19 @@ def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
     )
 
 
-def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+def cli_env(cluster: Cluster, scope: str = "admin") -> dict[str, str]:
+    """The environment of a `pinflow` command talking to the cluster's API with `scope`."""
     assert cluster.server is not None
-    env = pinflow_env(
+    return pinflow_env(
         cluster.home,
         cluster.database_url,
         PINFLOW_API_URL=cluster.server.url,
-        PINFLOW_TOKEN=cluster.tokens["admin"],
+        PINFLOW_TOKEN=cluster.tokens[scope],
     )
+
+
+def cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = cli_env(cluster)
     return subprocess.run([PINFLOW, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -119,10 +124,11 @@ def test_clear_reruns_the_runs_own_sha_and_on_latest_the_new_one(
     assert done["shas"] == [old]
 
     # On latest, with downstream: both run v2; the run says it ran two commits.
-    body = {"task_ids": ["work"], "downstream": True, "on_latest": True}
-    response = post(cluster, f"/runs/{run_id}/clear", body)
-    assert response.status_code == 200, response.text
-    assert response.json()["cleared"] == ["after", "work"]
+    latest = cli(
+        cluster, "clear", run_id, "--task", "work", "--downstream", "--on-latest", "--wait"
+    )
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    assert f"cleared after, work of {run_id}; they run {new}" in latest.stdout
     done = cluster.wait(run_id)
     tasks = by_task(done)
     assert done["state"] == "success" and done["sha"] == old  # the run's pin is unchanged
@@ -357,16 +363,9 @@ def test_logs_follow_shows_lines_while_the_task_runs(cluster: Cluster, tmp_path:
     work = cluster.repo(f"t{uid}", tmp_path / "w")
     cluster.push(work, "t", **{"dags/t.py": TALKER.format(dag_id=dag_id, marker=str(marker))})
     run_id = cluster.trigger(dag_id)["run_id"]
-    assert cluster.server is not None
-    env = pinflow_env(
-        cluster.home,
-        cluster.database_url,
-        PINFLOW_API_URL=cluster.server.url,
-        PINFLOW_TOKEN=cluster.tokens["read"],
-    )
     follower = subprocess.Popen(
         [PINFLOW, "logs", run_id, "talk", "--follow"],
-        env=env,
+        env=cli_env(cluster, "read"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -18,9 +18,7 @@ def upgrade() -> None:
     with op.batch_alter_table("task_instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("grant_hash", sa.String(length=64), nullable=True))
     with op.batch_alter_table("tokens", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch_op.add_column(sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:

@@ -1,0 +1,471 @@
+"""The UI's pages. Each calls the HTTP API's own route functions (same services, same
+answers, same errors); the session's token is checked for the scope each action needs.
+
+Stable URLs, pasteable into a ticket: `/`, `/dags/{dag_id}`, `/runs/{run_id}`,
+`/runs/{run_id}?task=T&try=N` (a try's log), `/repos/{repo}/versions`,
+`/repos/{repo}/diff?base=A&head=B`, `/repos/{repo}/files/{sha}/{path}`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import TextLexer, guess_lexer_for_filename
+from pygments.util import ClassNotFound
+
+from dagstore.api import dags as dags_api
+from dagstore.api import repos as repos_api
+from dagstore.auth import StoreDep
+from dagstore.dags import current_versions, dag_json, get_dag
+from dagstore.errors import BadRequest, NotFound, PinflowError
+from dagstore.models import Repo
+from dagstore.scopes import grants
+from pinflow.ui.session import COOKIE, LoginRequired, Viewer, ViewerDep, csrf_for
+from scheduler import api as runs_api
+from scheduler.views import recent_runs, run_grid
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+STATIC = StaticFiles(directory=HERE / "static")
+GRID_RUNS = 25
+ACTIVE = ("queued", "running")
+
+
+def _ago(value: str | None) -> str:
+    if not value:
+        return ""
+    then = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if abs(seconds) >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return ""
+    a = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    return f"{(b - a).total_seconds():.1f} s"
+
+
+templates.env.filters["ago"] = _ago
+templates.env.filters["short"] = lambda sha: (sha or "")[:12]
+templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
+templates.env.globals["duration"] = _duration
+templates.env.globals["quote"] = quote
+
+
+def page(request: Request, name: str, viewer: Viewer | None, status: int = 200, **context: Any):
+    return templates.TemplateResponse(
+        request, name, {"viewer": viewer, **context}, status_code=status
+    )
+
+
+def error_page(request: Request, viewer: Viewer | None, exc: PinflowError) -> HTMLResponse:
+    return page(request, "error.html", viewer, status=exc.status_code, detail=exc.detail)
+
+
+def on_login_required(request: Request, _: LoginRequired) -> Response:
+    """Pages send the browser to the login form; fragments (htmx) get a 401 it shows."""
+    if request.headers.get("HX-Request"):
+        return HTMLResponse("session ended: log in again", status_code=401)
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+
+
+# --- logging in -------------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/", error: str = "") -> HTMLResponse:
+    return page(request, "login.html", None, next=_local(next), error=error)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    store: StoreDep,
+    token: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    try:
+        store.tokens.authenticate(store.db, token.strip(), "read")
+    except PinflowError as exc:
+        return page(request, "login.html", None, status=401, next=_local(next), error=exc.detail)
+    response = RedirectResponse(_local(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token.strip(),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(viewer: ViewerDep, csrf: Annotated[str, Form()]) -> Response:
+    viewer.check(csrf, "read")
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def _local(target: str) -> str:
+    """Only paths of this site after login: never an open redirect."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+# --- DAGs -------------------------------------------------------------------------------------
+
+
+@router.get("/")
+def dags_page(
+    request: Request, store: StoreDep, viewer: ViewerDep, q: str = "", state: str = ""
+) -> HTMLResponse:
+    items = dags_api.get_dags(store, viewer.token)["items"]
+    if q:
+        needle = q.lower()
+        items = [
+            d for d in items if needle in f"{d['dag_id']} {d['repo']} {' '.join(d['tags'])}".lower()
+        ]
+    with store.db.read() as session:
+        versions = current_versions(session)
+        runs = recent_runs(session, [d["dag_id"] for d in items], per_dag=5)
+    rows = [
+        {"dag": dag, "version": versions.get(dag["dag_id"]), "runs": runs[dag["dag_id"]]}
+        for dag in items
+        if not state or (runs[dag["dag_id"]] and runs[dag["dag_id"]][0]["state"] == state)
+    ]
+    errors = dags_api.get_import_errors(store, viewer.token)["items"]
+    return page(request, "dags.html", viewer, rows=rows, errors=errors, q=q, state=state)
+
+
+@router.post("/dags/{dag_id}/paused")
+def set_paused(
+    dag_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    csrf: Annotated[str, Form()],
+    paused: Annotated[str, Form()],
+) -> Response:
+    viewer.check(csrf)
+    (runs_api.pause if paused == "true" else runs_api.unpause)(dag_id, store, viewer.token)
+    return RedirectResponse("/", status_code=303)
+
+
+@router.get("/dags/{dag_id}")
+def dag_page(request: Request, dag_id: str, store: StoreDep, viewer: ViewerDep, error: str = ""):
+    with store.db.read() as session:
+        try:
+            row = get_dag(session, dag_id)
+        except PinflowError as exc:
+            return error_page(request, viewer, exc)
+        repo = session.get(Repo, row.repo_id)
+        dag = dag_json(row, repo.name if repo else "")
+        columns = run_grid(session, dag_id, GRID_RUNS)
+    task_ids = [t["task_id"] for t in dag["tasks"]]
+    for col in columns:
+        task_ids += [t for t in col["states"] if t not in task_ids]
+    grid = [
+        {**col, "changed": i > 0 and col["run"]["sha"] != columns[i - 1]["run"]["sha"]}
+        for i, col in enumerate(columns)
+    ]
+    return page(
+        request,
+        "dag.html",
+        viewer,
+        dag=dag,
+        grid=grid,
+        task_ids=task_ids,
+        levels=_levels(dag["tasks"]),
+        error=error,
+    )
+
+
+def _levels(tasks: list[dict]) -> list[list[dict]]:
+    """The task graph drawn as levels: a task sits one level below its deepest upstream."""
+    depth: dict[str, int] = {}
+    by_id = {t["task_id"]: t for t in tasks}
+
+    def level(task_id: str, seen: frozenset[str] = frozenset()) -> int:
+        if task_id not in depth:
+            ups = [u for u in by_id[task_id].get("upstream", []) if u in by_id and u not in seen]
+            depth[task_id] = 1 + max((level(u, seen | {task_id}) for u in ups), default=-1)
+        return depth[task_id]
+
+    levels: list[list[dict]] = []
+    for task in tasks:
+        n = level(task["task_id"])
+        while len(levels) <= n:
+            levels.append([])
+        levels[n].append(task)
+    return levels
+
+
+@router.post("/dags/{dag_id}/trigger")
+def trigger(
+    request: Request,
+    dag_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    csrf: Annotated[str, Form()],
+    ref: Annotated[str, Form()] = "",
+    sha: Annotated[str, Form()] = "",
+    conf: Annotated[str, Form()] = "",
+) -> Response:
+    viewer.check(csrf)
+    try:
+        parsed = json.loads(conf) if conf.strip() else {}
+        if not isinstance(parsed, dict):
+            raise BadRequest("conf must be a JSON object")
+        body = runs_api.TriggerRequest(
+            ref=ref.strip() or None, sha=sha.strip() or None, conf=parsed
+        )
+        run = runs_api.post_run(dag_id, body, store, request.app.state.enqueuer, viewer.token)
+    except json.JSONDecodeError as exc:
+        return _back_to_dag(dag_id, f"conf is not valid JSON: {exc}")
+    except PinflowError as exc:
+        return _back_to_dag(dag_id, exc.detail)
+    return RedirectResponse(f"/runs/{quote(run['run_id'])}", status_code=303)
+
+
+def _back_to_dag(dag_id: str, error: str) -> Response:
+    return RedirectResponse(f"/dags/{quote(dag_id)}?error={quote(error)}", status_code=303)
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def _run_context(store: StoreDep, viewer: Viewer, run_id: str, task: str, try_: int | None):
+    run = runs_api.get_one_run(run_id, store, viewer.token)
+    selected = next((t for t in run["tasks"] if t["task_id"] == task), None)
+    if selected is None:
+        selected = next((t for t in run["tasks"] if t["state"] in ("failed", "running")), None)
+    wanted = try_ or (selected["try_number"] if selected else None)
+    return {
+        "run": run,
+        "selected": selected,
+        "selected_try": wanted,
+        "active": run["state"] in ACTIVE,
+    }
+
+
+@router.get("/runs/{run_id}")
+def run_page(
+    request: Request,
+    run_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    task: str = "",
+    try_: Annotated[int | None, Query(alias="try", ge=1)] = None,
+    error: str = "",
+):
+    try:
+        context = _run_context(store, viewer, run_id, task, try_)
+        dag = dags_api.get_one_dag(context["run"]["dag_id"], store, viewer.token)
+    except PinflowError as exc:
+        return error_page(request, viewer, exc)
+    changed = None
+    current = dag.get("current_sha")
+    if current and current != context["run"]["sha"]:
+        spec = f"{context['run']['sha']}..{current}"
+        changed = repos_api.get_diff(dag["repo"], spec, store, viewer.token)
+    return page(request, "run.html", viewer, dag=dag, changed=changed, error=error, **context)
+
+
+@router.get("/runs/{run_id}/fragment")
+def run_fragment(
+    request: Request,
+    run_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    task: str = "",
+    try_: Annotated[int | None, Query(alias="try", ge=1)] = None,
+):
+    """The run's state and tasks, polled while the run is active."""
+    context = _run_context(store, viewer, run_id, task, try_)
+    return page(request, "_run_tasks.html", viewer, **context)
+
+
+@router.get("/runs/{run_id}/tasks/{task_id}/log")
+def log_fragment(
+    request: Request,
+    run_id: str,
+    task_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    try_: Annotated[int, Query(alias="try", ge=1)] = 1,
+):
+    """A try's log, polled while the try runs."""
+    try:
+        answer = runs_api.get_logs(run_id, task_id, store, viewer.token, try_, 0)
+        text, ended = (
+            bytes(answer.body).decode("utf-8", "replace"),
+            answer.headers["X-Pinflow-Try-Ended"],
+        )
+        state = answer.headers["X-Pinflow-Try-State"]
+    except NotFound as exc:
+        text, ended, state = exc.detail, "false", "not started"
+    return page(
+        request,
+        "_log.html",
+        viewer,
+        run_id=run_id,
+        task_id=task_id,
+        try_number=try_,
+        text=text,
+        ended=ended == "true",
+        state=state,
+    )
+
+
+@router.post("/runs/{run_id}/clear")
+def clear(
+    request: Request,
+    run_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    csrf: Annotated[str, Form()],
+    task: Annotated[str, Form()] = "",
+    failed_only: Annotated[bool, Form()] = False,
+    downstream: Annotated[bool, Form()] = False,
+    on_latest: Annotated[bool, Form()] = False,
+) -> Response:
+    viewer.check(csrf)
+    body = runs_api.ClearBody(
+        task_ids=[task] if task else None,
+        failed_only=failed_only,
+        downstream=downstream,
+        on_latest=on_latest,
+    )
+    try:
+        runs_api.post_clear(run_id, body, store, request.app.state.enqueuer, viewer.token)
+    except PinflowError as exc:
+        return _back_to_run(run_id, exc.detail)
+    return _back_to_run(run_id, "")
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel(
+    run_id: str, store: StoreDep, viewer: ViewerDep, csrf: Annotated[str, Form()]
+) -> Response:
+    viewer.check(csrf)
+    try:
+        runs_api.post_cancel(run_id, store, viewer.token)
+    except PinflowError as exc:
+        return _back_to_run(run_id, exc.detail)
+    return _back_to_run(run_id, "")
+
+
+def _back_to_run(run_id: str, error: str) -> Response:
+    suffix = f"?error={quote(error)}" if error else ""
+    return RedirectResponse(f"/runs/{quote(run_id)}{suffix}", status_code=303)
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+@router.get("/repos/{repo}/versions")
+def versions_page(request: Request, repo: str, store: StoreDep, viewer: ViewerDep):
+    try:
+        items = repos_api.get_versions(repo, store, viewer.token, limit=200)["items"]
+    except PinflowError as exc:
+        return error_page(request, viewer, exc)
+    return page(request, "versions.html", viewer, repo=repo, versions=items)
+
+
+@router.get("/repos/{repo}/diff")
+def diff_page(
+    request: Request,
+    repo: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    base: str,
+    head: str,
+    view: str = "unified",
+):
+    try:
+        body = repos_api.get_diff(repo, f"{base}..{head}", store, viewer.token)
+    except PinflowError as exc:
+        return error_page(request, viewer, exc)
+    files = [{**f, "rows": _side_by_side(f["patch"])} for f in body["files"]]
+    return page(
+        request, "diff.html", viewer, repo=repo, diff=body, files=files, view=view == "split"
+    )
+
+
+def _side_by_side(patch: str) -> list[tuple[str, str, str]]:
+    """(kind, left, right) rows of a unified patch, for the side-by-side view."""
+    rows: list[tuple[str, str, str]] = []
+    removed: list[str] = []
+    added: list[str] = []
+
+    def flush() -> None:
+        for i in range(max(len(removed), len(added))):
+            left = removed[i] if i < len(removed) else ""
+            right = added[i] if i < len(added) else ""
+            rows.append(("change", left, right))
+        removed.clear()
+        added.clear()
+
+    for line in patch.splitlines()[2:]:
+        if line.startswith(("---", "+++", "index ")):
+            continue
+        if line.startswith("@@"):
+            flush()
+            rows.append(("hunk", line, line))
+        elif line.startswith("-"):
+            removed.append(line[1:])
+        elif line.startswith("+"):
+            added.append(line[1:])
+        else:
+            flush()
+            rows.append(("same", line[1:], line[1:]))
+    flush()
+    return rows
+
+
+@router.get("/repos/{repo}/files/{sha}/{path:path}")
+def file_page(request: Request, repo: str, sha: str, path: str, store: StoreDep, viewer: ViewerDep):
+    try:
+        data = bytes(repos_api.get_file(repo, sha, path, store, viewer.token).body)
+    except PinflowError as exc:
+        return error_page(request, viewer, exc)
+    text = data.decode("utf-8", "replace")
+    try:
+        lexer = guess_lexer_for_filename(path, text)
+    except ClassNotFound:
+        lexer = TextLexer()
+    formatter = HtmlFormatter(linenos="table", cssclass="code")
+    return page(
+        request,
+        "file.html",
+        viewer,
+        repo=repo,
+        sha=sha,
+        path=path,
+        code=highlight(text, lexer, formatter),
+        style=formatter.get_style_defs(".code"),
+    )
+
+
+def can(viewer: Viewer | None, scope: str) -> bool:
+    return viewer is not None and grants(viewer.token.scope, scope)
+
+
+templates.env.globals["can"] = can
+templates.env.globals["csrf_for"] = csrf_for

@@ -1,0 +1,265 @@
+"""The web UI in a real browser (issue 16): headless Chromium from Debian driven by Selenium
+through Debian's chromedriver, against a real server, scheduler and worker with real runs.
+
+Screenshots of every page go to build/ui-screenshots/ (kept when a test fails). With
+PINFLOW_UPDATE_SCREENSHOT=1 the run page's also replaces docs/ui-run.png, the README's picture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cluster_for
+from tests.support.cluster import Cluster
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "build" / "ui-screenshots"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+UI_DAG = """
+import os
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def fetch():
+        print("fetching", "{label}")
+        return 41
+
+    @task
+    def report(n):
+        print("report says {label}")
+        if not os.path.exists({marker!r}):
+            raise RuntimeError("no marker yet: {label}")
+        return n + 1
+
+    report(fetch())
+"""
+
+SLOW_DAG = """
+import time
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def slow():
+        time.sleep(60)
+
+    slow()
+"""
+
+
+@pytest.fixture(scope="module", params=["sqlite"])
+def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
+    if not Path(CHROMEDRIVER).exists():
+        why = "Debian's chromium and chromium-driver are not installed (`.ci/run` installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    yield from cluster_for(request, tmp_path_factory, schedulers=1, workers=2)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[webdriver.Chrome]:
+    options = Options()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+class Pages:
+    """The browser, with what every step checks: no JavaScript error, a screenshot."""
+
+    def __init__(self, driver: webdriver.Chrome, base: str) -> None:
+        self.driver, self.base = driver, base
+        SHOTS.mkdir(parents=True, exist_ok=True)
+
+    def open(self, path: str, shot: str) -> None:
+        self.driver.get(self.base + path)
+        self.check(shot)
+
+    def check(self, shot: str) -> None:
+        self.driver.save_screenshot(str(SHOTS / f"{shot}.png"))
+        errors = [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], f"JavaScript errors on {self.driver.current_url}: {errors}"
+
+    def text(self) -> str:
+        return self.driver.find_element(By.TAG_NAME, "body").text
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 45) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except WebDriverException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what} on {self.driver.current_url}")
+
+    def login(self, token: str) -> None:
+        self.driver.delete_all_cookies()
+        self.open("/login", "login")
+        self.driver.find_element(By.ID, "token").send_keys(token)
+        self.driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        self.wait(lambda: "/login" not in self.driver.current_url, "the login")
+
+    def click_button(self, label: str) -> None:
+        self.driver.find_element(By.XPATH, f"//button[normalize-space()='{label}']").click()
+
+    def buttons(self) -> set[str]:
+        return {b.text for b in self.driver.find_elements(By.TAG_NAME, "button")}
+
+
+def test_the_ui_from_login_to_diff(cluster: Cluster, browser, tmp_path: Path, uid: str):
+    assert cluster.server is not None
+    ui = Pages(browser, cluster.server.url)
+    marker = tmp_path / "marker"
+    dag_id, slow_id = f"ui_{uid}", f"slow_{uid}"
+    repo = f"ui{uid}"
+    work = cluster.repo(repo, tmp_path / "w")
+    fill = {"dag_id": dag_id, "marker": str(marker)}
+    old = cluster.push(
+        work,
+        "first version",
+        **{
+            "dags/ui.py": UI_DAG.format(label="v1", **fill),
+            "dags/slow.py": SLOW_DAG.format(dag_id=slow_id),
+        },
+    )
+
+    # Not logged in: every page sends the browser to the login form.
+    ui.open("/", "redirect")
+    assert "/login" in browser.current_url
+    ui.login(cluster.tokens["admin"])
+    ui.check("dags")
+    assert dag_id in ui.text() and old[:12] in ui.text() and "first version" in ui.text()
+
+    # Trigger from the DAG page; the run page follows it without a reload.
+    ui.open(f"/dags/{dag_id}", "dag")
+    browser.find_element(By.ID, "conf").send_keys("[1, 2]")
+    ui.click_button("Trigger")
+    assert "must be a JSON object" in ui.text(), "invalid conf was sent"
+    browser.find_element(By.ID, "conf").clear()
+    ui.click_button("Trigger")
+    ui.wait(lambda: "/runs/" in browser.current_url, "the run page")
+    browser.execute_script("window.pinflowNoReload = 1")
+    run_url = browser.current_url
+    ui.wait(lambda: "failed" in browser.find_element(By.ID, "run-live").text, "the run to fail")
+    assert browser.execute_script("return window.pinflowNoReload") == 1, "the page reloaded"
+    live = browser.find_element(By.ID, "run-live").text
+    assert "fetch" in live and "success" in live and "report" in live
+    ui.check("run-failed")
+
+    # The failed task's log.
+    report_log = browser.find_elements(By.XPATH, "//tr[th='report']//a[contains(., 'log of try')]")
+    report_log[0].click()
+    ui.wait(lambda: "no marker yet: v1" in browser.find_element(By.ID, "log").text, "the log")
+    ui.check("run-log")
+
+    # A new push, then "Clear failed": the task reruns on the run's own commit.
+    new = cluster.push(work, "second version", **{"dags/ui.py": UI_DAG.format(label="v2", **fill)})
+    marker.write_text("")
+    ui.click_button("Clear failed")
+    ui.wait(lambda: "state success" in browser.find_element(By.ID, "run-live").text, "the rerun")
+    live = browser.find_element(By.ID, "run-live").text
+    assert old[:12] in live and new[:12] not in live  # both tries of report ran the old sha
+    run_id = run_url.rsplit("/runs/", 1)[1]
+    done = cluster.run(run_id)
+    assert done["shas"] == [old]
+    report = next(t for t in done["tasks"] if t["task_id"] == "report")
+    assert [t["sha"] for t in report["tries"]] == [old, old] and report["result"] == 42
+    ui.check("run")
+    if os.environ.get("PINFLOW_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(SHOTS / "run.png", ROOT / "docs" / "ui-run.png")
+
+    # A second run pins the new commit: the grid marks where the commit changed.
+    cluster.wait(cluster.trigger(dag_id)["run_id"])
+    ui.open(f"/dags/{dag_id}", "dag-grid")
+    marks = browser.find_elements(By.CLASS_NAME, "commit-change")
+    assert len(marks) == 1 and new[:7] in marks[0].text
+
+    # Cancel a running run.
+    slow_run = cluster.trigger(slow_id)["run_id"]
+    cluster.wait_task(slow_run, "slow", "running")
+    ui.open(f"/runs/{slow_run}", "run-slow")
+    ui.click_button("Cancel run")
+    ui.wait(lambda: "state canceled" in browser.find_element(By.ID, "run-live").text, "cancel")
+    ui.check("run-canceled")
+
+    # Versions, and the diff between the two commits, both views; a file at a version.
+    ui.open(f"/repos/{repo}/versions", "versions")
+    assert "second version" in ui.text() and "first version" in ui.text()
+    ui.click_button("Compare")
+    ui.wait(lambda: "/diff" in browser.current_url, "the diff page")
+    ui.check("diff")
+    assert "modified: dags/ui.py" in ui.text()
+    assert browser.find_elements(By.CSS_SELECTOR, "pre.patch span.add")
+    browser.find_element(By.LINK_TEXT, "side by side").click()
+    ui.check("diff-split")
+    assert browser.find_elements(By.CSS_SELECTOR, "table.split td.add")
+    browser.find_element(By.LINK_TEXT, "dags/ui.py").click()
+    ui.check("file")
+    assert browser.find_elements(By.CSS_SELECTOR, ".code")
+
+    # A read-only token sees everything and no action.
+    ui.login(cluster.tokens["read"])
+    for path, shot in (
+        (run_url.split(cluster.server.url)[1], "run-read"),
+        (f"/dags/{dag_id}", "dag-read"),
+        ("/", "dags-read"),
+    ):
+        ui.open(path, shot)
+        assert not {"Clear failed", "Clear task", "Cancel run", "Trigger", "pause"} & ui.buttons()
+    ui.click_button("Log out")
+    ui.wait(lambda: "/login" in browser.current_url, "the logout")
+    ui.open("/", "after-logout")
+    assert "/login" in browser.current_url
+
+
+def test_actions_need_the_session_and_its_csrf_token(cluster: Cluster, tmp_path: Path, uid: str):
+    """A forged form (no or a wrong CSRF token) and a read token change nothing."""
+    import httpx
+
+    assert cluster.server is not None
+    base = cluster.server.url
+    with httpx.Client(base_url=base, follow_redirects=False) as web:
+        assert web.get("/").status_code == 303
+        bad = web.post("/login", data={"token": "pf_wrong", "next": "/"})
+        assert bad.status_code == 401 and "invalid" in bad.text
+        ok = web.post("/login", data={"token": cluster.tokens["admin"], "next": "//evil.example"})
+        assert ok.status_code == 303 and ok.headers["location"] == "/"
+        cookie = ok.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        forged = web.post("/runs/whatever/cancel", data={"csrf": "0" * 64})
+        assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
