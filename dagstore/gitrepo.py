@@ -222,6 +222,23 @@ def validate_file_path(path: str) -> bytes:
     return path.encode("utf-8")
 
 
+MAX_LISTED_FILES = 10_000
+
+
+def list_files(repo: BaseRepo, sha: str) -> list[dict[str, object]]:
+    """Every file of a commit (path, size), in tree order; submodules are left out."""
+    commit = get_commit(repo, sha)
+    files: list[dict[str, object]] = []
+    for entry in repo.object_store.iter_tree_contents(commit.tree):
+        if entry.path is None or entry.mode is None or entry.mode & 0o170000 == 0o160000:
+            continue
+        if len(files) >= MAX_LISTED_FILES:
+            break
+        blob = repo[entry.sha]
+        files.append({"path": entry.path.decode("utf-8", "replace"), "size": blob.raw_length()})
+    return files
+
+
 def read_file(repo: BaseRepo, sha: str, path: str) -> bytes:
     commit = get_commit(repo, sha)
     tree = repo[commit.tree]

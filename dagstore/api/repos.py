@@ -13,7 +13,7 @@ from dagstore.auth import AdminToken, ReadToken, StoreDep, VersionReader
 from dagstore.dags import version_contents
 from dagstore.diff import diff_dags, diff_files
 from dagstore.errors import BadRequest
-from dagstore.gitrepo import read_file, resolve_commit, validate_full_sha
+from dagstore.gitrepo import list_files, read_file, resolve_commit, validate_full_sha
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
@@ -144,6 +144,16 @@ def get_diff(repo: str, spec: str, store: StoreDep, _: ReadToken) -> dict[str, A
     with store.db.read() as session:
         body["dags"] = diff_dags(session, repo_id, base, head)
     return body
+
+
+@router.get("/repos/{repo}/tree/{sha}", tags=["versions"])
+def get_tree(repo: str, sha: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    """The commit's files (path and size), at most 10,000."""
+    validate_full_sha(sha)
+    with store.db.read() as session:
+        get_repo(session, repo)
+    with store.storage.open(repo) as git:
+        return {"sha": sha, "files": list_files(git, sha)}
 
 
 @router.get("/repos/{repo}/files/{sha}/{path:path}", tags=["versions"])

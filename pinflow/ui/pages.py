@@ -439,6 +439,15 @@ def _side_by_side(patch: str) -> list[tuple[str, str, str]]:
     return rows
 
 
+@router.get("/repos/{repo}/files/{sha}")
+def tree_page(request: Request, repo: str, sha: str, store: StoreDep, viewer: ViewerDep):
+    try:
+        tree = repos_api.get_tree(repo, sha, store, viewer.token)
+    except PinflowError as exc:
+        return error_page(request, viewer, exc)
+    return page(request, "tree.html", viewer, repo=repo, sha=sha, files=tree["files"])
+
+
 @router.get("/repos/{repo}/files/{sha}/{path:path}")
 def file_page(request: Request, repo: str, sha: str, path: str, store: StoreDep, viewer: ViewerDep):
     try:

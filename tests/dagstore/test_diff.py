@@ -116,6 +116,11 @@ def test_diff_between_versions_and_since_a_run(store_server, tmp_path, repo_name
 
     # Bad input: a clear 4xx, one line from the CLI.
     with store_server.api("read") as api:
+        tree = api.get(f"/repos/{repo_name}/tree/{head}").json()["files"]
+        assert {f["path"] for f in tree} >= {"added.txt", "new_name.py", "dags/d.py"}
+        assert "gone.txt" not in {f["path"] for f in tree}
+        assert api.get(f"/repos/{repo_name}/tree/main").status_code == 400
+        assert api.get(f"/repos/{repo_name}/tree/{'0' * 40}").status_code == 404
         assert api.get(f"/repos/{repo_name}/diff/{base}").status_code == 400
         assert api.get(f"/repos/{repo_name}/diff/{base}...{head}").status_code == 400
         assert api.get(f"/repos/{repo_name}/diff/{'0' * 40}..{head}").status_code == 404

@@ -35,6 +35,8 @@ from pinflow import DAG, task
 with DAG("{dag_id}", schedule=None):
     @task
     def fetch():
+        import time
+        time.sleep(1.5)
         print("fetching", "{label}")
         return 41
 
@@ -175,6 +177,8 @@ def test_the_ui_from_login_to_diff(cluster: Cluster, browser, tmp_path: Path, ui
     ui.wait(lambda: "/runs/" in browser.current_url, "the run page")
     browser.execute_script("window.pinflowNoReload = 1")
     run_url = browser.current_url
+    first = browser.find_element(By.ID, "run-live").text
+    assert "success" not in first, "the run page came too late to see the task run"
     ui.wait(lambda: "failed" in browser.find_element(By.ID, "run-live").text, "the run to fail")
     assert browser.execute_script("return window.pinflowNoReload") == 1, "the page reloaded"
     live = browser.find_element(By.ID, "run-live").text
@@ -231,6 +235,12 @@ def test_the_ui_from_login_to_diff(cluster: Cluster, browser, tmp_path: Path, ui
     browser.find_element(By.LINK_TEXT, "dags/ui.py").click()
     ui.check("file")
     assert browser.find_elements(By.CSS_SELECTOR, ".code")
+    ui.open(f"/repos/{repo}/versions", "versions-again")
+    browser.find_element(By.LINK_TEXT, old[:12]).click()  # any file at any version
+    ui.check("tree")
+    browser.find_element(By.LINK_TEXT, "dags/slow.py").click()
+    ui.check("file-old")
+    assert "time.sleep(60)" in ui.text()
 
     # A read-only token sees everything and no action.
     ui.login(cluster.tokens["read"])
