@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
+from tests.support.git import Git
 from tests.support.server import PINFLOW, pinflow_env
 
 HEARTBEAT_TIMEOUT = 6.0  # the heartbeat interval is a sixth: 1 s
@@ -92,6 +93,17 @@ def post(cluster: Cluster, path: str, body: dict | None = None, scope: str = "tr
         return api.post(path, json=body or {})
 
 
+def running_sleeper(cluster: Cluster, tmp_path: Path, dag_id: str) -> tuple[str, Path, Git]:
+    """A run of SLEEPER as `dag_id` in a repo of its own, its task running; the marker that
+    wakes it, and the repo's work tree."""
+    marker = tmp_path / "marker"
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, marker=str(marker))})
+    run_id = cluster.trigger(dag_id)["run_id"]
+    cluster.wait_task(run_id, "sleeper", "running")
+    return run_id, marker, work
+
+
 def by_task(run: dict) -> dict[str, dict]:
     return {t["task_id"]: t for t in run["tasks"]}
 
@@ -149,12 +161,7 @@ def test_clear_reruns_the_runs_own_sha_and_on_latest_the_new_one(
 def test_cancel_stops_a_running_task_and_nothing_starts_after(
     cluster: Cluster, tmp_path: Path, uid: str
 ):
-    marker = tmp_path / "marker"
-    dag_id = f"sleeper_{uid}"
-    work = cluster.repo(f"s{uid}", tmp_path / "w")
-    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, marker=str(marker))})
-    run_id = cluster.trigger(dag_id)["run_id"]
-    cluster.wait_task(run_id, "sleeper", "running")
+    run_id, marker, _ = running_sleeper(cluster, tmp_path, f"sleeper_{uid}")
     busy = [w for w in cluster.workers if w.horses()]
     assert len(busy) == 1
     canceled = cli(cluster, "cancel", run_id)
@@ -182,12 +189,8 @@ def test_cancel_stops_a_running_task_and_nothing_starts_after(
 
 
 def test_bad_clear_and_cancel_requests_change_nothing(cluster: Cluster, tmp_path: Path, uid: str):
-    marker = tmp_path / "marker"
     dag_id = f"bad_{uid}"
-    work = cluster.repo(f"b{uid}", tmp_path / "w")
-    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, marker=str(marker))})
-    run_id = cluster.trigger(dag_id)["run_id"]
-    cluster.wait_task(run_id, "sleeper", "running")
+    run_id, marker, work = running_sleeper(cluster, tmp_path, dag_id)
     before = cluster.run(run_id)
 
     assert post(cluster, "/runs/nosuchrun/clear").status_code == 404
