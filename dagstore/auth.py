@@ -39,11 +39,15 @@ def require(scope: str) -> Callable[..., Token]:
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def _secret_and_grant(credentials: Credentials) -> tuple[str | None, TryGrant | None]:
+    secret = credentials.credentials if credentials else None
+    return secret, parse_grant(secret) if secret else None
+
+
 def worker_or_try(store: StoreDep, credentials: Credentials) -> Token | TryGrant:
     """A worker token, or a try credential (the endpoint checks it names the try it acts on:
     `scheduler.grants.authorize_try`)."""
-    secret = credentials.credentials if credentials else None
-    grant = parse_grant(secret) if secret else None
+    secret, grant = _secret_and_grant(credentials)
     if grant is not None:
         return grant
     return store.tokens.authenticate(store.db, secret, "worker")
@@ -51,8 +55,7 @@ def worker_or_try(store: StoreDep, credentials: Credentials) -> Token | TryGrant
 
 def version_reader(repo: str, sha: str, store: StoreDep, credentials: Credentials) -> None:
     """A read token, or the credential of a running try of exactly this version."""
-    secret = credentials.credentials if credentials else None
-    grant = parse_grant(secret) if secret else None
+    secret, grant = _secret_and_grant(credentials)
     if grant is None:
         store.tokens.authenticate(store.db, secret, "read")
         return

@@ -53,3 +53,13 @@ class DagDefinitionError(PinflowError):
 
 class VersionUnavailable(PinflowError):
     status_code = 503
+
+
+_BY_STATUS: dict[int, type[PinflowError]] = {
+    cls.status_code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict)
+}
+
+
+def error_for(status: int, detail: str) -> PinflowError:
+    """The error an answer with this status stands for, on the far side of a wire."""
+    return _BY_STATUS.get(status, PinflowError)(detail)

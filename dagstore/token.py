@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dagstore.db import db_now
+from dagstore.db import as_utc, db_now
 from dagstore.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from dagstore.models import Token
 from dagstore.scopes import SCOPES, grants
@@ -71,14 +71,15 @@ def find_token(session: Session, token_hash: str) -> Token:
     return token
 
 
+def use_is_stale(token: Token, now: datetime) -> bool:
+    """Whether `token`'s last use is unknown or older than LAST_USED_PRECISION: only then is
+    it written again, one small write per token every few minutes, not per request."""
+    last = as_utc(token.last_used_at)
+    return last is None or now - last >= LAST_USED_PRECISION
+
+
 def note_use(session: Session, token: Token, now: datetime) -> None:
-    """Record that `token` was used, unless that was recorded less than
-    LAST_USED_PRECISION ago: one small write per token every few minutes, not per request."""
-    last = token.last_used_at
-    if last is not None and last.tzinfo is None:
-        last = last.replace(tzinfo=now.tzinfo)  # SQLite returns naive UTC
-    if last is not None and now - last < LAST_USED_PRECISION:
-        return
+    """Record that `token` was used now (if no other server did within the precision)."""
     stale = Token.last_used_at.is_(None) | (Token.last_used_at < now - LAST_USED_PRECISION)
     session.execute(
         update(Token)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from dagstore.db import Database, db_time
 from dagstore.errors import Unauthorized
 from dagstore.models import Token
-from dagstore.token import LAST_USED_PRECISION, check_scope, find_token, hash_token, note_use
+from dagstore.token import check_scope, find_token, hash_token, note_use, use_is_stale
 
 MAX_ENTRIES = 10_000
 
@@ -41,7 +41,7 @@ class TokenCache:
             with db.read() as session:
                 token = find_token(session, key)
                 session.expunge(token)  # kept beyond the session: plain, read-only values
-            if token.last_used_at is None or _since(token.last_used_at) >= LAST_USED_PRECISION:
+            if use_is_stale(token, datetime.now(UTC)):
                 with db.write() as session:
                     note_use(session, token, db_time(session))
             if self.ttl > 0:
@@ -54,8 +54,3 @@ class TokenCache:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()  # many tokens in a few seconds: start over, stay small
             self._entries[key] = (until, token)
-
-
-def _since(moment: datetime) -> timedelta:
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return datetime.now(UTC) - aware

@@ -16,10 +16,10 @@ from dagstore.errors import PinflowError
 from dagstore.githttp import make_git_app
 from dagstore.settings import Settings
 from pinflow.metrics import router as metrics_router
-from pinflow.ui.pages import STATIC as ui_static
-from pinflow.ui.pages import on_login_required
 from pinflow.ui.pages import router as ui_router
-from pinflow.ui.session import LoginRequired
+from pinflow.ui.render import STATIC as ui_static
+from pinflow.ui.repos import router as ui_repos_router
+from pinflow.ui.session import LoginRequired, on_login_required
 from scheduler.api import router as runs_router
 from scheduler.enqueue import Enqueuer
 from scheduler.grants import granted_version
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     git = make_git_app(store)
     app.mount("/git", WSGIMiddleware(git, workers=8))  # type: ignore[arg-type]
     app.include_router(ui_router)  # the web UI at /, after the API so /api and /git win
+    app.include_router(ui_repos_router)
     app.mount("/static", ui_static, name="static")
     app.add_exception_handler(LoginRequired, on_login_required)  # type: ignore[arg-type]
     return app

@@ -38,7 +38,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from dagstore.errors import Conflict, NotFound, PinflowError
+from dagstore.errors import PinflowError, error_for
 from dagstore.prctl import die_with_parent, make_undumpable
 from dagstore.protocol import TaskSpec
 
@@ -163,14 +163,10 @@ def _answer(client: Any, request: dict[str, Any]) -> dict[str, Any]:
             str(request["worker"]),
             str(request["attempt"]),
         )
-    except Conflict as exc:
-        return {"conflict": exc.detail}
-    except NotFound as exc:
-        return {"not_found": exc.detail}
     except PinflowError as exc:
-        return {"error": exc.detail}
+        return {"error": exc.detail, "status": exc.status_code}
     except (KeyError, TypeError, ValueError) as exc:
-        return {"error": f"malformed claim request: {exc!r}"}
+        return {"error": f"malformed claim request: {exc!r}", "status": 400}
     return {"spec": spec.model_dump(mode="json"), "sent": sent}
 
 
@@ -195,12 +191,8 @@ class AgentClient:
         answer = _receive(self.sock)
         if answer is None:
             raise PinflowError("the worker's token agent has gone")
-        if "conflict" in answer:
-            raise Conflict(answer["conflict"])
-        if "not_found" in answer:
-            raise NotFound(answer["not_found"])
         if "error" in answer:
-            raise PinflowError(answer["error"])
+            raise error_for(int(answer.get("status") or 500), str(answer["error"]))
         return TaskSpec.model_validate(answer["spec"]), float(answer["sent"])
 
     def forget_in_child(self) -> None:

@@ -285,7 +285,9 @@ def post_heartbeat(
     with store.db.write() as session:
         authorize_try(session, who, ti_id, body.try_number)
         heartbeat(session, ti_id, body.try_number, db_time(session))
-        held = append_log(session, ti_id, body.try_number, body.log_offset, body.log or "")
+        if not body.log:
+            return {"state": "running"}  # nothing to add: the log is not even read
+        held = append_log(session, ti_id, body.try_number, body.log_offset, body.log)
     return {"state": "running", "log_bytes": held}
 
 

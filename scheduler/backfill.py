@@ -24,7 +24,7 @@ from dagstore.db import iso
 from dagstore.errors import BadRequest
 from dagstore.models import Dag
 from scheduler.models import Backfill, DagRun
-from scheduler.runs import ACTIVE_RUN_STATES, create_run
+from scheduler.runs import ACTIVE_RUN_STATES, create_run, taken_ticks
 from scheduler.taskstate import schedule_ready
 from scheduler.timetable import ticks_between
 
@@ -75,12 +75,7 @@ def create_backfill(
     session.add(backfill)
     session.flush()
     keys = [tick.isoformat() for tick in ticks]
-    rows = session.execute(
-        select(DagRun.scheduled_key, DagRun.run_id).where(
-            DagRun.dag_id == dag_id, DagRun.scheduled_key.in_(keys)
-        )
-    )
-    taken = {key: run_id for key, run_id in rows}
+    taken = taken_ticks(session, dag_id, keys)
     out = Created(backfill)
     for tick, key in zip(ticks, keys, strict=True):
         if key in taken:
@@ -145,16 +140,14 @@ def release_held(session: Session, now: datetime, backfill_id: int | None = None
 
 def backfill_json(session: Session, backfill: Backfill) -> dict[str, Any]:
     rows = session.execute(
-        select(DagRun.state, func.count())
+        select(DagRun.state, DagRun.held, func.count())
         .where(DagRun.backfill_id == backfill.id)
-        .group_by(DagRun.state)
-    )
-    states = {state: count for state, count in rows}
-    held = session.scalar(
-        select(func.count())
-        .select_from(DagRun)
-        .where(DagRun.backfill_id == backfill.id, DagRun.held)
-    )
+        .group_by(DagRun.state, DagRun.held)
+    ).all()
+    states: dict[str, int] = {}
+    for state, _held, count in rows:
+        states[state] = states.get(state, 0) + count
+    held = sum(count for _state, is_held, count in rows if is_held)
     return {
         "id": backfill.id,
         "dag_id": backfill.dag_id,
@@ -164,6 +157,6 @@ def backfill_json(session: Session, backfill: Backfill) -> dict[str, Any]:
         "max_active_runs": backfill.max_active_runs,
         "runs": sum(states.values()),
         "states": states,
-        "held": held or 0,
+        "held": held,
         "done": sum(n for s, n in states.items() if s not in ACTIVE_RUN_STATES),
     }

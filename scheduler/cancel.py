@@ -15,16 +15,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dagstore.errors import Conflict
-from scheduler.clear import lock_run
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.runs import ACTIVE_RUN_STATES
+from scheduler.taskstate import MOVING
+from scheduler.views import get_run
 
-UNFINISHED = ("none", "scheduled", "queued", "running", "up_for_retry")
+UNFINISHED = ("none", *MOVING)
 
 
 def cancel(session: Session, run_id: str, now: datetime) -> int:
     """Cancel run `run_id`; returns how many tasks it stopped or kept from starting."""
-    run = lock_run(session, run_id)
+    run = get_run(session, run_id, lock=True)
     if run.state not in ACTIVE_RUN_STATES:
         raise Conflict(f"run {run_id!r} has ended ({run.state}): nothing to cancel")
     running_ids = select(TaskInstance.id).where(

@@ -26,6 +26,7 @@ from dagstore.errors import Conflict, NotFound
 from dagstore.models import Dag
 from scheduler.models import DagRun, TaskInstance
 from scheduler.taskstate import FAILED, schedule_ready, transition
+from scheduler.views import get_run
 
 NOT_CLEARABLE = ("queued", "running")
 
@@ -38,22 +39,9 @@ class ClearRequest:
     on_latest: bool = False
 
 
-def lock_run(session: Session, run_id: str) -> DagRun:
-    """The run, locked against every other change to it (`scheduler.taskstate`)."""
-    run = session.scalar(
-        select(DagRun)
-        .where(DagRun.run_id == run_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if run is None:
-        raise NotFound(f"run {run_id!r} does not exist")
-    return run
-
-
 def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -> list[str]:
     """Clear what `request` selects in run `run_id`; returns the cleared task ids."""
-    run = lock_run(session, run_id)
+    run = get_run(session, run_id, lock=True)
     tis = {
         ti.task_id: ti
         for ti in session.scalars(

@@ -83,19 +83,23 @@ def active_runs(session: Session, dag_id: str) -> int:
     )
 
 
+def taken_ticks(session: Session, dag_id: str, keys: list[str]) -> dict[str, str]:
+    """scheduled_key → run_id of the ticks among `keys` that have a (scheduled or backfill)
+    run already."""
+    rows = session.execute(
+        select(DagRun.scheduled_key, DagRun.run_id).where(
+            DagRun.dag_id == dag_id, DagRun.scheduled_key.in_(keys)
+        )
+    )
+    return {key: run_id for key, run_id in rows}
+
+
 def create_scheduled_runs(
     session: Session, dag: Dag, logical_dates: list[datetime], scheduler: str
 ) -> list[DagRun]:
     """Scheduled runs pinned to the DAG's current version; the unique key refuses repeats.
     Ticks a backfill has run already are left out (the caller holds the DAG row's lock)."""
-    keys = [d.isoformat() for d in logical_dates]
-    taken = set(
-        session.scalars(
-            select(DagRun.scheduled_key).where(
-                DagRun.dag_id == dag.dag_id, DagRun.scheduled_key.in_(keys)
-            )
-        )
-    )
+    taken = taken_ticks(session, dag.dag_id, [d.isoformat() for d in logical_dates])
     return [
         create_run(
             session,

@@ -12,8 +12,13 @@ from dagstore.errors import NotFound
 from scheduler.models import DagRun, TaskInstance, TaskTry
 
 
-def get_run(session: Session, run_id: str) -> DagRun:
-    run = session.scalar(select(DagRun).where(DagRun.run_id == run_id))
+def get_run(session: Session, run_id: str, lock: bool = False) -> DagRun:
+    """The run; with `lock`, locked against every other change to it (`scheduler.taskstate`)
+    and read afresh."""
+    query = select(DagRun).where(DagRun.run_id == run_id)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    run = session.scalar(query)
     if run is None:
         raise NotFound(f"run {run_id!r} does not exist")
     return run

@@ -9,14 +9,6 @@ import httpx
 from dagstore import errors
 from dagstore.settings import Settings
 
-_BY_STATUS: dict[int, type[errors.PinflowError]] = {
-    400: errors.BadRequest,
-    401: errors.Unauthorized,
-    403: errors.Forbidden,
-    404: errors.NotFound,
-    409: errors.Conflict,
-}
-
 
 class ApiClient:
     def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
@@ -53,8 +45,7 @@ class ApiClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text or response.reason_phrase
-            cls = _BY_STATUS.get(response.status_code, errors.PinflowError)
-            raise cls(f"{detail} (HTTP {response.status_code})")
+            raise errors.error_for(response.status_code, f"{detail} (HTTP {response.status_code})")
         return response
 
     def get(self, path: str, **kwargs: Any) -> Any:

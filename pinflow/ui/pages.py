@@ -1,27 +1,20 @@
-"""The UI's pages. Each calls the HTTP API's own route functions (same services, same
-answers, same errors); the session's token is checked for the scope each action needs.
+"""The UI's pages about DAGs and runs, and logging in. Each calls the HTTP API's own route
+functions (same services, same answers, same errors); the session's token is checked for the
+scope each action needs.
 
 Stable URLs, pasteable into a ticket: `/`, `/dags/{dag_id}`, `/runs/{run_id}`,
-`/runs/{run_id}?task=T&try=N` (a try's log), `/repos/{repo}/versions`,
-`/repos/{repo}/diff?base=A&head=B`, `/repos/{repo}/files/{sha}/{path}`.
+`/runs/{run_id}?task=T&try=N` (a try's log); versions, diffs and files are in `ui.repos`.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import TextLexer, guess_lexer_for_filename
-from pygments.util import ClassNotFound
+from sqlalchemy.orm import Session
 
 from dagstore.api import dags as dags_api
 from dagstore.api import repos as repos_api
@@ -29,60 +22,14 @@ from dagstore.auth import StoreDep
 from dagstore.dags import current_versions, dag_json, get_dag
 from dagstore.errors import BadRequest, NotFound, PinflowError
 from dagstore.models import Repo
-from dagstore.scopes import grants
-from pinflow.ui.session import COOKIE, LoginRequired, Viewer, ViewerDep, csrf_for
+from pinflow.ui.render import error_page, page
+from pinflow.ui.session import COOKIE, Viewer, ViewerDep
 from scheduler import api as runs_api
 from scheduler.views import recent_runs, run_grid
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
-STATIC = StaticFiles(directory=HERE / "static")
 GRID_RUNS = 25
 ACTIVE = ("queued", "running")
-
-
-def _ago(value: str | None) -> str:
-    if not value:
-        return ""
-    then = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    seconds = int((datetime.now(UTC) - then).total_seconds())
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if abs(seconds) >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
-
-
-def _duration(start: str | None, end: str | None) -> str:
-    if not start or not end:
-        return ""
-    a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    b = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    return f"{(b - a).total_seconds():.1f} s"
-
-
-templates.env.filters["ago"] = _ago
-templates.env.filters["short"] = lambda sha: (sha or "")[:12]
-templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
-templates.env.globals["duration"] = _duration
-templates.env.globals["quote"] = quote
-
-
-def page(request: Request, name: str, viewer: Viewer | None, status: int = 200, **context: Any):
-    return templates.TemplateResponse(
-        request, name, {"viewer": viewer, **context}, status_code=status
-    )
-
-
-def error_page(request: Request, viewer: Viewer | None, exc: PinflowError) -> HTMLResponse:
-    return page(request, "error.html", viewer, status=exc.status_code, detail=exc.detail)
-
-
-def on_login_required(request: Request, _: LoginRequired) -> Response:
-    """Pages send the browser to the login form; fragments (htmx) get a 401 it shows."""
-    if request.headers.get("HX-Request"):
-        return HTMLResponse("session ended: log in again", status_code=401)
-    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
 
 
 # --- logging in -------------------------------------------------------------------------------
@@ -167,15 +114,20 @@ def set_paused(
     return RedirectResponse("/", status_code=303)
 
 
+def _dag(session: Session, dag_id: str) -> dict[str, Any]:
+    """The DAG as the API shows it, without its structure history (no page shows that)."""
+    row = get_dag(session, dag_id)
+    repo = session.get(Repo, row.repo_id)
+    return dag_json(row, repo.name if repo else "")
+
+
 @router.get("/dags/{dag_id}")
 def dag_page(request: Request, dag_id: str, store: StoreDep, viewer: ViewerDep, error: str = ""):
     with store.db.read() as session:
         try:
-            row = get_dag(session, dag_id)
+            dag = _dag(session, dag_id)
         except PinflowError as exc:
             return error_page(request, viewer, exc)
-        repo = session.get(Repo, row.repo_id)
-        dag = dag_json(row, repo.name if repo else "")
         columns = run_grid(session, dag_id, GRID_RUNS)
     task_ids = [t["task_id"] for t in dag["tasks"]]
     for col in columns:
@@ -276,7 +228,8 @@ def run_page(
 ):
     try:
         context = _run_context(store, viewer, run_id, task, try_)
-        dag = dags_api.get_one_dag(context["run"]["dag_id"], store, viewer.token)
+        with store.db.read() as session:
+            dag = _dag(session, context["run"]["dag_id"])
     except PinflowError as exc:
         return error_page(request, viewer, exc)
     changed = None
@@ -374,107 +327,3 @@ def cancel(
 def _back_to_run(run_id: str, error: str) -> Response:
     suffix = f"?error={quote(error)}" if error else ""
     return RedirectResponse(f"/runs/{quote(run_id)}{suffix}", status_code=303)
-
-
-# --- versions ---------------------------------------------------------------------------------
-
-
-@router.get("/repos/{repo}/versions")
-def versions_page(request: Request, repo: str, store: StoreDep, viewer: ViewerDep):
-    try:
-        items = repos_api.get_versions(repo, store, viewer.token, limit=200)["items"]
-    except PinflowError as exc:
-        return error_page(request, viewer, exc)
-    return page(request, "versions.html", viewer, repo=repo, versions=items)
-
-
-@router.get("/repos/{repo}/diff")
-def diff_page(
-    request: Request,
-    repo: str,
-    store: StoreDep,
-    viewer: ViewerDep,
-    base: str,
-    head: str,
-    view: str = "unified",
-):
-    try:
-        body = repos_api.get_diff(repo, f"{base}..{head}", store, viewer.token)
-    except PinflowError as exc:
-        return error_page(request, viewer, exc)
-    files = [{**f, "rows": _side_by_side(f["patch"])} for f in body["files"]]
-    return page(
-        request, "diff.html", viewer, repo=repo, diff=body, files=files, view=view == "split"
-    )
-
-
-def _side_by_side(patch: str) -> list[tuple[str, str, str]]:
-    """(kind, left, right) rows of a unified patch, for the side-by-side view."""
-    rows: list[tuple[str, str, str]] = []
-    removed: list[str] = []
-    added: list[str] = []
-
-    def flush() -> None:
-        for i in range(max(len(removed), len(added))):
-            left = removed[i] if i < len(removed) else ""
-            right = added[i] if i < len(added) else ""
-            rows.append(("change", left, right))
-        removed.clear()
-        added.clear()
-
-    for line in patch.splitlines()[2:]:
-        if line.startswith(("---", "+++", "index ")):
-            continue
-        if line.startswith("@@"):
-            flush()
-            rows.append(("hunk", line, line))
-        elif line.startswith("-"):
-            removed.append(line[1:])
-        elif line.startswith("+"):
-            added.append(line[1:])
-        else:
-            flush()
-            rows.append(("same", line[1:], line[1:]))
-    flush()
-    return rows
-
-
-@router.get("/repos/{repo}/files/{sha}")
-def tree_page(request: Request, repo: str, sha: str, store: StoreDep, viewer: ViewerDep):
-    try:
-        tree = repos_api.get_tree(repo, sha, store, viewer.token)
-    except PinflowError as exc:
-        return error_page(request, viewer, exc)
-    return page(request, "tree.html", viewer, repo=repo, sha=sha, files=tree["files"])
-
-
-@router.get("/repos/{repo}/files/{sha}/{path:path}")
-def file_page(request: Request, repo: str, sha: str, path: str, store: StoreDep, viewer: ViewerDep):
-    try:
-        data = bytes(repos_api.get_file(repo, sha, path, store, viewer.token).body)
-    except PinflowError as exc:
-        return error_page(request, viewer, exc)
-    text = data.decode("utf-8", "replace")
-    try:
-        lexer = guess_lexer_for_filename(path, text)
-    except ClassNotFound:
-        lexer = TextLexer()
-    formatter = HtmlFormatter(linenos="table", cssclass="code")
-    return page(
-        request,
-        "file.html",
-        viewer,
-        repo=repo,
-        sha=sha,
-        path=path,
-        code=highlight(text, lexer, formatter),
-        style=formatter.get_style_defs(".code"),
-    )
-
-
-def can(viewer: Viewer | None, scope: str) -> bool:
-    return viewer is not None and grants(viewer.token.scope, scope)
-
-
-templates.env.globals["can"] = can
-templates.env.globals["csrf_for"] = csrf_for

@@ -13,8 +13,10 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from dagstore.auth import StoreDep
 from dagstore.errors import Forbidden, PinflowError
@@ -33,10 +35,9 @@ class Viewer:
     token: Token
     secret: str
 
-    @property
-    def can_act(self) -> bool:
-        """Whether this session may trigger, clear and cancel (the API's trigger scope)."""
-        return grants(self.token.scope, "trigger")
+    def may(self, scope: str) -> bool:
+        """Whether this session's token grants `scope` (pages hide what it may not do)."""
+        return grants(self.token.scope, scope)
 
     @property
     def csrf(self) -> str:
@@ -45,7 +46,7 @@ class Viewer:
     def check(self, csrf: str, scope: str = "trigger") -> None:
         if not hmac.compare_digest(csrf or "", self.csrf):
             raise Forbidden("the form is stale or not from this site (CSRF check failed)")
-        if not grants(self.token.scope, scope):
+        if not self.may(scope):
             raise Forbidden(f"token scope {self.token.scope!r} does not allow {scope!r}")
 
 
@@ -65,3 +66,10 @@ def viewer(request: Request, store: StoreDep) -> Viewer:
 
 
 ViewerDep = Annotated[Viewer, Depends(viewer)]
+
+
+def on_login_required(request: Request, _: LoginRequired) -> Response:
+    """Pages send the browser to the login form; fragments (htmx) get a 401 it shows."""
+    if request.headers.get("HX-Request"):
+        return HTMLResponse("session ended: log in again", status_code=401)
+    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
