@@ -44,11 +44,13 @@ def run_one(name: str) -> list[Goal] | None:
 
 def summary(goals: list[Goal]) -> Table:
     table = Table(title="goals, this run")
-    for column in ("benchmark", "measure", "value", "goal", "verdict"):
-        table.add_column(column, justify="right" if column in ("value", "goal") else "left")
+    columns = ("benchmark", "measure", "before (recorded)", "this run", "goal", "verdict")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("benchmark", "measure") else "right")
     for goal in goals:
         verdict = "[green]met[/]" if goal.met else "[red]NOT met[/]"
-        table.add_row(goal.benchmark, goal.name, goal.value, goal.target, verdict)
+        table.add_row(goal.benchmark, goal.name, goal.before or "—", goal.value, goal.target,
+                      verdict)  # fmt: skip
     return table
 
 

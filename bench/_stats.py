@@ -71,3 +71,6 @@ class Goal:
     value: str  # the measured figure, formatted, e.g. "2.4x"
     target: str  # the goal, e.g. ">= 3x"
     met: bool
+    # The figure recorded before the current round of work (BENCHMARKS.md), e.g. issue 17's
+    # "today" column: printed beside this run's value so the summary shows the change.
+    before: str = ""
