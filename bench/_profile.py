@@ -72,13 +72,35 @@ class Sampler:
         return written
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and of its children it has reaped, from /proc:
-    for an RQ worker that includes every work horse that has exited."""
+def _own_and_reaped(pid: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
     return (utime + stime + cutime + cstime) / ticks
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(child) for child in listed]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants, live ones included,
+    from /proc. `pinflow worker` is a token agent whose child is the RQ worker (issue 14), so
+    the horses an RQ worker has reaped count in the RQ worker's figure, not the agent's: the
+    whole tree has to be walked, or a worker's cost looks like 2 ms per task."""
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            total += _own_and_reaped(current)
+        except OSError:
+            continue  # exited meanwhile: its time is in its parent's reaped figure
+        stack += _children(current)
+    return total
 
 
 def read_raw(path: Path) -> list[tuple[list[str], int]]:

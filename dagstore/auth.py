@@ -46,7 +46,7 @@ def _secret_and_grant(credentials: Credentials) -> tuple[str | None, TryGrant | 
 
 def worker_or_try(store: StoreDep, credentials: Credentials) -> Token | TryGrant:
     """A worker token, or a try credential (the endpoint checks it names the try it acts on:
-    `scheduler.grants.authorize_try`)."""
+    `scheduler.grants.try_digest`)."""
     secret, grant = _secret_and_grant(credentials)
     if grant is not None:
         return grant

@@ -31,6 +31,8 @@ from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
 from runner.claim import CLAIMS
+from runner.horse import LightHorse
+from runner.job import run_task
 from runner.warm import WARM
 
 log = logging.getLogger("pinflow.worker")
@@ -74,8 +76,11 @@ def refusal_of(job: Job) -> str | None:
     return None
 
 
-class PinflowWorker(_Warming, Worker):
-    """RQ's forking worker, warming the job's DAG file in the parent before each fork."""
+class PinflowWorker(_Warming, LightHorse, Worker):
+    """RQ's forking worker, warming the job's DAG file in the parent before each fork, with
+    a work horse that runs the task and nothing else (`runner.horse`)."""
+
+    run = staticmethod(run_task)
 
 
 class NoForkWorker(_Warming, SimpleWorker):

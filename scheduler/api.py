@@ -28,11 +28,11 @@ from scheduler.backfill import backfill_json, create_backfill, release_held
 from scheduler.cancel import cancel
 from scheduler.clear import ClearRequest, clear
 from scheduler.enqueue import Enqueuer
-from scheduler.grants import authorize_try
+from scheduler.grants import try_digest
 from scheduler.models import Backfill, DagRun, TaskInstance, TaskTry
 from scheduler.runs import RUN_STATES
 from scheduler.taskstate import queue_ready
-from scheduler.tries import append_log, claim, finish, heartbeat
+from scheduler.tries import append_log, claim, finish, heartbeat, upstream_results
 from scheduler.trigger import pinned_dag, resolve_target, trigger
 from scheduler.views import get_run, run_json, tasks_json
 
@@ -253,11 +253,7 @@ def post_claim(
             attempt=body.attempt,
             grant_hash=grant_hash,
         )
-        upstream = session.execute(
-            select(TaskInstance.task_id, TaskInstance.result).where(
-                TaskInstance.run_pk == row.run_pk, TaskInstance.task_id.in_(row.upstream or [])
-            )
-        )
+        upstream = upstream_results(session, row.run_pk, row.upstream or [])
         timeout = store.settings.heartbeat_timeout
         return TaskSpec(
             ti_id=ti_id,
@@ -271,7 +267,7 @@ def post_claim(
             logical_date=iso(row.logical_date) or "",
             conf=row.conf or {},
             timeout=row.timeout,
-            upstream_results=dict(upstream.tuples().all()),
+            upstream_results=upstream,
             heartbeat_interval=max(1.0, timeout / 6),
             heartbeat_timeout=timeout,
             credential=credential,
@@ -282,9 +278,9 @@ def post_claim(
 def post_heartbeat(
     ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, who: WorkerOrTry
 ) -> dict[str, Any]:
+    digest = try_digest(who, ti_id, body.try_number)
     with store.db.write() as session:
-        authorize_try(session, who, ti_id, body.try_number)
-        heartbeat(session, ti_id, body.try_number, db_time(session))
+        heartbeat(session, ti_id, body.try_number, db_time(session), digest)
         if not body.log:
             return {"state": "running"}  # nothing to add: the log is not even read
         held = append_log(session, ti_id, body.try_number, body.log_offset, body.log)
@@ -300,8 +296,8 @@ def post_finish(
     who: WorkerOrTry,
 ) -> dict[str, str]:
     """Record the outcome; downstream tasks are enqueued now, not at the next scheduler tick."""
+    digest = try_digest(who, ti_id, body.try_number)
     with store.db.write() as session:
-        authorize_try(session, who, ti_id, body.try_number)
         now = db_time(session)
         finished = finish(
             session,
@@ -312,6 +308,7 @@ def post_finish(
             result=body.result,
             error=body.error,
             log=body.log,
+            digest=digest,
         )
         # Scheduled tasks of the run that this finish did not make ready (a fan-out past
         # queue_ready's batch) are left to the scheduler's loop, which queues them within a tick.

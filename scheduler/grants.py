@@ -34,21 +34,31 @@ def granted_version(session: Session, grant: TryGrant) -> tuple[str, str] | None
     return (row.name, row.sha) if row is not None else None
 
 
-def authorize_try(session: Session, who: Token | TryGrant, ti_id: int, try_number: int) -> None:
-    """A worker token may act on any try; a try credential on its own try only.
-
-    A credential for a try that has since been retried is let through to the conditional
-    update, which answers 409 as it does a late worker: its task is stopped at once."""
+def try_digest(who: Token | TryGrant, ti_id: int, try_number: int) -> str | None:
+    """The credential hash a worker's request must match, or None for a worker token, which
+    may act on any try. A credential naming another try is refused here, before any query;
+    whether it is the live one is part of the conditional update that it guards (one
+    statement instead of a read and a write), and `explain_refusal` says why it failed."""
     if not isinstance(who, TryGrant):
-        return
+        return None
     if (who.ti_id, who.try_number) != (ti_id, try_number):
         raise Forbidden(
             f"this credential is for try {who.try_number} of task instance {who.ti_id} only"
         )
+    return who.digest
+
+
+def explain_refusal(session: Session, digest: str | None, ti_id: int, try_number: int) -> None:
+    """After a conditional update refused a credential's request: 403 if the credential is
+    not this try's (never issued, or replaced by a repeated claim). Otherwise the try itself
+    is the reason (retried since, ended, gone), which the caller answers with 409 or 404, as
+    it does a late worker: its task is stopped at once."""
+    if digest is None:
+        return
     current = session.execute(
         select(TaskInstance.try_number, TaskInstance.grant_hash).where(TaskInstance.id == ti_id)
     ).one_or_none()
     if current is None or current.try_number != try_number:
-        return  # retried since, or gone: the conditional update says so (409, 404)
-    if current.grant_hash is None or not hmac.compare_digest(current.grant_hash, who.digest):
+        return
+    if current.grant_hash is None or not hmac.compare_digest(current.grant_hash, digest):
         raise Forbidden("this try credential was never issued or has been replaced")

@@ -9,18 +9,71 @@ the try.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from dagstore.errors import Conflict, NotFound
 from dagstore.models import Repo
 from dagstore.protocol import MAX_LOG_BYTES
+from scheduler.grants import explain_refusal
 from scheduler.models import DagRun, TaskInstance, TaskTry
-from scheduler.taskstate import schedule_ready, start_run, transition
+from scheduler.taskstate import new_columns, new_values, schedule_ready, start_run, transition
+
+# The statements of the claim and finish path, built once (see `taskstate._transition`).
+_CLAIM_READ = (
+    select(
+        TaskInstance.task_id,
+        TaskInstance.timeout,
+        TaskInstance.upstream,
+        DagRun.id.label("run_pk"),
+        DagRun.state.label("run_state"),
+        DagRun.run_id,
+        DagRun.dag_id,
+        func.coalesce(TaskInstance.sha, DagRun.sha).label("sha"),
+        func.coalesce(TaskInstance.fileloc, DagRun.fileloc).label("fileloc"),
+        DagRun.logical_date,
+        DagRun.conf,
+        Repo.name.label("repo"),
+    )
+    .join(DagRun, DagRun.id == TaskInstance.run_pk)
+    .join(Repo, Repo.id == DagRun.repo_id)
+    .where(TaskInstance.id == bindparam("ti_id"))
+    .with_for_update(of=DagRun)
+)
+_FINISH_LOCK = (
+    select(DagRun.id, DagRun.state, TaskInstance.max_tries, TaskInstance.retry_delay)
+    .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
+    .where(TaskInstance.id == bindparam("ti_id"))
+    .with_for_update(of=DagRun)
+)
+_TRY_INSERT = insert(TaskTry)
+_UPSTREAM_RESULTS = select(TaskInstance.task_id, TaskInstance.result).where(
+    TaskInstance.run_pk == bindparam("run_pk"),
+    TaskInstance.task_id.in_(bindparam("task_ids", expanding=True)),
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _try_update(columns: tuple[str, ...]):
+    return (
+        update(TaskTry)
+        .where(TaskTry.ti_id == bindparam("of_ti"), TaskTry.try_number == bindparam("of_try"))
+        .values(new_columns(columns))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def upstream_results(session: Session, run_pk: int, task_ids: list[str]) -> dict[str, Any]:
+    """task_id → result of the upstream tasks a claimed try receives."""
+    if not task_ids:
+        return {}
+    rows = session.execute(_UPSTREAM_RESULTS, {"run_pk": run_pk, "task_ids": task_ids})
+    return {task_id: result for task_id, result in rows}
 
 
 def get_ti(session: Session, ti_id: int) -> TaskInstance:
@@ -52,26 +105,7 @@ def claim(
     heartbeat); anything else is someone else's task now. `grant_hash` is stored either way:
     the credential of the answer that arrives is the one that works.
     """
-    row = session.execute(
-        select(
-            TaskInstance.task_id,
-            TaskInstance.timeout,
-            TaskInstance.upstream,
-            DagRun.id.label("run_pk"),
-            DagRun.state.label("run_state"),
-            DagRun.run_id,
-            DagRun.dag_id,
-            func.coalesce(TaskInstance.sha, DagRun.sha).label("sha"),
-            func.coalesce(TaskInstance.fileloc, DagRun.fileloc).label("fileloc"),
-            DagRun.logical_date,
-            DagRun.conf,
-            Repo.name.label("repo"),
-        )
-        .join(DagRun, DagRun.id == TaskInstance.run_pk)
-        .join(Repo, Repo.id == DagRun.repo_id)
-        .where(TaskInstance.id == ti_id)
-        .with_for_update(of=DagRun)
-    ).one_or_none()
+    row = session.execute(_CLAIM_READ, {"ti_id": ti_id}).one_or_none()
     if row is None:
         raise NotFound(f"task instance {ti_id} does not exist")
     if transition(
@@ -88,15 +122,16 @@ def claim(
         ended_at=None,
     ):
         session.execute(
-            insert(TaskTry).values(
-                ti_id=ti_id,
-                try_number=try_number,
-                state="running",
-                worker=worker,
-                started_at=now,
-                log="",
-                sha=row.sha,
-            )
+            _TRY_INSERT,
+            {
+                "ti_id": ti_id,
+                "try_number": try_number,
+                "state": "running",
+                "worker": worker,
+                "started_at": now,
+                "log": "",
+                "sha": row.sha,
+            },
         )
         if row.run_state == "queued":
             start_run(session, row.run_pk, now)  # this task runs, so its run does
@@ -114,8 +149,15 @@ def claim(
     raise _conflict(session, ti_id, try_number, "cannot be claimed")
 
 
-def heartbeat(session: Session, ti_id: int, try_number: int, now: datetime) -> None:
-    if not transition(session, ti_id, ("running",), try_number, heartbeat_at=now):
+def heartbeat(
+    session: Session, ti_id: int, try_number: int, now: datetime, digest: str | None = None
+) -> None:
+    """The try is alive. `digest` is the try credential's hash, when it sent the heartbeat
+    (`scheduler.grants.try_digest`): one conditional update checks both."""
+    if not transition(
+        session, ti_id, ("running",), try_number, expected_grant=digest, heartbeat_at=now
+    ):
+        explain_refusal(session, digest, ti_id, try_number)
         raise _conflict(session, ti_id, try_number, "is no longer running")
 
 
@@ -147,8 +189,16 @@ def append_log(session: Session, ti_id: int, try_number: int, offset: int, text:
 
 
 @dataclass(frozen=True)
+class LockedRun:
+    """The run row a finish holds locked: all that deciding what comes next reads of it."""
+
+    id: int
+    state: str
+
+
+@dataclass(frozen=True)
 class Finished:
-    run: DagRun
+    run: LockedRun
     state: str  # what the try left the task in: success, failed or up_for_retry
     scheduled: int  # downstream tasks that became ready
 
@@ -168,18 +218,16 @@ def finish(
     error: str | None = None,
     log: str | None = None,
     stale_before: datetime | None = None,
+    digest: str | None = None,
 ) -> Finished:
-    """running → success, or failed / up_for_retry; then, under the run's lock, the run moves on."""
-    found = session.execute(
-        select(DagRun, TaskInstance.max_tries, TaskInstance.retry_delay)
-        .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
-        .where(TaskInstance.id == ti_id)
-        .with_for_update(of=DagRun)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    """running → success, or failed / up_for_retry; then, under the run's lock, the run moves on.
+
+    `digest`: the try credential's hash when the try reports itself (see `heartbeat`)."""
+    found = session.execute(_FINISH_LOCK, {"ti_id": ti_id}).one_or_none()
     if found is None:
         raise NotFound(f"task instance {ti_id} does not exist")
-    run, max_tries, retry_delay = found
+    run = LockedRun(found.id, found.state)
+    max_tries, retry_delay = found.max_tries, found.retry_delay
     if success:
         values: dict[str, Any] = {
             "state": "success",
@@ -196,7 +244,10 @@ def finish(
         }
     else:
         values = {"state": "failed", "error": error, "ended_at": now}
-    if not transition(session, ti_id, ("running",), try_number, stale_before, **values):
+    if not transition(
+        session, ti_id, ("running",), try_number, stale_before, expected_grant=digest, **values
+    ):
+        explain_refusal(session, digest, ti_id, try_number)
         raise _conflict(session, ti_id, try_number, "cannot finish")
     try_values: dict[str, Any] = {
         "state": "success" if success else "failed",
@@ -206,10 +257,8 @@ def finish(
     if log is not None:
         try_values["log"] = log
     session.execute(
-        update(TaskTry)
-        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
-        .values(**try_values)
-        .execution_options(synchronize_session=False)
+        _try_update(tuple(try_values)),
+        {"of_ti": ti_id, "of_try": try_number, **new_values(try_values)},
     )
     return Finished(run, values["state"], schedule_ready(session, run, now))
 

@@ -8,7 +8,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
 
+from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
 from tests.support.dags import sleeps_on_first_try
@@ -116,3 +121,49 @@ def test_a_try_taken_away_stops_its_task_at_the_next_heartbeat(cluster: Cluster,
     assert not worker.horses()  # the horse is gone: it did not sleep on
     tasks = {t["task_id"]: t for t in cluster.run(run["run_id"])["tasks"]}
     assert "no heartbeat" in tasks["sleeper"]["error"]  # the scheduler's verdict stands
+
+
+FANOUT = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def noop(x=0):
+        return x
+
+    root = noop.override(task_id="root")()
+    for i in range({leaves}):
+        noop.override(task_id=f"leaf_{{i}}")(root)
+"""
+
+
+def test_work_horses_never_connect_to_redis(cluster: Cluster, tmp_path, uid):
+    """The forked horse runs the task and nothing else: RQ's bookkeeping is the worker's, over
+    the connection it keeps. Before, every horse opened a Redis connection of its own."""
+    dag_id = f"quiet_{uid}"
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "f", **{"dags/f.py": FANOUT.format(dag_id=dag_id, leaves=19)})
+    redis = Redis.from_url(cluster.redis.url)
+    before = redis.info("stats")["total_connections_received"]
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    assert run["state"] == "success", cluster.logs()
+    opened = redis.info("stats")["total_connections_received"] - before
+    assert opened <= 3, f"{opened} new Redis connections for 20 tasks"  # the test's own polls
+
+
+def test_a_horse_that_raises_leaves_its_traceback_in_rq(cluster: Cluster, tmp_path, uid):
+    """A job with pinflow's entry point but an unreadable payload fails in the horse: RQ's
+    failed-job record carries the horse's traceback, and the worker goes on to the next job."""
+    redis = Redis.from_url(cluster.redis.url)
+    queue = Queue(queue_name(DEFAULT_QUEUE), connection=redis, serializer=JSONSerializer)
+    job = queue.enqueue_call(JOB_FUNCTION, kwargs={"payload": {"ti_id": "x"}}, job_id=f"bad-{uid}")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and job.get_status(refresh=True) != JobStatus.FAILED:
+        time.sleep(0.1)
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    failure = job.latest_result()
+    assert failure is not None and "ValidationError" in (failure.exc_string or "")
+    dag_id = f"after_bad_{uid}"
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=0)})
+    assert cluster.wait(cluster.trigger(dag_id)["run_id"])["state"] == "success"
