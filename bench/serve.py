@@ -30,6 +30,7 @@ from rich.table import Table
 from bench._stats import Goal
 from bench.fetch import REPO, build_repo, publish
 from dagstore.archive import ArchiveCache
+from dagstore.diskcache import DiskCache
 from dagstore.settings import Settings
 from tests.support.ports import free_port
 from tests.support.server import ServerProcess, start_server
@@ -136,7 +137,8 @@ def cached_archive(server: ServerProcess, sha: str) -> tuple[str, Path]:
     url = f"{server.url}/api/v1/repos/{REPO}/archive/{sha}.tar.gz"
     response = httpx.get(url, headers={"Authorization": f"Bearer {server.tokens['read']}"})
     response.raise_for_status()
-    path = ArchiveCache(Settings.load(home=server.home).archive_cache_dir).path(REPO, sha)
+    disk = DiskCache(Settings.load(home=server.home).server_cache_dir, 0)
+    path = ArchiveCache(disk).path(REPO, sha)
     if not path.is_file() or path.read_bytes() != response.content:
         raise RuntimeError(f"the server's cached archive of {sha} is not at {path}")
     return url, path

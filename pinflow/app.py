@@ -11,6 +11,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 import pinflow
 from dagstore.api import healthz
 from dagstore.api import router as store_router
+from dagstore.api.archive_http import ArchiveFastPath
 from dagstore.context import StoreContext
 from dagstore.errors import PinflowError
 from dagstore.githttp import make_git_app
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ui_repos_router)
     app.mount("/static", ui_static, name="static")
     app.add_exception_handler(LoginRequired, on_login_required)  # type: ignore[arg-type]
+    # Ahead of routing: the cached archive GET, answered from memory (dagstore.api.archive_http).
+    app.add_middleware(ArchiveFastPath, store=store)  # type: ignore[arg-type]
     return app
 
 
