@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dagstore.api.archive_http import ARCHIVE_PATH
 from dagstore.db import Database
 from dagstore.models import Token
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER
 from dagstore.token import hash_token, issue_token, revoke_token
 from tests.support.git import Git
-from tests.support.nginx import Nginx, deploy_conf, nginx_binary
+from tests.support.nginx import DEPLOY_CONF, Nginx, deploy_conf, nginx_binary
 from tests.support.server import ServerProcess, start_server
 from tests.support.trycred import running_try_credential
 
@@ -188,3 +190,12 @@ def test_a_push_through_nginx_lands_and_its_archive_is_served(deployed: Deployed
     response = deployed.get(sha, deployed.server.tokens["read"])
     assert response.status_code == 200
     assert hashlib.sha256(response.content).hexdigest() == response.headers[ARCHIVE_DIGEST_HEADER]
+
+
+def test_the_recipe_takes_the_archive_paths_pinflows_fast_path_takes():
+    """One pattern in two languages: the location nginx caches and checks is exactly the
+    paths of valid repo names and full shas (`dagstore.api.archive_http`)."""
+    conf = DEPLOY_CONF.read_text()
+    (location,) = re.findall(r'location ~ "(\^/api/v1/repos/[^"]+)"', conf)
+    as_python = location.replace("(?<archive_", "(?P<")  # nginx's variable names, Python's groups
+    assert as_python == f"^{ARCHIVE_PATH.pattern}$"

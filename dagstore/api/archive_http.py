@@ -20,14 +20,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dagstore.archive import ArchiveFile
 from dagstore.auth import bearer_secret, known_version_reader
 from dagstore.context import StoreContext
+from dagstore.gitrepo import FULL_SHA_RE, REPO_NAME_RE
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MEDIA_TYPE = "application/gzip"
-# Valid repo names (dagstore.gitrepo.REPO_NAME_RE) and full shas only: a subset of what the
-# route's `{repo}` and `{sha}` match, so both always agree on which repo and sha are meant.
-_PATH = re.compile(
-    r"/api/v1/repos/(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]{0,99})/archive/(?P<sha>[0-9a-f]{40})\.tar\.gz"
+
+
+def _bare(pattern: re.Pattern[str]) -> str:
+    return pattern.pattern.removeprefix("^").removesuffix("$")
+
+
+# Valid repo names and full shas only: a subset of what the route's `{repo}` and `{sha}`
+# match, so both always agree on which repo and sha are meant; deploy/nginx.conf's archive
+# location is the same pattern (tests/test_deploy_nginx.py checks).
+ARCHIVE_PATH = re.compile(
+    rf"/api/v1/repos/(?P<repo>{_bare(REPO_NAME_RE)})/archive/(?P<sha>{_bare(FULL_SHA_RE)})\.tar\.gz"
 )
 
 
@@ -59,7 +67,7 @@ class ArchiveFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
-            match = _PATH.fullmatch(scope["path"])
+            match = ARCHIVE_PATH.fullmatch(scope["path"])
             if match is not None and await self._answer(scope, send, match["repo"], match["sha"]):
                 return
         await self.app(scope, receive, send)
