@@ -1,11 +1,17 @@
 """Archive serving: requests per second for one cached archive, pinflow against nginx.
 
 The 500-file benchmark repo is pushed to a real `pinflow server` (one process, SQLite); its
-archive is fetched once, so the server has it on disk. nginx (Debian's, one process, `sendfile
-on`) serves that same file from a temporary config in the same run. `wrk` (2 threads,
-16 connections, 5 s) loads each in turn, three rounds alternating so both see the same machine;
-pinflow's requests carry a read token (authentication is part of what pinflow does per
-request). Goal (issue 8): pinflow ≥ 0.5 × nginx requests/s.
+archive is fetched once, so the server has it on disk and in memory. In the same run, `wrk`
+(2 threads, 16 connections, 5 s) loads, three rounds alternating so all see the same machine:
+
+- `pinflow server` (one process) and `pinflow server --workers 2` (same home and database);
+- Debian's nginx (one process, `sendfile on`) serving that same file: the reference;
+- the shipped deploy/nginx.conf (one nginx process) in front of the one-process server, with
+  the archive in nginx's cache and every request checked by `auth_request`.
+
+Requests to pinflow and through deploy/nginx.conf carry a read token (authorization is part
+of what they do per request). Goals (issue 17): pinflow alone >= 0.5x nginx, deploy/nginx.conf
+>= 0.9x nginx; the machine has 2 cores and wrk takes CPU, so one process is compared with one.
 
 Needs `wrk` and `nginx`: `apt-get install -y wrk nginx-light`.
 Run: `.venv/bin/python -m bench.serve` (or `make bench`).
@@ -13,13 +19,11 @@ Run: `.venv/bin/python -m bench.serve` (or `make bench`).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,36 +34,20 @@ from rich.table import Table
 from bench._stats import Goal
 from bench.fetch import REPO, build_repo, publish
 from dagstore.archive import ArchiveCache
+from dagstore.diskcache import DiskCache
 from dagstore.settings import Settings
-from tests.support.ports import free_port
+from tests.support.nginx import Nginx, deploy_conf, nginx_binary
 from tests.support.server import ServerProcess, start_server
 
 ROUNDS = 3
 SECONDS = 5
 CONNECTIONS = 16
-GOAL = 0.5
-NGINX_CONF = """
-daemon off;
-master_process off;
-{user}
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    types {{ application/gzip gz; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location = /archive.tar.gz {{ alias {archive}; }}
-    }}
+GOAL_ALONE = 0.5
+GOAL_DEPLOY = 0.9
+PLAIN = """
+server {{
+    listen 127.0.0.1:{port};
+    location = /archive.tar.gz {{ alias {archive}; }}
 }}
 """
 
@@ -72,42 +60,11 @@ class Load:
     transfer: str
 
 
-def tools() -> tuple[str, str]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+def tools() -> str:
     wrk = shutil.which("wrk")
-    if not wrk or not Path(nginx).exists():
+    if not wrk or nginx_binary() is None:
         raise SystemExit("bench.serve needs wrk and nginx: apt-get install -y wrk nginx-light")
-    return nginx, wrk
-
-
-def start_nginx(nginx: str, tmp: Path, archive: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    # One process, like the one `pinflow server` process it is compared with; as root, nginx
-    # would serve as `nobody`, who cannot read the temporary folder.
-    user = "user root root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, archive=archive, user=user))
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp)], stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/archive.tar.gz"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    stop(proc)
-    raise RuntimeError(f"nginx did not start: {(tmp / 'nginx-error.log').read_text()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()  # nginx: fast shutdown
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return wrk
 
 
 def _ms(value: str, unit: str) -> float:
@@ -136,47 +93,85 @@ def cached_archive(server: ServerProcess, sha: str) -> tuple[str, Path]:
     url = f"{server.url}/api/v1/repos/{REPO}/archive/{sha}.tar.gz"
     response = httpx.get(url, headers={"Authorization": f"Bearer {server.tokens['read']}"})
     response.raise_for_status()
-    path = ArchiveCache(Settings.load(home=server.home).archive_cache_dir).path(REPO, sha)
+    disk = DiskCache(Settings.load(home=server.home).server_cache_dir, 0)
+    path = ArchiveCache(disk).path(REPO, sha)
     if not path.is_file() or path.read_bytes() != response.content:
         raise RuntimeError(f"the server's cached archive of {sha} is not at {path}")
     return url, path
 
 
+@dataclass
+class Contender:
+    name: str
+    url: str
+    headers: dict[str, str]
+    loads: list[Load]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(x.requests_per_second for x in self.loads)
+
+
 def main() -> list[Goal]:
-    nginx, wrk = tools()
-    pinflow_loads: list[Load] = []
-    nginx_loads: list[Load] = []
-    with tempfile.TemporaryDirectory(prefix="pinflow-bench-serve-") as tmp:
-        git, _ = build_repo(Path(tmp) / "work")
-        server = start_server(Path(tmp) / "home")
-        proc = None
+    wrk = tools()
+    with tempfile.TemporaryDirectory(prefix="pinflow-bench-serve-") as tmp_name:
+        tmp = Path(tmp_name)
+        git, _ = build_repo(tmp / "work")
+        server = start_server(tmp / "home")
+        more = ServerProcess(server.home, server.database_url, extra_args=("--workers", "2"))
+        started: list[Nginx | ServerProcess] = [server, more]
         try:
             sha, _, _, _ = publish(git, server)
             url, archive = cached_archive(server, sha)
-            proc, nginx_url = start_nginx(nginx, Path(tmp), archive)
+            more.start()
+            plain = Nginx(tmp / "plain")
+            plain.http = PLAIN.format(port=plain.port, archive=archive)
+            started.append(plain.start("/archive.tar.gz"))
+            deploy = Nginx(tmp / "deploy")
+            deploy.http = deploy_conf([f"127.0.0.1:{server.port}"], deploy.port, tmp / "cache")
+            started.append(deploy.start("/healthz"))
             auth = {"Authorization": f"Bearer {server.tokens['read']}"}
+            path = url.removeprefix(server.url)
+            # Warm: in both processes' memory (new connections land on either), in nginx's cache.
+            for base in [more.url] * 8 + [deploy.url] * 2:
+                httpx.get(base + path, headers=auth).raise_for_status()
+            contenders = [
+                Contender("pinflow server", url, auth, []),
+                Contender("pinflow server --workers 2", more.url + path, auth, []),
+                Contender("nginx (the file)", f"{plain.url}/archive.tar.gz", {}, []),
+                Contender("deploy/nginx.conf", deploy.url + path, auth, []),
+            ]
             for _ in range(ROUNDS):
-                pinflow_loads.append(wrk_load(wrk, url, auth))
-                nginx_loads.append(wrk_load(wrk, nginx_url, {}))
+                for contender in contenders:
+                    contender.loads.append(wrk_load(wrk, contender.url, contender.headers))
             size = archive.stat().st_size
         finally:
-            if proc is not None:
-                stop(proc)
-            server.stop()
+            for proc in reversed(started):
+                proc.stop()
+    alone, workers, nginx, deployed = contenders
+    report(contenders, size, nginx.median)
+    return [
+        Goal("archive serving", "pinflow server / nginx requests/s (medians)",
+             f"{alone.median / nginx.median:.2f}x", f">= {GOAL_ALONE:g}x",
+             alone.median / nginx.median >= GOAL_ALONE, before="0.28x"),
+        Goal("archive serving", "deploy/nginx.conf / nginx requests/s (medians)",
+             f"{deployed.median / nginx.median:.2f}x", f">= {GOAL_DEPLOY:g}x",
+             deployed.median / nginx.median >= GOAL_DEPLOY),
+    ]  # fmt: skip
+
+
+def report(contenders: list[Contender], size: int, reference: float) -> None:
     table = Table(title=f"one cached archive ({size / 1024:,.0f} KiB), wrk -t2 -c{CONNECTIONS}")
     for column in ("server", "round", "requests/s", "p50 ms", "p99 ms", "transfer/s"):
         table.add_column(column, justify="left" if column == "server" else "right")
-    for name, loads in (("pinflow server", pinflow_loads), ("nginx", nginx_loads)):
-        for i, load in enumerate(loads, 1):
-            table.add_row(name, str(i), f"{load.requests_per_second:,.0f}", f"{load.p50_ms:.1f}",
-                          f"{load.p99_ms:.1f}", load.transfer)  # fmt: skip
+    for contender in contenders:
+        for i, load in enumerate(contender.loads, 1):
+            table.add_row(contender.name, str(i), f"{load.requests_per_second:,.0f}",
+                          f"{load.p50_ms:.1f}", f"{load.p99_ms:.1f}", load.transfer)  # fmt: skip
     Console(width=120).print(table)
-    ours = statistics.median(x.requests_per_second for x in pinflow_loads)
-    theirs = statistics.median(x.requests_per_second for x in nginx_loads)
-    ratio = ours / theirs
-    print(f"pinflow {ours:,.0f} req/s, nginx {theirs:,.0f} req/s (medians): {ratio:.2f}x")
-    return [Goal("archive serving", "pinflow / nginx requests/s (medians)", f"{ratio:.2f}x",
-                 f">= {GOAL:g}x", ratio >= GOAL)]  # fmt: skip
+    for contender in contenders:
+        print(f"{contender.name}: {contender.median:,.0f} req/s (median), "
+              f"{contender.median / reference:.2f}x nginx")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -115,6 +115,21 @@ class ArchiveCache:
                     self._in_memory_size -= len(dropped)
         return data
 
+    def in_memory(self, repo_name: str, sha: str) -> tuple[ArchiveFile, bytes] | None:
+        """The archive and its bytes when this process holds both in memory: no file system
+        call, no wait (what `dagstore.api.archive_http`'s fast path may answer from)."""
+        path = self.path(repo_name, sha)
+        archive = self._digests.get(path)
+        if archive is None:
+            return None
+        with self._guard:
+            data = self._in_memory.get(path)
+            if data is None:
+                return None
+            self._in_memory.move_to_end(path)
+        self.disk.touch(path)  # rate-limited: keeps a hot archive from leaving the disk cache
+        return archive, data
+
     def path(self, repo_name: str, sha: str) -> Path:
         return self.root / validate_repo_name(repo_name) / f"{validate_full_sha(sha)}.tar.gz"
 

@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from dagstore.context import StoreContext
 from dagstore.errors import Forbidden
 from dagstore.grant import TryGrant, parse_grant
 from dagstore.models import Token
+from dagstore.scopes import grants
 
 _bearer = HTTPBearer(auto_error=False, description="A pinflow token (`pinflow token create`)")
 
@@ -53,12 +55,13 @@ def worker_or_try(store: StoreDep, credentials: Credentials) -> Token | TryGrant
     return store.tokens.authenticate(store.db, secret, "worker")
 
 
-def version_reader(repo: str, sha: str, store: StoreDep, credentials: Credentials) -> None:
+def version_reader(
+    repo: str, sha: str, store: StoreDep, credentials: Credentials
+) -> Token | TryGrant:
     """A read token, or the credential of a running try of exactly this version."""
     secret, grant = _secret_and_grant(credentials)
     if grant is None:
-        store.tokens.authenticate(store.db, secret, "read")
-        return
+        return store.tokens.authenticate(store.db, secret, "read")
     granted = None
     if store.grant_version is not None:
         with store.db.read() as session:
@@ -67,6 +70,23 @@ def version_reader(repo: str, sha: str, store: StoreDep, credentials: Credential
         raise Forbidden(
             f"this try credential does not grant {repo}@{sha[:12]} (or its try has ended)"
         )
+    return grant
+
+
+async def bearer_secret(request: HTTPConnection) -> str | None:
+    """The bearer secret of a request, read by the very dependency every route uses."""
+    credentials = await _bearer(request)
+    return credentials.credentials if credentials else None
+
+
+def known_version_reader(store: StoreContext, secret: str | None) -> bool:
+    """Whether `version_reader` admits `secret` for every version, decided from this process's
+    memory alone: a read token verified within the token cache's TTL. False means "not known
+    here", never "refused": the caller asks `version_reader`, which decides (and refuses)."""
+    if not secret or parse_grant(secret) is not None:  # try credentials: checked per request
+        return False
+    token = store.tokens.cached(secret)
+    return token is not None and grants(token.scope, "read")
 
 
 ReadToken = Annotated[Token, Depends(require("read"))]
@@ -75,4 +95,4 @@ TriggerToken = Annotated[Token, Depends(require("trigger"))]
 WorkerToken = Annotated[Token, Depends(require("worker"))]
 AdminToken = Annotated[Token, Depends(require("admin"))]
 WorkerOrTry = Annotated[Token | TryGrant, Depends(worker_or_try)]
-VersionReader = Depends(version_reader)
+VersionReader = Annotated[Token | TryGrant, Depends(version_reader)]

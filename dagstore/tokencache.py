@@ -34,10 +34,8 @@ class TokenCache:
             raise Unauthorized("missing token")
         key = hash_token(secret)
         now = time.monotonic()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            token = entry[1]
-        else:
+        token = self._live(key, now)
+        if token is None:
             with db.read() as session:
                 token = find_token(session, key)
                 session.expunge(token)  # kept beyond the session: plain, read-only values
@@ -48,6 +46,23 @@ class TokenCache:
                 self._remember(key, now + self.ttl, token)
         check_scope(token, needed)
         return token
+
+    def cached(self, secret: str) -> Token | None:
+        """The token behind `secret` if this process verified it within `ttl`, without touching
+        the database: what a request path that must not block may rely on. None means "not
+        known here", never "refused": the caller then asks `authenticate`."""
+        return self._live(hash_token(secret), time.monotonic())
+
+    def trusted_for(self, secret: str) -> float:
+        """Seconds this process will go on trusting `secret` without a lookup (0: none).
+        A cache in front of us (deploy/nginx.conf) may keep our answer that long and no longer,
+        so a revoked token stops working there when it stops working here."""
+        entry = self._entries.get(hash_token(secret))
+        return max(0.0, entry[0] - time.monotonic()) if entry is not None else 0.0
+
+    def _live(self, key: str, now: float) -> Token | None:
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[0] > now else None
 
     def _remember(self, key: str, until: float, token: Token) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 from typing import Annotated, Any
 
@@ -9,17 +10,17 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from dagstore.auth import AdminToken, ReadToken, StoreDep, VersionReader
+from dagstore.api.archive_http import IMMUTABLE, MEDIA_TYPE, archive_headers, not_modified
+from dagstore.auth import AdminToken, Credentials, ReadToken, StoreDep, VersionReader
 from dagstore.dags import version_contents
 from dagstore.diff import diff_dags, diff_files
 from dagstore.errors import BadRequest
 from dagstore.gitrepo import list_files, read_file, resolve_commit, validate_full_sha
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
+from dagstore.models import Token
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
 
 router = APIRouter()
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 class RepoCreate(BaseModel):
@@ -97,21 +98,22 @@ def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str,
 @router.get(
     "/repos/{repo}/archive/{sha}.tar.gz",
     tags=["versions"],
-    dependencies=[VersionReader],
     response_class=Response,
-    responses={200: {"content": {"application/gzip": {}}}, 304: {"description": "unchanged"}},
+    responses={200: {"content": {MEDIA_TYPE: {}}}, 304: {"description": "unchanged"}},
 )
 def get_archive(
     repo: str,
     sha: str,
     store: StoreDep,
+    _: VersionReader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The commit's files; immutable, so caches may keep it forever. A read token, or the
-    credential of a try running this very version (`dagstore.grant`)."""
+    credential of a try running this very version (`dagstore.grant`). The hot case is
+    answered before this route by `archive_http.ArchiveFastPath`."""
     validate_full_sha(sha)
     # Repos are never deleted and an archive is only ever built from its repo's commit, so
-    # an archive this process already has needs no database lookup: the hot path.
+    # an archive this process already has needs no database lookup.
     archive = store.archives.known(repo, sha)
     if archive is None:
         with store.db.read() as session:
@@ -120,12 +122,29 @@ def get_archive(
             archive = store.archives.get_or_build(
                 repo, sha, lambda: stack.enter_context(store.storage.open(repo))
             )
-    etag = f'"{archive.sha256}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, DIGEST_HEADER: archive.sha256}
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers=headers)
-    headers["Content-Disposition"] = f'attachment; filename="{repo}-{sha[:12]}.tar.gz"'
-    return Response(store.archives.read(archive), media_type="application/gzip", headers=headers)
+    if not_modified(if_none_match, archive):
+        return Response(status_code=304, headers=archive_headers(repo, sha, archive, full=False))
+    return Response(
+        store.archives.read(archive),
+        media_type=MEDIA_TYPE,
+        headers=archive_headers(repo, sha, archive, full=True),
+    )
+
+
+@router.get("/auth/archive", status_code=204, tags=["versions"], response_class=Response)
+def get_archive_auth(
+    repo: str, sha: str, store: StoreDep, who: VersionReader, credentials: Credentials
+) -> Response:
+    """204 when the bearer may GET `/repos/{repo}/archive/{sha}.tar.gz`, else the route's own
+    401/403: the very check of that route, without building or reading anything. For a load
+    balancer's `auth_request` (deploy/nginx.conf), which may keep a 204 for `X-Accel-Expires`
+    seconds: as long as this process goes on trusting the token without a lookup, so a revoked
+    token stops working there no later than here; 0 for a try credential, whose try can end at
+    any moment and which the route checks on every request."""
+    keep = 0
+    if isinstance(who, Token) and credentials is not None:
+        keep = max(0, math.ceil(store.tokens.trusted_for(credentials.credentials)) - 1)
+    return Response(status_code=204, headers={"X-Accel-Expires": str(keep)})
 
 
 @router.get("/repos/{repo}/diff/{spec:path}", tags=["versions"])

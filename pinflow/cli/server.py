@@ -38,24 +38,41 @@ def serve(
     home: Home = None,
     database_url: DatabaseUrl = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes sharing the port (uvicorn workers); each keeps its own "
+            "token cache and archive memory",
+        ),
+    ] = 1,
 ) -> None:
     """Run an API server (DAG store, git remote, runs API); run many behind a load balancer."""
-    import gc
+    import os
 
     import uvicorn
 
-    from pinflow.app import create_app
+    from pinflow.app import server_app
     from pinflow.startup import prepare
 
     settings = Settings.load(home=home, database_url=database_url)
-    prepare(settings)
-    app = create_app(settings)
-    # Everything loaded so far (FastAPI, SQLAlchemy, the routes) lives as long as the server:
-    # out of the collector's sight, a full collection no longer walks it mid-request
-    # (~100 ms stalls on a 2-core machine, seen as dispatch outliers in bench/dispatch.py).
-    gc.collect()
-    gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    prepare(settings)  # once, before any process answers
+    if workers == 1:
+        uvicorn.run(server_app(settings), host=host, port=port, log_level=log_level)
+        return
+    # uvicorn's workers are fresh interpreters (spawned): they load their settings from the
+    # environment, so what the flags said must be there.
+    os.environ["PINFLOW_HOME"] = str(settings.home)
+    os.environ["PINFLOW_DATABASE_URL"] = settings.database_url
+    uvicorn.run(
+        "pinflow.app:server_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+    )
 
 
 def scheduler(

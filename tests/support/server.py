@@ -55,6 +55,7 @@ class ServerProcess:
     database_url: str
     backend: str = "sqlite"
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()  # more `pinflow server` options, e.g. ("--workers", "2")
     port: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
@@ -73,7 +74,15 @@ class ServerProcess:
         self.log_path = self.home / f"server-{self.port}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [PINFLOW, "server", "--port", str(self.port), "--log-level", "warning"],
+            [
+                PINFLOW,
+                "server",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *self.extra_args,
+            ],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
