@@ -80,6 +80,10 @@ class PendingClaims:
             outcome = exc
         self._pending[(job.ti_id, job.try_number)] = outcome
 
+    def claimed(self, job: JobPayload) -> Claimed | Dropped | Exception | None:
+        """In the worker, after the horse ran: the claim it made for this job, if any."""
+        return self._pending.get((job.ti_id, job.try_number))
+
     def take(self, job: JobPayload) -> Claimed | Dropped:
         """In the horse: the claim its RQ worker made for this job."""
         outcome = self._pending.pop((job.ti_id, job.try_number), None)

@@ -9,7 +9,8 @@ every touched page is a copy-on-write fault.
 
 Here the worker, which holds a connection for its whole life, does both pipelines, before
 the fork and after the horse exits; the horse only runs pinflow's task entry point under
-RQ's job timeout and reports by its exit status. A failing horse sends its traceback through
+RQ's job timeout and reports by its exit status, leaving its finish report for the worker to
+send (`runner.handover`). A failing horse sends its traceback through
 a pipe, so RQ's failed-job record still says why. What RQ does around the horse is unchanged:
 the worker's monitor loop heartbeats, enforces the hard timeout, honours `stop-job` commands,
 and records a horse that died of a signal as failed.
@@ -28,6 +29,8 @@ from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
+
+from runner.handover import HANDOVER
 
 MAX_TRACEBACK = 32 * 1024  # well under a pipe's buffer: the horse's write never blocks
 
@@ -51,18 +54,26 @@ class LightHorse:
         job.connection.persist(job.key)
         self._horse_status, self._horse_error = None, ""
         self._error_pipe = os.pipe()
+        HANDOVER.open()
         try:
             self.fork_work_horse(job, queue)  # type: ignore[attr-defined]
             os.close(self._error_pipe[1])
             self.monitor_work_horse(job, queue)  # type: ignore[attr-defined]
+            report = HANDOVER.take()
         finally:
+            HANDOVER.close()
             os.close(self._error_pipe[0])
             self._error_pipe = None
+        if report is not None:
+            self.handed_over(job, report)
         if self._horse_status == os.EX_OK:
             job.ended_at = now()
             job._status = JobStatus.FINISHED  # noqa: SLF001 - what perform_job sets
             self.handle_job_success(job, queue, queue.started_job_registry)  # type: ignore[attr-defined]
         self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
+
+    def handed_over(self, job: Job, report: bytes) -> None:
+        """What the horse left in `runner.handover` for the worker to do (send it)."""
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         """The horse: the task under RQ's timeout, then out by exit status. No Redis."""

@@ -26,6 +26,7 @@ from runner.capture import CappedLog, capture
 from runner.claim import CLAIMS, Claimed, Dropped, claim_try
 from runner.client import WorkerClient
 from runner.execute import Outcome, execute
+from runner.handover import HANDOVER
 from runner.heartbeat import ABANDON_SIGNAL, Abandoned, Heartbeater, on_abandon
 
 log = logging.getLogger("pinflow.worker")
@@ -57,6 +58,34 @@ def _client(api_url: str) -> WorkerClient:
     from task to task (each task sends its own credential). A forked work horse builds its
     own: the worker parent never calls this, so no connection is shared between processes."""
     return WorkerClient(api_url, None)
+
+
+@functools.cache
+def _relay_client(api_url: str) -> WorkerClient:
+    """The forking worker's own client, for the reports its horses hand over: one connection
+    for the worker's life. No token: each report goes with its try's credential. Horses
+    inherit this object and never use it; they build theirs with `_client`."""
+    return WorkerClient(api_url, None)
+
+
+def send_handed_over(payload: dict[str, Any], data: bytes) -> str:
+    """In the forking worker: send the finish report a horse left (`runner.handover`) for
+    the try the worker claimed for it. The report's body is the horse's; which try it is
+    for, and the credential, are the claim's."""
+    job = JobPayload.model_validate(payload)
+    claimed = CLAIMS.claimed(job)
+    if not isinstance(claimed, Claimed):
+        return "dropped"  # no try of ours: the horse had nothing to report
+    try:
+        report = FinishRequest.model_validate_json(data)
+    except ValueError as exc:
+        log.error("unreadable report from the horse of %s: %s", job.task_id, exc)
+        return "unreadable"
+    if report.try_number != job.try_number:
+        log.error("the horse of %s reported for another try", job.task_id)
+        return "unreadable"
+    client = _relay_client(Settings.load().api_url)
+    return send_report(client, claimed.spec, report, claimed.spec.credential)
 
 
 def _dropped(job: JobPayload, dropped: Dropped) -> str:
@@ -128,8 +157,18 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
         error=outcome.error,
         log=task_log.getvalue(),
     )
+    if HANDOVER.put(report.model_dump_json().encode("utf-8")):
+        return report.state  # the worker sends it (runner.handover)
+    return send_report(client, spec, report)
+
+
+def send_report(
+    client: WorkerClient, spec: TaskSpec, report: FinishRequest, credential: str | None = None
+) -> str:
+    """Finish the try: its final state, or "refused" when the server no longer takes it (the
+    try was taken away meanwhile)."""
     try:
-        client.finish(spec.ti_id, report)
+        client.finish(spec.ti_id, report, credential)
     except Conflict as exc:
         log.warning("result of %s try %s refused: %s", spec.task_id, spec.try_number, exc.detail)
         return "refused"

@@ -26,13 +26,14 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
+from dagstore.errors import PinflowError
 from dagstore.prctl import make_undumpable
 from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
 from runner.claim import CLAIMS
 from runner.horse import LightHorse
-from runner.job import run_task
+from runner.job import run_task, send_handed_over
 from runner.warm import WARM
 
 log = logging.getLogger("pinflow.worker")
@@ -81,6 +82,12 @@ class PinflowWorker(_Warming, LightHorse, Worker):
     a work horse that runs the task and nothing else (`runner.horse`)."""
 
     run = staticmethod(run_task)
+
+    def handed_over(self, job: Job, report: bytes) -> None:
+        try:
+            send_handed_over(job.kwargs["payload"], report)
+        except PinflowError as exc:  # the API unreachable past the client's patience
+            log.error("could not send the report of job %s: %s", job.id, exc.detail)
 
 
 class NoForkWorker(_Warming, SimpleWorker):

@@ -1,0 +1,63 @@
+"""A forked work horse hands its finish report to its worker, which sends it.
+
+A horse is a new process: reporting itself means a new TCP connection to the API server and
+a cold HTTP client in a process where every page it touches is copied, for each task. The
+worker keeps one connection for its whole life, so the horse writes the report (state,
+result, error, log) into memory it shares with the worker and exits; the worker sends it with
+that try's credential (`runner.claim`, `dagstore.grant`), never with a token.
+
+The memory is a fresh anonymous shared mapping per task: a process that one task left behind
+(a daemon it forked) keeps only its own task's mapping and cannot write into the next task's
+report. The worker takes from it only the report's body: which try it is for is what the
+worker claimed, so a task cannot report for another try. A report too large for the mapping is
+sent by the horse itself, as before.
+
+If the worker dies between its horse's exit and the send, the report is lost and the try goes
+the way of any try whose worker died: declared lost after the heartbeat timeout, and retried.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+SIZE = 4 * 1024 * 1024  # the log is capped at 1 MiB (2 MiB as JSON); results are small
+_HEADER = struct.Struct("<Q")
+
+
+class Handover:
+    """The current task's mapping: made by the worker before the fork, read after the horse
+    exits. In any other process (a --no-fork worker, tests) there is none."""
+
+    def __init__(self) -> None:
+        self._map: mmap.mmap | None = None
+
+    def open(self) -> None:
+        """In the worker, before the fork."""
+        self.close()
+        self._map = mmap.mmap(-1, SIZE)  # shared with the horse, zero-filled: no report
+
+    def put(self, data: bytes) -> bool:
+        """In the horse: hand `data` over; False when there is no mapping or it is too big."""
+        if self._map is None or len(data) > SIZE - _HEADER.size:
+            return False
+        self._map[_HEADER.size : _HEADER.size + len(data)] = data
+        self._map[: _HEADER.size] = _HEADER.pack(len(data))  # the length last: all or nothing
+        return True
+
+    def take(self) -> bytes | None:
+        """In the worker, after the horse exited: the report, or None if it left none."""
+        if self._map is None:
+            return None
+        (size,) = _HEADER.unpack(self._map[: _HEADER.size])
+        if size == 0 or size > SIZE - _HEADER.size:
+            return None
+        return bytes(self._map[_HEADER.size : _HEADER.size + size])
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
+HANDOVER = Handover()
