@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, or_, select, update
 from sqlalchemy.orm import Session
 
 from dagstore.models import Dag
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Lease:
     dag_pk: int
     holder: str
@@ -31,10 +32,13 @@ def _free(now: datetime):
 def lease_due_dags(
     session: Session, holder: str, now: datetime, ttl: float, limit: int = 10
 ) -> list[Lease]:
-    """Lease up to `limit` due DAGs, furthest behind first (never computed ones before all).
+    """Lease up to `limit` due DAGs, furthest behind first (never computed ones before all), in
+    one statement: a batch costs one round trip, not one per DAG.
 
-    A DAG whose schedule ended is no candidate: its NULL due time means "no more ticks", not
-    "not computed yet", and it must not take a place in every batch."""
+    On PostgreSQL the candidates are locked with SKIP LOCKED, so a second scheduler leasing at
+    the same moment takes the next DAGs instead of waiting for these; the UPDATE checks again
+    that each is free. A DAG whose schedule ended is no candidate: its NULL due time means "no
+    more ticks", not "not computed yet", and it must not take a place in every batch."""
     candidates = (
         select(Dag.id)
         .where(
@@ -50,32 +54,41 @@ def lease_due_dags(
     )
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
-    leases = []
-    for dag_pk in session.scalars(candidates).all():
-        fence = session.execute(
-            update(Dag)
-            .where(Dag.id == dag_pk, _free(now))
-            .values(
-                lease_holder=holder,
-                lease_until=now + timedelta(seconds=ttl),
-                lease_fence=Dag.lease_fence + 1,
-            )
-            .returning(Dag.lease_fence)
-        ).scalar_one_or_none()
-        if fence is not None:
-            leases.append(Lease(dag_pk, holder, fence))
-    return leases
+    rows = session.execute(
+        update(Dag)
+        .where(Dag.id.in_(candidates), _free(now))
+        .values(
+            lease_holder=holder,
+            lease_until=now + timedelta(seconds=ttl),
+            lease_fence=Dag.lease_fence + 1,
+        )
+        .returning(Dag.id, Dag.lease_fence)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(Lease(dag_pk, holder, fence) for dag_pk, fence in rows)
 
 
-def holds(session: Session, lease: Lease, now: datetime) -> Dag | None:
-    """The DAG row, locked, if `lease` is still ours and unexpired; else None."""
-    query = select(Dag).where(
-        Dag.id == lease.dag_pk,
-        Dag.lease_holder == lease.holder,
-        Dag.lease_fence == lease.fence,
-        Dag.lease_until >= now,
+def holds(session: Session, leases: list[Lease], now: datetime, columns: list[Any]) -> list[Row]:
+    """`columns` of the DAG rows whose lease in `leases` is still ours and unexpired, locked in
+    ascending id (the one lock order for DAG rows), in one query."""
+    if not leases:
+        return []
+    fences = {lease.dag_pk: (lease.holder, lease.fence) for lease in leases}
+    query = (
+        select(Dag.id, Dag.lease_holder, Dag.lease_fence, *columns)
+        .where(
+            Dag.id.in_(list(fences)),
+            Dag.lease_holder.in_({holder for holder, _ in fences.values()}),
+            Dag.lease_until >= now,
+        )
+        .order_by(Dag.id)
+        .with_for_update()
     )
-    return session.scalars(query.with_for_update()).one_or_none()
+    return [
+        row
+        for row in session.execute(query)
+        if fences[row.id] == (row.lease_holder, row.lease_fence)
+    ]
 
 
 def release(session: Session, lease: Lease, until: datetime | None = None) -> bool:

@@ -1,14 +1,16 @@
 """The scheduler process: a loop that only calls the small steps in order.
 
-1. lease the due DAGs furthest behind their schedule, create their due runs (pinned to each
-   DAG's current version), advance their next due time, release;
+1. lease a batch of the due DAGs furthest behind their schedule (one statement), create their
+   due runs (pinned to each DAG's current version) and queue their first tasks, advance their
+   next due time, release: one transaction for the batch (`scheduler.batch`), then enqueue
+   those tasks in one Redis round trip (`scheduler.enqueue_batch`);
 2. queue the tasks that are ready (upstream done, or retry delay passed) and enqueue them;
 3. recover: fail or retry running tasks that stopped heartbeating (only on evidence, see
    `scheduler.health`); evaluate again runs that nothing moves any more; enqueue again what
    Redis lost. Any number of these loops run at once, on any machines.
 
 A DAG whose scheduling fails (a broken stored structure, say) is logged and left alone for a
-while; it never stops the other DAGs of the tick.
+while; it never stops the other DAGs of its batch or tick.
 """
 
 from __future__ import annotations
@@ -25,17 +27,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dagstore.db import Database, db_time
 from scheduler.backfill import release_held
+from scheduler.batch import FAILED_BACKOFF, schedule_batch
 from scheduler.enqueue import Enqueuer, requeue_lost
+from scheduler.enqueue_batch import enqueue_batch
 from scheduler.health import WriteHealth
-from scheduler.lease import Lease, holds, lease_due_dags, release
-from scheduler.runs import active_runs, create_scheduled_runs
-from scheduler.taskstate import queue_ready, schedule_ready, settle_stuck
-from scheduler.timetable import due_runs
+from scheduler.lease import Lease, lease_due_dags, release
+from scheduler.taskstate import queue_ready, settle_stuck
 from scheduler.tries import fail_lost
 
 log = logging.getLogger("pinflow.scheduler")
-BLOCKED_BACKOFF = 5.0  # seconds a DAG at max_active_runs is left alone
-FAILED_BACKOFF = 30.0  # seconds a DAG whose scheduling raised is left alone
 
 
 @dataclass
@@ -45,7 +45,7 @@ class SchedulerConfig:
     heartbeat_timeout: float = 60.0
     poll_interval: float = 0.5
     recover_interval: float = 5.0
-    batch: int = 10
+    batch: int = 100  # DAGs leased and scheduled per transaction (`scheduler.batch`)
 
 
 class Scheduler:
@@ -90,50 +90,41 @@ class Scheduler:
             leases = lease_due_dags(
                 session, self.config.name, now, self.config.lease_ttl, self.config.batch
             )
-        created = 0
-        for lease in leases:
-            try:
-                created += self.schedule_one(lease)
-            except (OperationalError, InterfaceError):
-                raise  # the database went away: the whole tick waits, the leases expire
-            except Exception:  # noqa: BLE001 - one DAG must not stop the others
-                log.exception(
-                    "scheduling DAG %s failed; retrying in %g s", lease.dag_pk, FAILED_BACKOFF
-                )
-                self.back_off(lease, FAILED_BACKOFF)
-        return created
+        return self.schedule_leases(leases)
+
+    def schedule_leases(self, leases: list[Lease]) -> int:
+        """Create the due runs of the leased DAGs in one transaction and enqueue their first
+        tasks; returns how many runs. When the batch's writes fail, its DAGs are scheduled
+        again one by one, so that only the DAG at fault is backed off and no other DAG's runs
+        wait for it."""
+        if not leases:
+            return 0
+        try:
+            with self.health.write() as session:
+                outcome = schedule_batch(session, leases, db_time(session), self.config.name)
+        except (OperationalError, InterfaceError):
+            raise  # the database went away: the whole tick waits, the leases expire
+        except Exception:  # noqa: BLE001 - one DAG must not stop the others
+            if len(leases) > 1:
+                log.warning("a batch of %d DAGs failed; scheduling them one by one",
+                            len(leases), exc_info=True)  # fmt: skip
+                return sum(self.schedule_leases([lease]) for lease in leases)
+            log.exception(
+                "scheduling DAG %s failed; retrying in %g s", leases[0].dag_pk, FAILED_BACKOFF
+            )
+            self.back_off(leases[0], FAILED_BACKOFF)
+            return 0
+        if self.enqueuer is not None:
+            enqueue_batch(self.enqueuer, outcome.payloads)
+        return outcome.created
+
+    def schedule_one(self, lease: Lease) -> int:
+        """A batch of one: a lease taken elsewhere (tests take one to change the DAG first)."""
+        return self.schedule_leases([lease])
 
     def back_off(self, lease: Lease, seconds: float) -> None:
         with self.health.write() as session:
             release(session, lease, until=db_time(session) + timedelta(seconds=seconds))
-
-    def schedule_one(self, lease: Lease) -> int:
-        """Create the due runs of one leased DAG; the lease's fence guards every write."""
-        with self.health.write() as session:
-            now = db_time(session)
-            dag = holds(session, lease, now)
-            if dag is None:
-                log.warning("lease on DAG %s lost before it was used", lease.dag_pk)
-                return 0
-            if dag.is_paused or not dag.is_active or dag.schedule is None:
-                release(session, lease)  # changed since it was leased: nothing is due
-                return 0
-            structure = dag.structure or {}
-            room = int(structure.get("max_active_runs") or 16) - active_runs(session, dag.dag_id)
-            due = due_runs(structure, dag.last_logical_date, now, limit=max(room, 0) or 1)
-            dates = due.logical_dates[: max(room, 0)]
-            runs = create_scheduled_runs(session, dag, dates, self.config.name)
-            for run in runs:
-                schedule_ready(session, run, now)
-            if dates:
-                dag.last_logical_date = dates[-1]
-            blocked = len(dates) < len(due.logical_dates)
-            if not blocked:
-                dag.next_due_at = due.next_due_at
-                dag.schedule_ended = due.next_due_at is None
-            backoff = now + timedelta(seconds=BLOCKED_BACKOFF) if blocked else None
-            release(session, lease, until=backoff)
-        return len(runs)
 
     def queue_tasks(self) -> int:
         with self.health.write() as session:

@@ -42,14 +42,20 @@ def due_runs(
     if text is None or start is None:
         return Due([], None)
     schedule = schedule_from_json(text, anchor=start)
-    tick = schedule.next_after(last) if last is not None else schedule.next_after(start - _EPSILON)
+    last = as_utc(last)  # SQLite hands back naive datetimes
     horizon = now if end is None else min(now, end)
+    tick: datetime | None = None
     if not bool(structure.get("catchup", False)):
         # Only the newest missed tick runs: jump to it rather than walk every tick since then.
+        # It is due when it comes after `last` (or is the start or later): the same test as
+        # "at or after the tick following `last`", without working that tick out (a cron
+        # evaluation costs more than the rest of a DAG's share of a batch).
         latest = schedule.latest_at_or_before(horizon)
-        if tick is not None and latest is not None and latest >= tick:
+        if latest is not None and (latest > last if last is not None else latest >= start):
             tick = latest
         limit = 1
+    if tick is None:
+        tick = schedule.next_after(last if last is not None else start - _EPSILON)
     dates: list[datetime] = []
     while tick is not None and tick <= horizon and len(dates) < limit:
         dates.append(tick)
