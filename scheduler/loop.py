@@ -3,7 +3,7 @@
 1. lease a batch of the due DAGs furthest behind their schedule (one statement), create their
    due runs (pinned to each DAG's current version) and queue their first tasks, advance their
    next due time, release: one transaction for the batch (`scheduler.batch`), then enqueue
-   those tasks in one Redis round trip (`scheduler.enqueue_batch`);
+   those tasks in one Redis round trip (`scheduler.enqueue`);
 2. queue the tasks that are ready (upstream done, or retry delay passed) and enqueue them;
 3. recover: fail or retry running tasks that stopped heartbeating (only on evidence, see
    `scheduler.health`); evaluate again runs that nothing moves any more; enqueue again what
@@ -29,7 +29,6 @@ from dagstore.db import Database, db_time
 from scheduler.backfill import release_held
 from scheduler.batch import FAILED_BACKOFF, schedule_batch
 from scheduler.enqueue import Enqueuer, requeue_lost
-from scheduler.enqueue_batch import enqueue_batch
 from scheduler.health import WriteHealth
 from scheduler.lease import Lease, lease_due_dags, release
 from scheduler.taskstate import queue_ready, settle_stuck
@@ -115,7 +114,7 @@ class Scheduler:
             self.back_off(leases[0], FAILED_BACKOFF)
             return 0
         if self.enqueuer is not None:
-            enqueue_batch(self.enqueuer, outcome.payloads)
+            self.enqueuer.enqueue(outcome.payloads)
         return outcome.created
 
     def schedule_one(self, lease: Lease) -> int:

@@ -1,13 +1,14 @@
-"""Pipelined enqueue (issue 17): the same RQ jobs as `Enqueuer.enqueue`, each try once."""
+"""Pipelined enqueue (issue 17): the same RQ jobs as RQ's own `enqueue_call`, each try once."""
 
 from __future__ import annotations
 
+import pytest
+from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from dagstore.protocol import JobPayload, job_id
-from scheduler.enqueue import Enqueuer
-from scheduler.enqueue_batch import enqueue_batch
+from dagstore.protocol import JOB_FUNCTION, JobPayload, job_id
+from scheduler.enqueue import Enqueuer, job_options
 
 # What a worker and recovery read of a job; enqueued_at and created_at differ by nature.
 COMPARED = ("func_name", "kwargs", "timeout", "result_ttl", "failure_ttl", "ttl", "origin")
@@ -27,8 +28,9 @@ def test_batch_jobs_are_the_jobs_enqueue_makes(redis_url):
     enqueuer = Enqueuer(redis_url)
     for i, timeout in enumerate((None, 30.0)):
         one, batched = payload(2 * i + 1, timeout=timeout), payload(2 * i + 2, timeout=timeout)
-        assert enqueuer.enqueue([one]) == 1
-        assert enqueue_batch(enqueuer, [batched]) == 1
+        reference = enqueuer.queue("default")
+        reference.enqueue_call(JOB_FUNCTION, **job_options(one), unique=True)
+        assert enqueuer.enqueue([batched]) == 1
         plain, piped = job(enqueuer, one), job(enqueuer, batched)
         for name in COMPARED:
             want = getattr(plain, name)
@@ -42,10 +44,12 @@ def test_batch_jobs_are_the_jobs_enqueue_makes(redis_url):
 def test_a_batch_pushes_each_try_once_to_its_queue(redis_url):
     enqueuer = Enqueuer(redis_url)
     first = [payload(i) for i in range(5)] + [payload(9, queue="gpu")]
-    assert enqueue_batch(enqueuer, first) == 6
+    assert enqueuer.enqueue(first) == 6
     again = first[:3] + [payload(5)]  # three already in Redis, one new
-    assert enqueue_batch(enqueuer, again) == 1
-    assert enqueuer.enqueue(first[:1]) == 0, "a try enqueued in a batch is refused one by one"
+    assert enqueuer.enqueue(again) == 1
+    reference = enqueuer.queue("default")
+    with pytest.raises(DuplicateJobError):  # RQ's own unique enqueue refuses it too
+        reference.enqueue_call(JOB_FUNCTION, **job_options(first[0]), unique=True)
     default = enqueuer.queue("default").get_job_ids()
     assert default == [job_id(i, 1) for i in range(6)]
     assert enqueuer.queue("gpu").get_job_ids() == [job_id(9, 1)]
@@ -53,4 +57,4 @@ def test_a_batch_pushes_each_try_once_to_its_queue(redis_url):
 
 def test_redis_down_pushes_nothing_and_raises_nothing():
     enqueuer = Enqueuer("redis://127.0.0.1:9/0")  # nothing listens on the discard port
-    assert enqueue_batch(enqueuer, [payload(1)]) == 0
+    assert enqueuer.enqueue([payload(1)]) == 0
