@@ -35,6 +35,9 @@ class Sampler:
     rate: int = 200
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     error: str = ""
+    # e.g. ("--gil",): only the thread holding the GIL, so a many-threaded server's idle
+    # threads drop out and the samples add up to its Python CPU time.
+    options: tuple[str, ...] = ()
 
     def start(self, pids: dict[str, int]) -> Sampler:
         binary = py_spy()
@@ -45,7 +48,8 @@ class Sampler:
             out = self.folder / f"{name}.raw"
             self.procs[name] = subprocess.Popen(
                 [binary, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-                 "--rate", str(self.rate), "--format", "raw", "--output", str(out)],
+                 "--rate", str(self.rate), "--format", "raw", "--output", str(out),
+                 *self.options],
                 stdout=subprocess.DEVNULL,
                 stderr=(self.folder / f"{name}.err").open("wb"),
             )  # fmt: skip

@@ -112,7 +112,9 @@ def measure(running: Cluster, profile: Path | None) -> tuple[Phases, dict]:
     assert running.server is not None and running.server.proc is not None
     pid = running.server.proc.pid
     redis = Redis.from_url(running.redis.url)
-    sampler = Sampler(profile, rate=200).start({"server": pid}) if profile else None
+    sampler = None
+    if profile:  # only the thread holding the GIL: the server's idle request threads drop out
+        sampler = Sampler(profile, rate=200, options=("--gil",)).start({"server": pid})
     running.trigger("apicost")
     phases = Phases()
     with httpx.Client(base_url=f"{running.server.url}/api/v1") as api:

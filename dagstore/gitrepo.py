@@ -25,30 +25,19 @@ from dagstore.diskcache import DiskCache
 from dagstore.errors import BadRequest, NotFound
 from dagstore.gitmodels import GitRef
 from dagstore.models import Repo as RepoRow
+from dagstore.names import (  # noqa: F401 - re-exported: the store's callers import them here
+    FULL_SHA_RE,
+    REPO_NAME_RE,
+    validate_full_sha,
+    validate_repo_name,
+)
 from dagstore.packcheck import InflateLimits
 from dagstore.packstore import DatabaseObjectStore, PackCache
 from dagstore.refstore import DatabaseRefsContainer
 
-REPO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-FULL_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{4,40}$")
 REF_RE = re.compile(r"^[A-Za-z0-9_./-]{1,255}$")
 KEEP_PREFIX = b"refs/pinflow/keep/"
-
-
-def validate_repo_name(name: str) -> str:
-    if not REPO_NAME_RE.match(name) or name.endswith((".git", ".lock", ".")) or ".." in name:
-        raise BadRequest(
-            f"invalid repository name {name!r}: use letters, digits, '.', '_' or '-' "
-            "(at most 100 characters, not ending in .git)"
-        )
-    return name
-
-
-def validate_full_sha(sha: str) -> str:
-    if not FULL_SHA_RE.match(sha):
-        raise BadRequest(f"invalid sha {sha!r}: a full 40-character lowercase hex sha is required")
-    return sha
 
 
 def validate_branch_name(ref: str) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagstore.errors import VersionUnavailable
-from dagstore.gitrepo import validate_full_sha, validate_repo_name
+from dagstore.names import validate_full_sha, validate_repo_name
 from dagstore.unpack import unpack_archive, verify_digest
 from runner.client import WorkerClient
 

@@ -7,8 +7,8 @@ moves it to its final registry. Measured on 2 cores (BENCHMARKS.md, issue 17), t
 a forking worker's cost per no-op task beyond the fork itself, and it ran in a process whose
 every touched page is a copy-on-write fault.
 
-Here the worker, which holds a connection for its whole life, does both pipelines, before
-the fork and after the horse exits; the horse only runs pinflow's task entry point under
+Here the worker, which holds a connection for its whole life, does both pipelines, while the
+horse runs and after it exits; the horse only runs pinflow's task entry point under
 RQ's job timeout and reports by its exit status, leaving its finish report for the worker to
 send (`runner.handover`). A failing horse sends its traceback through
 a pipe, so RQ's failed-job record still says why. What RQ does around the horse is unchanged:
@@ -47,17 +47,13 @@ class LightHorse:
     _error_pipe: tuple[int, int] | None = None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.prepare_execution(job)  # type: ignore[attr-defined]
-        # As RQ's perform_job does in the horse: mark started, leave the intermediate queue.
-        single = len(self.queues) == 1  # type: ignore[attr-defined]
-        self.prepare_job_execution(job, remove_from_intermediate_queue=single)  # type: ignore[attr-defined]
-        job.connection.persist(job.key)
         self._horse_status, self._horse_error = None, ""
         self._error_pipe = os.pipe()
         HANDOVER.open()
         try:
             self.fork_work_horse(job, queue)  # type: ignore[attr-defined]
             os.close(self._error_pipe[1])
+            self._mark_started(job)  # while the horse already works: off the task's path
             self.monitor_work_horse(job, queue)  # type: ignore[attr-defined]
             report = HANDOVER.take()
         finally:
@@ -71,6 +67,15 @@ class LightHorse:
             job._status = JobStatus.FINISHED  # noqa: SLF001 - what perform_job sets
             self.handle_job_success(job, queue, queue.started_job_registry)  # type: ignore[attr-defined]
         self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
+
+    def _mark_started(self, job: Job) -> None:
+        """RQ's bookkeeping of a job that starts: its execution, the worker's current job, the
+        job started and out of the intermediate queue (what RQ's perform_job does in the
+        horse). Done after the fork: the task need not wait for two Redis round trips."""
+        self.prepare_execution(job)  # type: ignore[attr-defined]
+        single = len(self.queues) == 1  # type: ignore[attr-defined]
+        self.prepare_job_execution(job, remove_from_intermediate_queue=single)  # type: ignore[attr-defined]
+        job.connection.persist(job.key)
 
     def handed_over(self, job: Job, report: bytes) -> None:
         """What the horse left in `runner.handover` for the worker to do (send it)."""

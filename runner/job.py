@@ -61,11 +61,11 @@ def _client(api_url: str) -> WorkerClient:
 
 
 @functools.cache
-def _relay_client(api_url: str) -> WorkerClient:
+def _relay_client() -> WorkerClient:
     """The forking worker's own client, for the reports its horses hand over: one connection
     for the worker's life. No token: each report goes with its try's credential. Horses
     inherit this object and never use it; they build theirs with `_client`."""
-    return WorkerClient(api_url, None)
+    return WorkerClient(Settings.load().api_url, None)
 
 
 def send_handed_over(payload: dict[str, Any], data: bytes) -> str:
@@ -84,8 +84,7 @@ def send_handed_over(payload: dict[str, Any], data: bytes) -> str:
     if report.try_number != job.try_number:
         log.error("the horse of %s reported for another try", job.task_id)
         return "unreadable"
-    client = _relay_client(Settings.load().api_url)
-    return send_report(client, claimed.spec, report, claimed.spec.credential)
+    return send_report(_relay_client(), claimed.spec, report, claimed.spec.credential)
 
 
 def _dropped(job: JobPayload, dropped: Dropped) -> str:

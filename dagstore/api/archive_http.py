@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dagstore.archive import ArchiveFile
 from dagstore.auth import bearer_secret, known_version_reader
 from dagstore.context import StoreContext
-from dagstore.gitrepo import FULL_SHA_RE, REPO_NAME_RE
+from dagstore.names import FULL_SHA_RE, REPO_NAME_RE
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER
 
 IMMUTABLE = "public, max-age=31536000, immutable"
