@@ -6,7 +6,9 @@ the trigger to the run's end as the API reports it; the leaves' rate is also giv
 start to last leaf end). While the run goes, py-spy samples every process (server, scheduler,
 workers and their forked work horses) and the samples are summed by where they were taken:
 fork, version fetch, DAG import, HTTP on either side, database, Redis. Goals (issue 17): ≥ 100
-tasks/s with forking workers, ≥ 150 with `--no-fork`, on 2 cores.
+tasks/s with forking workers, ≥ 150 with `--no-fork`, on 2 cores. The reference in the same run
+is RQ by itself (`bench._rqalone`): as many no-op jobs through as many RQ workers of the same
+kind, no pinflow code.
 
 Run: `.venv/bin/python -m bench.throughput` (or `make bench`); `--no-profile` skips py-spy.
 """
@@ -27,6 +29,7 @@ from rich.table import Table
 
 from bench._cluster import WORKER_MODES, cluster, parse_time, publish, run_to_end
 from bench._profile import IDLE, Sampler, categorize, cpu_seconds, read_raw, table, top_frames
+from bench._rqalone import rq_alone
 from bench._stats import Goal
 from tests.support.cluster import Cluster
 
@@ -215,12 +218,15 @@ def main(argv: Sequence[str] = ()) -> list[Goal]:
     for result in results:
         print_result(console, result)
     figures = Table(title=f"{TASKS} no-op tasks (1 root → {TASKS - 1} leaves), {WORKERS} workers")
-    for column in ("workers", "trigger → run end s", "tasks/s", "leaves/s", "CPU ms per task"):
+    columns = ("workers", "trigger → run end s", "tasks/s", "leaves/s", "CPU ms per task",
+               "RQ alone, jobs/s", "pinflow / RQ alone")  # fmt: skip
+    for column in columns:
         figures.add_column(column, justify="left" if column == "workers" else "right")
     for r in results:
         cpu_ms = 1000 * sum(r.cpu.values()) / TASKS
+        alone = rq_alone(TASKS, WORKERS, forking=not WORKER_MODES[r.mode])  # no --no-fork
         figures.add_row(r.mode, f"{r.wall:.1f}", f"{r.rate:.1f}", f"{r.leaves_per_second:.1f}",
-                        f"{cpu_ms:.1f}")  # fmt: skip
+                        f"{cpu_ms:.1f}", f"{alone:.0f}", f"{r.rate / alone:.2f}x")  # fmt: skip
     console.print(figures)
     goals = []
     for r in results:
