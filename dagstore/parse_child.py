@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-TRACEBACK_LINES = 20
+TRACEBACK_LINES = 400  # kept whole up to here (the API and `dags --errors --verbose` show it)
 MAX_PROCESSES = 64  # of `nobody` (a root server's parse): a fork bomb stops there
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # any file it writes, its printed output included
 
@@ -33,8 +33,12 @@ def _on_alarm(_signum: int, _frame: Any) -> None:
     raise ParseTimeout()
 
 
-def describe(exc: BaseException, root: Path, timeout: float, memory_mb: int) -> tuple[str, str]:
-    """(one-line summary, traceback tail) with the version folder's path taken out."""
+def describe(
+    exc: BaseException, root: Path, rel: str, timeout: float, memory_mb: int
+) -> tuple[str, str]:
+    """(one-line summary, traceback) of the failure of DAG file `rel`, with the version
+    folder's path taken out: both name files as the repository does (`dags/helpers.py`), not
+    as the parse's scratch folder did."""
     if isinstance(exc, ParseTimeout):
         summary = f"timed out: importing took longer than {timeout:g} s"
     elif isinstance(exc, SystemExit):
@@ -42,12 +46,25 @@ def describe(exc: BaseException, root: Path, timeout: float, memory_mb: int) -> 
     elif isinstance(exc, MemoryError):
         summary = f"MemoryError: importing used more than the {memory_mb} MiB limit"
     elif isinstance(exc, SyntaxError):
-        summary = f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"
+        broken = repo_relative(exc.filename or rel, root)
+        where = f"{broken}, " if broken != rel else ""  # a helper the DAG file imports
+        summary = f"{type(exc).__name__}: {exc.msg} ({where}line {exc.lineno})"
     else:
         summary = f"{type(exc).__name__}: {exc}".strip()
-    text = "".join(traceback.format_exception(exc)).replace(f"{root}/", "")
-    tail = "\n".join(text.rstrip("\n").splitlines()[-TRACEBACK_LINES:])
-    return summary.splitlines()[0][:900] if summary else type(exc).__name__, tail
+    summary, text = (
+        repo_relative(part, root)
+        for part in (summary, "".join(traceback.format_exception(exc)))
+    )
+    lines = text.rstrip("\n").splitlines()
+    if len(lines) > TRACEBACK_LINES:  # a recursion, say: its head and its end say enough
+        lines = [*lines[:20], f"... {len(lines) - TRACEBACK_LINES} lines ...",
+                 *lines[-(TRACEBACK_LINES - 20):]]  # fmt: skip
+    return summary.splitlines()[0][:900] if summary else type(exc).__name__, "\n".join(lines)
+
+
+def repo_relative(text: str, root: Path) -> str:
+    """Paths inside the version folder, as the repository names them."""
+    return text.replace(f"{root}/", "").replace(f"{root.resolve()}/", "")
 
 
 def parse_files(
@@ -70,7 +87,7 @@ def parse_files(
                 dag.to_structure() | {"structure_hash": dag.structure_hash()} for dag in dags
             ]
         except BaseException as exc:  # noqa: BLE001 - DAG code may raise anything, even exit
-            record["summary"], record["error"] = describe(exc, root, timeout, memory_mb)
+            record["summary"], record["error"] = describe(exc, root, rel, timeout, memory_mb)
         _emit(out, record)
 
 

@@ -33,13 +33,18 @@ def create_token(session: Session, scope: str, name: str = "") -> str:
 
 def issue_token(session: Session, scope: str, name: str = "") -> tuple[int, str]:
     """As `create_token`, with the new token's id (what `token revoke` takes)."""
-    if scope not in SCOPES:
-        raise BadRequest(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    check_scope_name(scope)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = Token(name=name, scope=scope, token_hash=hash_token(secret))
     session.add(token)
     session.flush()
     return token.id, secret
+
+
+def check_scope_name(scope: str) -> str:
+    if scope not in SCOPES:
+        raise BadRequest(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    return scope
 
 
 def revoke_token(session: Session, token_id: int) -> None:
@@ -69,6 +74,15 @@ def find_token(session: Session, token_hash: str) -> Token:
     if token is None:
         raise Unauthorized("invalid or revoked token")
     return token
+
+
+def is_live(session: Session, secret: str) -> bool:
+    """Whether `secret` is a token this database accepts (known, not revoked)."""
+    try:
+        find_token(session, hash_token(secret))
+    except Unauthorized:
+        return False
+    return True
 
 
 def use_is_stale(token: Token, now: datetime) -> bool:

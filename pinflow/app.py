@@ -91,6 +91,11 @@ def server_app(settings: Settings | None = None) -> FastAPI:
 def _validation_detail(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
+        if error.get("type") == "json_invalid":  # FastAPI says "1: JSON decode error"
+            position = error.get("loc", ("body", "?"))[-1]
+            reason = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"request body is not valid JSON (at character {position}: {reason})")
+            continue
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
         parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", ""))
     return "; ".join(parts) or "malformed request"

@@ -69,3 +69,18 @@ def current_revision(db: Database) -> str | None:
 
     with db.engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def missing_database(db: Database) -> str | None:
+    """Where the database should be, if it does not exist yet (never creating it): for the
+    commands that only use a database, which must not leave a new empty one behind in
+    whatever folder they were run from. None when it exists and has pinflow's schema."""
+    url = make_url(db.url)
+    if db.is_sqlite:
+        if url.database and url.database != ":memory:" and not Path(url.database).exists():
+            return url.database
+        return None
+    if current_revision(db) is None:
+        return url.render_as_string(hide_password=True)
+    return None
+

@@ -11,7 +11,6 @@ enqueue or read jobs. No token is ever put on a command line or in a git remote 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -29,7 +28,8 @@ import redis
 from dagstore.db import Database
 from dagstore.errors import PinflowError, VersionUnavailable
 from dagstore.settings import Settings
-from dagstore.token import create_token
+from dagstore.token import create_token, is_live
+from pinflow.gitauth import CREDENTIAL_HELPER, git_auth_env
 from pinflow.migrate import upgrade
 from pinflow.supervise import Child, Supervisor
 
@@ -45,11 +45,17 @@ UP_SCOPES = ("admin", "push", "worker")
 
 
 def load_tokens(settings: Settings, db: Database) -> tuple[dict[str, str], bool]:
-    """The tokens of this home: created on first start, reused after (a missing scope, from
-    an older home, is added). True when the admin token is new."""
+    """The tokens of this home: created on first start, reused after. One that is missing
+    (an older home), revoked or unknown to the database (`pinflow token revoke`, a new
+    database) is made again, and said so: a revoked worker token would leave every run
+    queued. True when the admin token is new."""
     path = tokens_path(settings)
     tokens = json.loads(path.read_text()) if path.exists() else {}
-    missing = [scope for scope in UP_SCOPES if scope not in tokens]
+    with db.read() as session:
+        dead = [s for s in UP_SCOPES if s in tokens and not is_live(session, tokens[s])]
+    for scope in dead:
+        say(f"the {scope} token kept in {path} is revoked or unknown here: making a new one")
+    missing = [scope for scope in UP_SCOPES if scope not in tokens or scope in dead]
     if not missing:
         return tokens, False
     with db.write() as session:
@@ -64,17 +70,6 @@ def load_tokens(settings: Settings, db: Database) -> tuple[dict[str, str], bool]
 
 def tokens_path(settings: Settings) -> Path:
     return settings.home / "up-tokens.json"
-
-
-def git_auth_env(token: str) -> dict[str, str]:
-    """git configuration, through the environment of one git process, that sends `token`:
-    neither the command line (anyone can read it in ps) nor .git/config sees it."""
-    basic = base64.b64encode(f"pinflow:{token}".encode()).decode()
-    return {
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-    }
 
 
 def redis_config(folder: Path) -> tuple[Path, str]:
@@ -168,7 +163,6 @@ def banner(api: str, tokens: dict[str, str], new: bool, kept: Path) -> None:
         admin = f"{tokens['admin']}   (new: printed this once; kept in {kept})"
     else:
         admin = f"in {kept} (printed on the first start only)"
-    helper = '!f() { echo username=pinflow; echo "password=$PINFLOW_PUSH_TOKEN"; }; f'
     print(
         f"""
 pinflow is up.
@@ -178,11 +172,12 @@ pinflow is up.
   git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept})
 
 Next (the tokens stay out of command lines, remote URLs and .git/config):
+  export PATH="{Path(sys.executable).parent}:$PATH"   # the `pinflow` command
   export PINFLOW_API_URL={api}
   export PINFLOW_TOKEN=...        # the admin token
   export PINFLOW_PUSH_TOKEN=...   # the push token
   pinflow repo create mydags
-  git config credential.{api}.helper '{helper}'
+  git config credential.{api}.helper '{CREDENTIAL_HELPER}'
   git remote add pinflow {api}/git/mydags.git && git push pinflow main
   pinflow dags
   pinflow trigger etl --wait
@@ -190,6 +185,24 @@ Ctrl-C stops everything.
 """,
         flush=True,
     )
+
+
+def start_demo(api: str, tokens: dict[str, str], first_start: bool) -> None:
+    """Push examples/ (a no-op when they are unchanged) and, on this home's first start only,
+    run `etl`: restarts do not pile up demo runs."""
+    sha = push_examples(api, tokens["admin"], tokens["push"])
+    if not first_start:
+        say(f"demo: examples/ at {sha[:12]}; etl runs on the first start only (pinflow runs etl)")
+        return
+    with httpx.Client(
+        base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {tokens['admin']}"}
+    ) as c:
+        run = c.post("/dags/etl/runs", json={})
+    if run.status_code == 201:
+        run_id = run.json()["run_id"]
+        say(f"demo: pushed examples/ at {sha[:12]}; started run {run_id} (pinflow run {run_id})")
+    else:
+        say(f"demo: pushed examples/ at {sha[:12]}; could not start a run: {run.text}")
 
 
 def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> int:
@@ -279,18 +292,7 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
             )
         banner(api, tokens, new, tokens_path(settings))
         if demo:
-            sha = push_examples(api, tokens["admin"], tokens["push"])
-            with httpx.Client(
-                base_url=f"{api}/api/v1", headers={"Authorization": f"Bearer {tokens['admin']}"}
-            ) as c:
-                run = c.post("/dags/etl/runs", json={})
-            if run.status_code == 201:
-                say(
-                    f"demo: pushed examples/ at {sha[:12]}; started run {run.json()['run_id']} "
-                    f"(pinflow run {run.json()['run_id']})"
-                )
-            else:
-                say(f"demo: pushed examples/ at {sha[:12]}; could not start a run: {run.text}")
+            start_demo(api, tokens, first_start=new)
         say(f"logs in {logs}")
         while not stopping:
             supervisor.check()

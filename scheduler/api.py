@@ -87,6 +87,8 @@ def get_runs(
     if state:
         query = query.where(DagRun.state == state)
     with store.db.read() as session:
+        if dag_id:
+            get_dag(session, dag_id)  # 404 for a DAG that never existed, not an empty list
         return {"items": [run_json(r) for r in session.scalars(query)]}
 
 

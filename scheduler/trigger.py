@@ -12,7 +12,7 @@ from dagstore.current import publish
 from dagstore.dags import get_dag, version_dag
 from dagstore.db import db_time
 from dagstore.errors import BadRequest, Conflict, NotFound
-from dagstore.gitrepo import resolve_commit
+from dagstore.gitrepo import SHORT_SHA_RE, resolve_commit
 from dagstore.models import Repo, Version, VersionDag, VersionError
 from dagstore.parse import parse_commit
 from scheduler.models import DagRun
@@ -26,6 +26,11 @@ def resolve_target(
     """(repo, full sha) a manual run should pin; parses that commit first if never parsed."""
     if ref and sha:
         raise BadRequest("give either ref or sha, not both")
+    if sha and not SHORT_SHA_RE.match(sha.strip()):
+        raise BadRequest(
+            f"{sha!r} is not a commit sha (4 to 40 hex digits): to run what a branch or tag "
+            f"names now, give it as ref (--ref {sha})"
+        )
     with store.db.read() as session:
         dag = get_dag(session, dag_id)
         repo = session.get(Repo, dag.repo_id)

@@ -6,6 +6,7 @@ code; no traceback reaches the user.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -26,6 +27,7 @@ runs.register(app)
 diff.register(app)
 server.register(app)
 
+# 7 is not used; 8: `trigger --wait --timeout` elapsed (pinflow.cli.runs.TIMED_OUT).
 EXIT_CODES = {400: 2, 401: 3, 403: 3, 404: 4, 409: 5, 503: 6}
 
 
@@ -37,3 +39,7 @@ def main() -> None:
         sys.exit(EXIT_CODES.get(exc.status_code, 1))
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `pinflow runs | head -1`: the reader had what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)

@@ -1,11 +1,118 @@
-"""How the CLI shows things: one place for tables and time formats."""
+"""How the CLI shows things: one place for listings, tables and time formats.
+
+Every listing prints in one of three ways (`--output`): a table for a terminal; plain aligned
+columns with nothing cut when stdout is a pipe or a file (rich would squeeze its table into 80
+columns and cut cells to `s…`, so nothing could be read or grepped); or JSON, the API's own
+items, for scripts.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
+
+
+class Format(StrEnum):
+    table = "table"
+    plain = "plain"
+    json = "json"
+
+
+Output = Annotated[
+    Format | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="table (default on a terminal), plain (default in a pipe: aligned columns, "
+        "nothing cut) or json (the API's items, for scripts)",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    cell: Callable[[dict[str, Any]], str]
+    no_wrap: bool = False
+
+
+def chosen(output: Format | None) -> Format:
+    return output or (Format.table if sys.stdout.isatty() else Format.plain)
+
+
+def show(
+    items: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    output: Format | None,
+    empty: str | None = None,
+) -> None:
+    """Print `items` (the API's shapes) as the chosen format; `empty` when there are none."""
+    how = chosen(output)
+    if how is Format.json:
+        print(json.dumps(list(items), indent=2, default=str))
+        return
+    if not items and empty:
+        print(empty)
+        return
+    if how is Format.plain:
+        rows = [[column.cell(item) for column in columns] for item in items]
+        print(plain_table([c.name for c in columns], rows), end="")
+        return
+    console.print(table_of(items, columns))
+
+
+def table_of(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> Table:
+    """The rich table of `items` (what `show` prints on a terminal; `Live` updates it)."""
+    wide = tuple(c.name for c in columns if c.no_wrap)
+    rendered = table(*(c.name for c in columns), no_wrap=wide)
+    for item in items:
+        rendered.add_row(*(column.cell(item) for column in columns))
+    return rendered
+
+
+@contextmanager
+def unless_reader_gone() -> Iterator[None]:
+    """Output to a reader that has gone (`| head -1`) is dropped, not an error: the exit code
+    still says what happened (a run that succeeded exits 0). stdout then points at /dev/null,
+    so the interpreter's last flush does not fail either."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def say(markup: str, output: Format | None) -> None:
+    """One line of rich markup: styled on a terminal, plain text in a pipe."""
+    if chosen(output) is Format.table:
+        console.print(markup)
+    else:
+        print(Text.from_markup(markup).plain)
+
+
+def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart; a cell's line breaks become
+    spaces, so each row stays one line for grep."""
+    cells = [list(header)] + [[" ".join(str(c).split()) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def short_time(value: str | None) -> str:

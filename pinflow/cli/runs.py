@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -14,41 +15,51 @@ from rich.progress import Progress
 from dagstore.errors import BadRequest, NotFound
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, Token, client_settings
-from pinflow.cli.render import console, short_time, table
+from pinflow.cli.render import (
+    Column,
+    Format,
+    Output,
+    chosen,
+    console,
+    say,
+    short_time,
+    show,
+    table_of,
+    unless_reader_gone,
+)
 
 TERMINAL_RUN_STATES = ("success", "failed", "canceled")
+TIMED_OUT = 8  # `trigger --wait --timeout`: the run had not ended (pinflow.cli.EXIT_CODES)
 
 
 def _client(api_url: str | None, token: str | None) -> ApiClient:
     return ApiClient(client_settings(api_url, token))
 
 
-def _tasks_table(run: dict[str, Any]):
-    rows = table(
-        "task",
-        "state",
-        "try",
+def _result(task: dict[str, Any]) -> str:
+    if task.get("result") is None:
+        return ""
+    text = json.dumps(task["result"], default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+TASK_COLUMNS = [
+    Column("task", lambda t: t["task_id"], no_wrap=True),
+    Column("state", lambda t: t["state"]),
+    Column("try", lambda t: f"{t['try_number']}/{t['max_tries']}"),
+    Column(
         "sha",
-        "worker",
-        "started",
-        "ended",
-        "error",
-        no_wrap=("task", "sha"),
-    )
-    for t in run.get("tasks", []):
-        error = (t.get("error") or "").strip().splitlines()
-        tries = t.get("tries") or []
-        rows.add_row(
-            t["task_id"],
-            t["state"],
-            f"{t['try_number']}/{t['max_tries']}",
-            ", ".join(dict.fromkeys(x["sha"][:12] for x in tries)) or t["sha"][:12],
-            t.get("worker") or "",
-            short_time(t.get("started_at")),
-            short_time(t.get("ended_at")),
-            error[-1] if error else "",
-        )
-    return rows
+        lambda t: (
+            ", ".join(dict.fromkeys(x["sha"][:12] for x in t.get("tries") or [])) or t["sha"][:12]
+        ),
+        no_wrap=True,
+    ),
+    Column("worker", lambda t: t.get("worker") or ""),
+    Column("started", lambda t: short_time(t.get("started_at"))),
+    Column("ended", lambda t: short_time(t.get("ended_at"))),
+    Column("result", _result),
+    Column("error", lambda t: ((t.get("error") or "").strip().splitlines() or [""])[-1]),
+]
 
 
 def _run_header(run: dict[str, Any]) -> str:
@@ -60,17 +71,39 @@ def _run_header(run: dict[str, Any]) -> str:
     )
 
 
-def _follow(client: ApiClient, run_id: str) -> None:
-    """Show the run's tasks live until it ends; exit 0 on success, 1 otherwise."""
-    with Live(console=console, refresh_per_second=4) as live:
+def _follow(
+    client: ApiClient, run_id: str, output: Format | None, timeout: float | None
+) -> None:
+    """Wait for the run to end, live on a terminal; then its tasks. Exit 0 on success, 1
+    otherwise, TIMED_OUT when `timeout` passes first (the run goes on). A reader that stops
+    reading (`| head -1`) changes none of that."""
+    deadline = time.monotonic() + timeout if timeout else None
+    live = Live(console=console, refresh_per_second=4) if chosen(output) is Format.table else None
+    with live or contextlib.nullcontext():
         while True:
             run = client.get(f"/runs/{run_id}")
-            live.update(_tasks_table(run))
-            if run["state"] in TERMINAL_RUN_STATES:
+            if live is not None:
+                live.update(table_of(run.get("tasks", []), TASK_COLUMNS))
+            ended = run["state"] in TERMINAL_RUN_STATES
+            if ended or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(0.5)
-    console.print(_run_header(run))
+    with unless_reader_gone():
+        _say_tasks(run, output, live is not None)
+    if not ended:
+        print(f"pinflow: run {run_id} still {run['state']} after {timeout:g} s", file=sys.stderr)
+        raise typer.Exit(TIMED_OUT)
     raise typer.Exit(0 if run["state"] == "success" else 1)
+
+
+def _say_tasks(run: dict[str, Any], output: Format | None, shown_live: bool) -> None:
+    """The run's final tasks (a terminal has them on screen already), then its outcome."""
+    if chosen(output) is Format.json:
+        print(json.dumps(run, indent=2, default=str))
+        return
+    if not shown_live:
+        show(run.get("tasks", []), TASK_COLUMNS, output)
+    say(_run_header(run), output)
 
 
 def trigger(
@@ -81,10 +114,17 @@ def trigger(
     wait: Annotated[
         bool, typer.Option(help="Follow the run; exit 0 on success, 1 on failure")
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0.1, help=f"With --wait: give up after SECONDS (exit {TIMED_OUT})"),
+    ] = None,
+    output: Output = None,
     api_url: ApiUrl = None,
     token: Token = None,
 ) -> None:
     """Start a manual run, pinned to one commit (the DAG's current version by default)."""
+    if timeout is not None and not wait:
+        raise BadRequest("--timeout goes with --wait")
     body: dict[str, Any] = {}
     if conf is not None:
         try:
@@ -99,9 +139,13 @@ def trigger(
         body["sha"] = sha
     client = _client(api_url, token)
     run = client.post(f"/dags/{dag_id}/runs", json=body)
-    print(f"{run['run_id']} pinned to {run['sha']}")
+    if chosen(output) is not Format.json:
+        with unless_reader_gone():
+            print(f"{run['run_id']} pinned to {run['sha']}", flush=True)
     if wait:
-        _follow(client, run["run_id"])
+        _follow(client, run["run_id"], output, timeout)
+    elif chosen(output) is Format.json:
+        print(json.dumps(run, indent=2, default=str))
 
 
 def runs(
@@ -110,6 +154,7 @@ def runs(
         str | None, typer.Option(help="queued, running, success, failed or canceled")
     ] = None,
     limit: int = 20,
+    output: Output = None,
     api_url: ApiUrl = None,
     token: Token = None,
 ) -> None:
@@ -119,26 +164,27 @@ def runs(
         params["dag_id"] = dag_id
     if state:
         params["state"] = state
-    rows = table(
-        "run_id", "dag", "sha", "state", "logical date", "created by", no_wrap=("run_id", "sha")
-    )
-    for r in _client(api_url, token).get("/runs", params=params)["items"]:
-        rows.add_row(
-            r["run_id"],
-            r["dag_id"],
-            r["sha"][:12],
-            r["state"],
-            short_time(r["logical_date"]),
-            r["created_by"],
-        )
-    console.print(rows)
+    show(_client(api_url, token).get("/runs", params=params)["items"], RUN_COLUMNS, output)
 
 
-def run(run_id: str, api_url: ApiUrl = None, token: Token = None) -> None:
-    """One run: its pinned sha, state, and every task with its tries."""
+RUN_COLUMNS = [
+    Column("run_id", lambda r: r["run_id"], no_wrap=True),
+    Column("dag", lambda r: r["dag_id"]),
+    Column("sha", lambda r: r["sha"][:12], no_wrap=True),
+    Column("state", lambda r: r["state"]),
+    Column("logical date", lambda r: short_time(r["logical_date"])),
+    Column("created by", lambda r: r["created_by"]),
+]
+
+
+def run(run_id: str, output: Output = None, api_url: ApiUrl = None, token: Token = None) -> None:
+    """One run: its pinned sha, state, and every task with its tries and result."""
     data = _client(api_url, token).get(f"/runs/{run_id}")
-    console.print(_run_header(data))
-    console.print(_tasks_table(data))
+    if chosen(output) is Format.json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    say(_run_header(data), output)
+    show(data.get("tasks", []), TASK_COLUMNS, output)
 
 
 def logs(
@@ -218,7 +264,7 @@ def clear(
     sha = next((t["sha"] for t in run["tasks"] if t["task_id"] in run["cleared"]), run["sha"])
     print(f"cleared {', '.join(run['cleared'])} of {run_id}; they run {sha}")
     if wait:
-        _follow(client, run_id)
+        _follow(client, run_id, None, None)
 
 
 def backfill(

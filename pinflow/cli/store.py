@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dagstore.errors import NotFound
 from dagstore.scopes import SCOPES
 from dagstore.settings import Settings
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, DatabaseUrl, Home, Token, client_settings
-from pinflow.cli.render import console, short_time, table
+from pinflow.cli.render import Column, Output, short_time, show
+from pinflow.gitauth import push_recipe
 
 if TYPE_CHECKING:
     from dagstore.db import Database
@@ -21,13 +23,21 @@ repo_app = typer.Typer(help="Repositories of the DAG store.")
 
 
 def _database(home: str | None, database_url: str | None) -> Database:
-    """The database, schema at head (SQLAlchemy and Alembic load only for these commands)."""
+    """The existing database, schema at head (SQLAlchemy and Alembic load only for these
+    commands). Only `db upgrade`, `server`, `scheduler` and `up` create one: a token made in
+    a database no server reads is a token every server refuses."""
     from dagstore.db import Database
-    from pinflow.migrate import upgrade
+    from pinflow.migrate import missing_database, upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
-    settings.make_home()
     db = Database(settings.database_url)
+    where = missing_database(db)
+    if where is not None:
+        db.dispose()
+        raise NotFound(
+            f"no pinflow database at {where} (set PINFLOW_HOME or PINFLOW_DATABASE_URL, or "
+            "run `pinflow db upgrade`)"
+        )
     upgrade(db)
     return db
 
@@ -40,8 +50,9 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print a new token on stdout (only its hash is stored)."""
-    from dagstore.token import issue_token
+    from dagstore.token import check_scope_name, issue_token
 
+    check_scope_name(scope)  # before the database: a typo needs none to be told
     db = _database(home, database_url)
     with db.write() as session:
         token_id, secret = issue_token(session, scope, name)
@@ -50,7 +61,7 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(home: Home = None, database_url: DatabaseUrl = None) -> None:
+def token_list(output: Output = None, home: Home = None, database_url: DatabaseUrl = None) -> None:
     """Every token: id, name, scope, created, last used, revoked (never the secret: only its
     hash is stored). Last use is recorded to within a few minutes."""
     from dagstore.db import iso
@@ -58,16 +69,18 @@ def token_list(home: Home = None, database_url: DatabaseUrl = None) -> None:
 
     db = _database(home, database_url)
     with db.read() as session:
-        tokens = list_tokens(session)
-    rows = table("id", "name", "scope", "created", "last used", "revoked", no_wrap=("id",))
-    for t in tokens:
-        rows.add_row(
-            str(t["id"]),
-            t["name"],
-            t["scope"],
-            *(short_time(iso(t[k])) for k in ("created_at", "last_used_at", "revoked_at")),
-        )
-    console.print(rows)
+        tokens = [{**t, **{k: iso(t[k]) for k in TIMES}} for t in list_tokens(session)]
+    show(tokens, TOKEN_COLUMNS, output)
+
+
+TIMES = ("created_at", "last_used_at", "revoked_at")
+TOKEN_COLUMNS = [
+    Column("id", lambda t: str(t["id"]), no_wrap=True),
+    Column("name", lambda t: t["name"]),
+    Column("scope", lambda t: t["scope"]),
+    *(Column(label, lambda t, k=k: short_time(t[k]))
+      for label, k in zip(("created", "last used", "revoked"), TIMES, strict=True)),
+]  # fmt: skip
 
 
 @token_app.command("revoke")
@@ -97,40 +110,44 @@ def repo_create(
     client = ApiClient(client_settings(api_url, token))
     repo = client.post("/repos", json={"name": name, "track": track, "strict": strict})
     print(f"created repository {repo['name']} (tracks {repo['track']})")
-    print(f"push with: git push {repo['git_url']} {repo['track']}")
+    print(push_recipe(repo["git_url"], repo["track"]), end="")
+
+
+REPO_COLUMNS = [
+    Column("name", lambda r: r["name"]),
+    Column("track", lambda r: r["track"]),
+    Column("strict", lambda r: str(r["strict"])),
+    Column("git remote", lambda r: r["git_url"], no_wrap=True),
+]
+VERSION_COLUMNS = [
+    Column("sha", lambda v: v["sha"][:12], no_wrap=True),
+    Column("ref", lambda v: v["ref"].removeprefix("refs/heads/")),
+    Column("pushed at", lambda v: short_time(v["pushed_at"])),
+    Column("author", lambda v: v["author"].split(" <")[0]),
+    Column("message", lambda v: (v["message"].strip().splitlines() or [""])[0]),
+    Column("dags", lambda v: ", ".join(v["dags"])),
+    Column("errors", lambda v: str(len(v["errors"])) if v["errors"] else ""),
+]
 
 
 @repo_app.command("list")
-def repo_list(api_url: ApiUrl = None, token: Token = None) -> None:
+def repo_list(output: Output = None, api_url: ApiUrl = None, token: Token = None) -> None:
     """List repositories."""
     client = ApiClient(client_settings(api_url, token))
-    rows = table("name", "track", "strict", "git remote", no_wrap=("git remote",))
-    for repo in client.get("/repos")["items"]:
-        rows.add_row(repo["name"], repo["track"], str(repo["strict"]), repo["git_url"])
-    console.print(rows)
+    show(client.get("/repos")["items"], REPO_COLUMNS, output)
 
 
 def versions(
     repo: str,
     limit: Annotated[int, typer.Option(help="How many, newest first")] = 20,
+    output: Output = None,
     api_url: ApiUrl = None,
     token: Token = None,
 ) -> None:
     """The versions (commits) of a repository, newest first."""
     client = ApiClient(client_settings(api_url, token))
     items = client.get(f"/repos/{repo}/versions", params={"limit": limit})["items"]
-    rows = table("sha", "ref", "pushed at", "author", "message", "dags", "errors")
-    for v in items:
-        rows.add_row(
-            v["sha"][:12],
-            v["ref"].removeprefix("refs/heads/"),
-            short_time(v["pushed_at"]),
-            v["author"].split(" <")[0],
-            v["message"].strip().splitlines()[0] if v["message"].strip() else "",
-            ", ".join(v["dags"]),
-            str(len(v["errors"])) if v["errors"] else "",
-        )
-    console.print(rows)
+    show(items, VERSION_COLUMNS, output)
 
 
 def register(app: typer.Typer) -> None:

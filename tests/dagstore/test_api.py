@@ -249,6 +249,17 @@ def test_bad_input_gets_a_clear_4xx(
     assert isinstance(response.json()["detail"], str)
 
 
+def test_malformed_json_says_so_and_where(store_server):
+    """Not FastAPI's "1: JSON decode error": what is wrong, and at which character."""
+    with store_server.api("admin") as api:
+        response = api.post(
+            "/repos", content=b'{"name": "x",,}', headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("request body is not valid JSON (at character 13"), detail
+
+
 def test_health_and_metrics(store_server):
     with store_server.api(None) as api:
         assert api.get("/healthz").json() == {"status": "ok"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,7 @@ def pinflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 def test_token_create_prints_only_the_token_and_stores_its_hash(tmp_path, database_url):
     env = pinflow_env(tmp_path, database_url)
+    assert pinflow("db", "upgrade", env=env).returncode == 0
     result = pinflow("token", "create", "--scope", "push", "--name", "ci", env=env)
     assert result.returncode == 0, result.stderr
     secret = result.stdout.strip()
@@ -43,6 +45,26 @@ def test_token_bad_scope_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "unknown scope 'root'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_token_commands_never_create_a_database(tmp_path, database_url):
+    """Run where there is no database (another folder, a fresh PostgreSQL database), token
+    commands say so and create nothing, instead of minting a token no server will accept."""
+    env = pinflow_env(tmp_path / "elsewhere", database_url)
+    for args in (("token", "create", "--scope", "read"), ("token", "list"),
+                 ("token", "revoke", "1")):  # fmt: skip
+        result = pinflow(*args, env=env)
+        assert result.returncode == 4, (args, result.stderr)
+        assert "no pinflow database at" in result.stderr and "pinflow db upgrade" in result.stderr
+        assert "Traceback" not in result.stderr and not result.stdout
+    assert not (tmp_path / "elsewhere").exists()
+    if database_url.startswith("sqlite"):
+        assert not Path(database_url.removeprefix("sqlite:///")).exists()
+    else:
+        db = Database(database_url)
+        with db.read() as session:  # still no schema: nothing was migrated into it
+            assert not session.execute(text("SELECT to_regclass('tokens')")).scalar()
+        db.dispose()
 
 
 def test_concurrent_db_upgrade(tmp_path, database_url):
@@ -147,15 +169,42 @@ def test_token_list_shows_ids_scopes_and_last_use_never_a_secret(store_server, t
     assert pinflow("token", "revoke", str(token_id), env=env).returncode == 0
     with store_server.api("read") as api:
         assert api.get("/repos").status_code == 200  # the read token is used now
-    listed = pinflow("token", "list", env={**env, "COLUMNS": "200"})
+    listed = pinflow("token", "list", "--output", "json", env=env)
     assert listed.returncode == 0, listed.stderr
-    rows = {
-        cells[0]: cells
-        for line in listed.stdout.splitlines()
-        if (cells := [c.strip() for c in line.strip("│┃ ").split("│")])[0].isdigit()
-    }
-    assert rows[str(token_id)][1:3] == ["to-revoke", "read"] and rows[str(token_id)][5]
-    read_row = next(r for r in rows.values() if r[2] == "read" and r[0] != str(token_id))
-    assert read_row[4], "the read token's last use is not shown"
-    assert created.stdout.strip() not in listed.stdout
-    assert all(secret not in listed.stdout for secret in store_server.tokens.values())
+    rows = {t["id"]: t for t in json.loads(listed.stdout)}
+    assert (rows[token_id]["name"], rows[token_id]["scope"]) == ("to-revoke", "read")
+    assert rows[token_id]["revoked_at"], "the revoked token is not shown as revoked"
+    read_row = next(t for t in rows.values() if t["scope"] == "read" and t["id"] != token_id)
+    assert read_row["last_used_at"], "the read token's last use is not shown"
+    assert set(read_row) == {"id", "name", "scope", "created_at", "last_used_at", "revoked_at"}
+    # Piped, the default is plain columns with nothing cut: every id and scope is readable.
+    plain = pinflow("token", "list", env=env).stdout.splitlines()
+    assert plain[0].split() == ["id", "name", "scope", "created", "last", "used", "revoked"]
+    assert any(line.split()[:3] == [str(token_id), "to-revoke", "read"] for line in plain)
+    assert "…" not in "".join(plain) and "│" not in "".join(plain)
+    for shown in (listed.stdout, "\n".join(plain)):
+        assert created.stdout.strip() not in shown
+        assert all(secret not in shown for secret in store_server.tokens.values())
+
+
+def test_repo_create_prints_a_push_recipe_that_keeps_the_token_out_of_urls(store_server, tmp_path):
+    """What `repo create` prints works as printed, with a push token that appears in no URL,
+    no .git/config and no command line."""
+    import shlex
+
+    admin = store_server.tokens["admin"]
+    env = pinflow_env(store_server.home, store_server.database_url,
+                      PINFLOW_API_URL=store_server.url, PINFLOW_TOKEN=admin)  # fmt: skip
+    created = pinflow("repo", "create", "recipe", env=env)
+    assert created.returncode == 0, created.stderr
+    commands = [line.strip() for line in created.stdout.splitlines() if line.startswith("  git ")]
+    assert len(commands) == 3 and all(t not in created.stdout for t in store_server.tokens.values())
+    work = Git(tmp_path / "recipe").init()
+    work.env["PINFLOW_PUSH_TOKEN"] = store_server.tokens["push"]
+    work.commit("first", **{"dags/hi.py": "from pinflow import DAG\nDAG('recipe_hi')\n"})
+    for command in commands:
+        work.run(*shlex.split(command)[1:])
+    config = (work.path / ".git/config").read_text()
+    assert store_server.tokens["push"] not in config and "/git/recipe.git" in config
+    with store_server.api("read") as api:
+        assert api.get("/repos/recipe/versions").json()["items"], "the push did not land"

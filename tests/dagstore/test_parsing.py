@@ -314,6 +314,38 @@ def test_cli_dags_and_errors(repo: Repo, uid, tmp_path):
     assert "dags/bad.py" in errors.stdout and "nope_mod" in errors.stdout
 
 
+def test_import_errors_name_repo_files_and_keep_the_whole_traceback(repo: Repo, uid, tmp_path):
+    """No scratch-folder path in what an author reads: a syntax error in a helper names the
+    helper as the repository does, a missing file's message too; the API and `dags --errors
+    --verbose` keep the traceback whole (a deep one is cut in its middle, not its head)."""
+    deep = "def f(n):\n    return g(n)\n\ndef g(n):\n    return f(n)\n\nf(0)  # pinflow DAG\n"
+    repo.push(
+        "broken",
+        {
+            "dags/uses_helper.py": "import dags.helper  # pinflow DAG\n",
+            "dags/helper.py": "def broken(:\n",
+            "dags/reads.py": "open(__file__.replace('reads.py', 'gone.csv'))  # pinflow DAG\n",
+            "dags/deep.py": deep,
+        },
+    )
+    env = pinflow_env(tmp_path, "sqlite:///unused", PINFLOW_API_URL=repo.server.url,
+                      PINFLOW_TOKEN=repo.server.tokens["read"])  # fmt: skip
+    with repo.server.api("read") as api:
+        errors = {e["file"]: e for e in api.get("/import-errors").json()["items"]}
+    shown = " ".join(e["error"] + e["traceback"] for e in errors.values())
+    assert "pinflow-parse" not in shown and "/tmp/" not in shown, shown
+    assert "(dags/helper.py, line 1)" in errors["dags/uses_helper.py"]["error"]
+    assert "dags/gone.csv" in errors["dags/reads.py"]["error"]
+    recursion = errors["dags/deep.py"]["traceback"]
+    assert recursion.startswith("Traceback") and "RecursionError" in recursion
+    assert "lines ..." in recursion  # the middle of a thousand frames left out, said so
+    verbose = subprocess.run([PINFLOW, "dags", "--errors", "--verbose"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert verbose.returncode == 0, verbose.stderr
+    assert 'File "dags/uses_helper.py", line 1' in verbose.stdout
+    assert "RecursionError" in verbose.stdout
+
+
 def test_unknown_dag_is_404(server):
     with server.api("read") as api:
         response = api.get("/dags/no_such_dag")

@@ -308,6 +308,8 @@ def test_cli_trigger_wait_exit_codes(cluster: Cluster, tmp_path, uid):
         (("run", "nope"), "does not exist"),
         (("logs", run_id, "no_task"), "has no task"),
         (("pause", "no_such_dag"), "does not exist"),
+        (("runs", "no_such_dag"), "does not exist"),
+        (("trigger", ok_id, "--sha", "main"), "--ref main"),
     ]:
         result = cli(*args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
@@ -375,3 +377,67 @@ def test_worker_endpoints_refuse_stale_and_foreign_claims(cluster: Cluster, tmp_
             )
             assert denied.status_code == 403
     assert cluster.run(run["run_id"])["state"] == "success", "refused calls changed nothing"
+
+
+def test_cli_output_for_people_and_scripts(cluster: Cluster, tmp_path, uid):
+    """Piped, listings are plain columns with nothing cut; `--output json` is the API's items;
+    `--wait` ends with the tasks and their results; `--timeout` has its own exit code; a reader
+    that stops reading (`| head -1`) does not turn a run that succeeded into a failure."""
+    import json
+    import subprocess
+
+    from tests.support.server import PINFLOW, pinflow_env
+
+    dag_id, slow_id = f"out_{uid}_with_a_rather_long_name", f"slow_{uid}"
+    work = cluster.repo(f"out{uid}", tmp_path / "w")
+    cluster.push(
+        work,
+        "two",
+        **{
+            "dags/out.py": f"from pinflow import DAG, task\nwith DAG('{dag_id}'):\n"
+            "    @task\n    def answer():\n        return {'answer': 42}\n    answer()\n",
+            "dags/slow.py": f"from pinflow import DAG, task\nwith DAG('{slow_id}'):\n"
+            "    @task\n    def nap():\n        import time\n        time.sleep(4)\n    nap()\n",
+        },
+    )
+    assert cluster.server is not None
+    env = pinflow_env(tmp_path, "sqlite:///unused", PINFLOW_API_URL=cluster.server.url,
+                      PINFLOW_TOKEN=cluster.tokens["admin"])  # fmt: skip
+    env["COLUMNS"] = "60"  # a narrow terminal's width, and stdout is a pipe
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PINFLOW, *args], env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    waited = cli("trigger", dag_id, "--wait")
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    first, *rest = waited.stdout.splitlines()
+    run_id = first.split()[0]
+    assert first.endswith(f"pinned to {cluster.run(run_id)['sha']}")  # the heading comes first
+    assert rest[-1].startswith(f"run {run_id}") and rest[-1].endswith("state success")
+    assert any('{"answer": 42}' in line for line in rest), rest  # the task's result
+
+    listed = cli("runs", dag_id).stdout.splitlines()  # a 60-column "terminal", piped
+    assert listed[0].split()[:3] == ["run_id", "dag", "sha"]
+    assert any(run_id in line and dag_id in line and "success" in line for line in listed)
+    assert "…" not in "".join(listed)
+    items = json.loads(cli("runs", dag_id, "--output", "json").stdout)
+    assert [r["run_id"] for r in items] == [run_id] and items[0]["state"] == "success"
+    shown = json.loads(cli("run", run_id, "-o", "json").stdout)
+    assert shown["tasks"][0]["result"] == {"answer": 42}
+    dags = json.loads(cli("dags", "-o", "json").stdout)
+    assert dag_id in {d["dag_id"] for d in dags}
+
+    timed = cli("trigger", slow_id, "--wait", "--timeout", "1")
+    assert timed.returncode == 8, timed.stdout + timed.stderr
+    assert "still" in timed.stderr and "after 1 s" in timed.stderr
+
+    headed = subprocess.run(f"'{PINFLOW}' trigger {dag_id} --wait | head -1", shell=True,
+                            env=env, capture_output=True, text=True, timeout=120,
+                            executable="/bin/bash")  # fmt: skip
+    piped = subprocess.run(f"set -o pipefail; '{PINFLOW}' trigger {dag_id} --wait | head -1",
+                           shell=True, env=env, capture_output=True, text=True, timeout=120,
+                           executable="/bin/bash")  # fmt: skip
+    assert "pinned to" in headed.stdout and len(headed.stdout.splitlines()) == 1
+    assert piped.returncode == 0, piped.stderr  # pinflow's own exit code: the run succeeded
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr

@@ -14,9 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from sqlalchemy import select
 
 from dagstore.db import Database
+from dagstore.models import Token
 from dagstore.settings import Settings
+from dagstore.token import is_live, revoke_token
 from pinflow.migrate import upgrade
 from pinflow.supervise import descendants
 from pinflow.up import banner, load_tokens, tokens_path
@@ -84,16 +87,51 @@ def test_up_tokens_are_made_once_and_the_admin_token_is_printed_once(tmp_path, c
     assert str(tokens_path(settings)) in shown and "credential." in shown
 
 
-def test_up_demo(tmp_path: Path):
-    home, port = tmp_path / "home", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
-    log = (tmp_path / "up.log").open("wb")
-    proc = subprocess.Popen(
+def test_up_replaces_its_own_tokens_once_revoked(tmp_path, capsys):
+    """`pinflow token revoke` of the worker token `up` made: the next start makes a new one
+    (and says so) instead of starting a worker every server refuses; likewise the admin
+    token, printed again since it is new."""
+    settings = Settings.load(home=str(tmp_path / "home"))
+    settings.make_home()
+    db = Database(settings.database_url)
+    upgrade(db)
+    first, _ = load_tokens(settings, db)
+    with db.write() as session:
+        worker_id = session.scalar(select(Token.id).where(Token.name == "pinflow-up-worker"))
+        revoke_token(session, worker_id)
+    capsys.readouterr()
+    second, admin_new = load_tokens(settings, db)
+    assert "worker token" in capsys.readouterr().out
+    assert second["worker"] != first["worker"] and not admin_new
+    assert {k: v for k, v in second.items() if k != "worker"} == {
+        k: v for k, v in first.items() if k != "worker"
+    }
+    with db.write() as session:
+        admin_id = session.scalar(select(Token.id).where(Token.name == "pinflow-up-admin"))
+        revoke_token(session, admin_id)
+    third, admin_new = load_tokens(settings, db)
+    with db.read() as session:
+        assert all(is_live(session, secret) for secret in third.values())
+    db.dispose()
+    assert admin_new and third["admin"] != first["admin"]
+    assert json.loads(tokens_path(settings).read_text()) == third
+
+
+def start_up(home: Path, port: int, env: dict[str, str], log) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    """`pinflow up --demo` with one worker, its output into `log`."""
+    return subprocess.Popen(
         [PINFLOW, "up", "--demo", "--port", str(port), "--workers", "1", "--home", str(home)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def test_up_demo(tmp_path: Path):
+    home, port = tmp_path / "home", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
+    log = (tmp_path / "up.log").open("wb")
+    proc = start_up(home, port, env, log)
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         token = wait_for(lambda: json.loads((home / "up-tokens.json").read_text())["admin"])
@@ -103,6 +141,7 @@ def test_up_demo(tmp_path: Path):
             return client.get("/runs", params={"dag_id": "etl"}).json()["items"]
 
         first = wait_for(lambda: [r for r in etl_runs() if r["state"] == "success"])[0]
+        (first_manual,) = [r["run_id"] for r in etl_runs() if r["run_type"] == "manual"]
         output = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{port}/docs" in output and token in output
         assert "/git/REPO.git" in output
@@ -157,6 +196,16 @@ def test_up_demo(tmp_path: Path):
             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
         ]
         assert alive == [], f"left behind: {alive}"
+
+        # Started again on the same home, the demo does not run etl a second time.
+        log.close()
+        log = (tmp_path / "up2.log").open("wb")
+        proc = start_up(home, port, env, log)
+        wait_for(lambda: "on the first start only" in (tmp_path / "up2.log").read_text())
+        manual = [r["run_id"] for r in etl_runs() if r["run_type"] == "manual"]
+        assert manual == [first_manual], manual
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             for pid in descendants(proc.pid):
