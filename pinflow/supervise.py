@@ -46,8 +46,29 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    # Log lines holding one of these are said on the console too: what the person running
+    # `pinflow up` must see (a worker whose token is refused), not only its log file.
+    shout: tuple[str, ...] = ()
+    _log_read: int = 0
+
+    def loud_lines(self) -> list[str]:
+        """New lines of the child's log that hold a `shout` marker."""
+        if not self.shout or self.log_path is None:
+            return []
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_read)
+                new = f.read()
+        except OSError:
+            return []
+        complete = new.rfind(b"\n") + 1  # a line still being written waits for the next look
+        self._log_read += complete
+        lines = new[:complete].decode("utf-8", "replace").splitlines()
+        return [line for line in lines if any(mark in line for mark in self.shout)]
 
     def start(self) -> None:
+        if self._log_read == 0 and self.log_path is not None and self.log_path.exists():
+            self._log_read = self.log_path.stat().st_size  # an earlier start's lines are old
         out = self.log_path.open("ab") if self.log_path else None
         self.proc = subprocess.Popen(
             self.args,
@@ -97,6 +118,8 @@ class Supervisor:
     def check(self) -> None:
         now = time.monotonic()
         for child in self.children:
+            for line in child.loud_lines():
+                self.say(f"{child.name}: {line.strip()}")
             if child.alive:
                 if now - child.started_at > 60:
                     child.restarts = 0  # it stayed up: forget old crashes

@@ -288,6 +288,7 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
                     [PINFLOW, "worker", "--name", f"up-worker-{i + 1}"],
                     {**base_env, "PINFLOW_TOKEN": tokens["worker"]},
                     logs / f"worker-{i + 1}.log",
+                    shout=("TOKEN REFUSED",),
                 )
             )
         banner(api, tokens, new, tokens_path(settings))

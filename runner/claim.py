@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dagstore.errors import Conflict
+from dagstore.errors import Conflict, Forbidden, PinflowError, Unauthorized
 from dagstore.protocol import JobPayload, TaskSpec
 from runner.agent import AgentClient
 
@@ -83,6 +83,19 @@ class PendingClaims:
     def claimed(self, job: JobPayload) -> Claimed | Dropped | Exception | None:
         """In the worker, after the horse ran: the claim it made for this job, if any."""
         return self._pending.get((job.ti_id, job.try_number))
+
+    def refusal(self, payload: Any) -> PinflowError | None:
+        """In the RQ worker: the API server's refusal of the worker's own token (401, 403)
+        for the claim `prepare` just made, if that is what happened: no try of any task can
+        be claimed with it, so the job must go back, not be run and failed."""
+        try:
+            job = JobPayload.model_validate(payload)
+        except ValueError:
+            return None
+        outcome = self._pending.get((job.ti_id, job.try_number))
+        if isinstance(outcome, (Unauthorized, Forbidden)):
+            return outcome
+        return None
 
     def take(self, job: JobPayload) -> Claimed | Dropped:
         """In the horse: the claim its RQ worker made for this job."""

@@ -16,7 +16,7 @@ from typing import Any
 import certifi
 import httpx
 
-from dagstore.errors import Conflict, NotFound, PinflowError, VersionUnavailable
+from dagstore.errors import PinflowError, VersionUnavailable, error_for
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from dagstore.protocol import ClaimRequest, FinishRequest, Heartbeat, TaskSpec
 
@@ -69,12 +69,9 @@ class WorkerClient:
             raise ApiUnavailable(f"API server {self.api_url} unreachable: {exc!r}") from None
         if response.status_code >= 500:
             raise ApiUnavailable(f"API server answered {response.status_code}")
-        if response.status_code == 409:
-            raise Conflict(_detail(response))
-        if response.status_code == 404:
-            raise NotFound(_detail(response))
-        if response.status_code >= 400:
-            raise PinflowError(f"{_detail(response)} (HTTP {response.status_code})")
+        if response.status_code >= 400:  # 401, 403, 404, 409 keep their kind (and status)
+            code = response.status_code
+            raise error_for(code, f"{_detail(response)} (HTTP {code})")
         return response
 
     def request(

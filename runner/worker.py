@@ -37,6 +37,8 @@ from runner.job import run_task, send_handed_over
 from runner.warm import WARM
 
 log = logging.getLogger("pinflow.worker")
+REFUSED_FIRST_WAIT = 1.0  # seconds before the next job once the token is refused
+REFUSED_MAX_WAIT = 60.0
 
 
 def rq_name(name: str | None) -> str:
@@ -58,8 +60,37 @@ class _Warming:
             return
         payload = job.kwargs.get("payload")
         CLAIMS.prepare(payload, os.environ.get("PINFLOW_WORKER_NAME", ""))
+        refused = CLAIMS.refusal(payload)
+        if refused is not None:
+            self._give_back(job, queue, refused)
+            return
+        self._refused_for = 0.0
         WARM.prepare(payload)
         super().execute_job(job, queue)  # type: ignore[misc]
+
+    _refused_for = 0.0  # seconds waited since the token was first refused, 0 while it works
+
+    def _give_back(self, job: Job, queue: Queue, refused: PinflowError) -> None:
+        """The API server refuses this worker's token (revoked, or another database's): put
+        the job back at the head of its queue for a worker whose token works, say so loudly,
+        and wait longer each time (up to a minute) before taking another job."""
+        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            pipe.execute()
+        delay = min(max(2 * self._refused_for, REFUSED_FIRST_WAIT), REFUSED_MAX_WAIT)
+        log.error(
+            "TOKEN REFUSED: the API server refuses this worker's token (%s); no task can run "
+            "on this worker until PINFLOW_TOKEN is a live worker token (`pinflow token create "
+            "--scope worker`, then restart it). Job %s put back in its queue; trying again "
+            "in %.0f s",
+            refused.detail,
+            job.id,
+            delay,
+        )
+        self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
+        time.sleep(delay)
+        self._refused_for += delay
 
 
 def refusal_of(job: Job) -> str | None:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,3 +213,30 @@ def test_up_demo(tmp_path: Path):
                 os.kill(pid, signal.SIGKILL)
             proc.kill()
         log.close()
+
+
+def test_supervisor_says_a_childs_loud_lines_on_the_console(tmp_path):
+    """What `pinflow up` must show (a worker's TOKEN REFUSED) reaches its console, once,
+    whole lines only, and nothing an earlier start left in the log."""
+    from pinflow.supervise import Child, Supervisor
+
+    log = tmp_path / "worker.log"
+    log.write_text("TOKEN REFUSED from an earlier start\n")
+    said: list[str] = []
+    supervisor = Supervisor(said.append)
+    script = (
+        "import sys, time; print('starting'); print('ERROR TOKEN REFUSED: the API server');"
+        "sys.stdout.flush(); print('TOKEN REFUSED, half', end=''); sys.stdout.flush();"
+        "time.sleep(30)"
+    )
+    child = supervisor.add(
+        Child("worker-1", [sys.executable, "-c", script], dict(os.environ), log,
+              shout=("TOKEN REFUSED",))  # fmt: skip
+    )
+    try:
+        wait_for(lambda: "half" in log.read_text())
+        supervisor.check()
+        supervisor.check()
+    finally:
+        child.stop(5)
+    assert said == ["worker-1: ERROR TOKEN REFUSED: the API server"], said

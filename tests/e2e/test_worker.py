@@ -167,3 +167,33 @@ def test_a_horse_that_raises_leaves_its_traceback_in_rq(cluster: Cluster, tmp_pa
     work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
     cluster.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id=dag_id, seconds=0)})
     assert cluster.wait(cluster.trigger(dag_id)["run_id"])["state"] == "success"
+
+
+def test_a_refused_token_puts_the_job_back_and_says_so(tmp_path):
+    """A worker whose token the API refuses (revoked) neither runs nor fails the job: it puts
+    it back at the head of its queue, says so loudly, waits longer each time, and a worker
+    with a live token then runs it."""
+    from tests.support.cluster import Cluster
+
+    running = Cluster(tmp_path / "home", f"sqlite:///{tmp_path}/home/pinflow.db", "sqlite")
+    (tmp_path / "home").mkdir()
+    try:
+        running.start(schedulers=1, workers=0)
+        refused = running.add_worker("refused", PINFLOW_TOKEN=running.tokens["revoked"])
+        work = running.repo("refusedrepo", tmp_path / "w")
+        running.push(work, "s", **{"dags/s.py": SLEEPER.format(dag_id="refused", seconds=0)})
+        run = running.trigger("refused")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and refused.log().count("TOKEN REFUSED") < 2:
+            time.sleep(0.2)
+        assert refused.log().count("TOKEN REFUSED") >= 2, refused.log()[-2000:]
+        assert "trying again in 1 s" in refused.log() and "trying again in 2 s" in refused.log()
+        tasks = {t["task_id"]: t for t in running.run(run["run_id"])["tasks"]}
+        assert tasks["sleeper"]["state"] == "queued" and not tasks["sleeper"]["tries"]
+        redis = Redis.from_url(running.redis.url)
+        queue = Queue(queue_name(DEFAULT_QUEUE), connection=redis, serializer=JSONSerializer)
+        assert not queue.failed_job_registry.get_job_ids(), "the job was burned"
+        running.add_worker("live")
+        assert running.wait(run["run_id"])["state"] == "success"
+    finally:
+        running.stop()
