@@ -24,6 +24,7 @@ from dulwich.repo import Repo
 
 from dagstore.archive import ArchiveCache
 from dagstore.loader import discover
+from dagstore.metrics import PARSE_SECONDS, PARSED_FILES
 from dagstore.sandbox import Sandbox
 from dagstore.unpack import unpack_archive
 
@@ -85,6 +86,7 @@ def parse_commit(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - started
+    PARSE_SECONDS.observe(result.seconds)
     return result
 
 
@@ -104,7 +106,11 @@ def parse_version(root: Path, sha: str, limits: ParseLimits) -> ParseResult:
                 for file in remaining:
                     records.setdefault(file, _not_parsed(file))
             remaining = [f for f in remaining if f not in records]
-    return _collect(sha, [records[f] for f in files])
+    result = _collect(sha, [records[f] for f in files])
+    broken = {e.file for e in result.errors}
+    PARSED_FILES.labels("error").inc(len(broken))
+    PARSED_FILES.labels("ok").inc(len(files) - len(broken))
+    return result
 
 
 def _not_parsed(file: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dulwich.repo import Repo
 from dagstore.context import StoreContext
 from dagstore.current import lock_repo, publish
 from dagstore.gitrepo import KEEP_PREFIX, ref_sha
+from dagstore.metrics import PUSHES
 from dagstore.parse import ParseResult, parse_commit
 from dagstore.repack import consolidate
 from dagstore.repos import get_repo
@@ -103,6 +104,13 @@ class GuardUpdate(Hook):
         self.push = push
 
     def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
+        try:
+            return self._check(ref, old, new)
+        except HookError:
+            PUSHES.labels("refused").inc()
+            raise
+
+    def _check(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         if ref.startswith(b"refs/pinflow/"):
             raise HookError("refs/pinflow/ is reserved for the store")
         if not ref.startswith(PUSHABLE):
@@ -148,6 +156,7 @@ class RecordVersions(Hook):
                 added: list[str] = []
                 for old, new, ref in updates:
                     added += record_ref_update(session, push.repo, row, ref.decode(), old, new)
+            PUSHES.labels("landed").inc()
             if added:
                 lines.append(f"pinflow: recorded {len(added)} new version(s)")
             with push.store.db.write() as session:
@@ -159,6 +168,7 @@ class RecordVersions(Hook):
             for sha, why in push.unparsed.items():
                 lines.append(f"pinflow: warning: {sha[:7]} landed but was not parsed: {why}")
         except Exception as exc:  # the refs moved already: say so, catch_up() finishes later
+            PUSHES.labels("unrecorded").inc()
             log.exception("post-receive of %s failed", push.repo_name)
             lines.append(
                 f"pinflow: warning: the push landed but recording it failed ({exc}); "

@@ -19,6 +19,7 @@ from dagstore.errors import PinflowError
 from dagstore.githttp import make_git_app
 from dagstore.settings import Settings
 from pinflow.metrics import router as metrics_router
+from pinflow.metrics import watch as watch_system
 from pinflow.ui.pages import router as ui_router
 from pinflow.ui.render import STATIC as ui_static
 from pinflow.ui.repos import router as ui_repos_router
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # With Redis, a finished task's downstream tasks are enqueued by the server at once;
     # without it, the scheduler's loop enqueues them at its next tick.
     app.state.enqueuer = Enqueuer(store.settings.redis_url) if store.settings.redis_url else None
+    watch_system(store, app.state.enqueuer)
 
     @app.exception_handler(PinflowError)
     async def _pinflow_error(_: Request, exc: PinflowError) -> JSONResponse:

@@ -29,6 +29,7 @@ from scheduler.cancel import cancel
 from scheduler.clear import ClearRequest, clear
 from scheduler.enqueue import Enqueuer
 from scheduler.grants import try_digest
+from scheduler.metrics import DISPATCH_SECONDS, TASK_SECONDS, TRIES_FINISHED
 from scheduler.models import Backfill, DagRun, TaskInstance, TaskTry
 from scheduler.runs import RUN_STATES
 from scheduler.taskstate import queue_ready
@@ -246,17 +247,21 @@ def post_claim(
     credential for the try: the one of the answer that arrives is the one that works."""
     credential, grant_hash = issue_grant(ti_id, body.try_number)
     with store.db.write() as session:
+        now = db_time(session)
         row = claim(
             session,
             ti_id,
             body.try_number,
             body.worker,
-            db_time(session),
+            now,
             attempt=body.attempt,
             grant_hash=grant_hash,
         )
         upstream = upstream_results(session, row.run_pk, row.upstream or [])
         timeout = store.settings.heartbeat_timeout
+        queued = as_utc(row.queued_at)
+        if queued is not None:
+            DISPATCH_SECONDS.observe(max((now - queued).total_seconds(), 0.0))
         return TaskSpec(
             ti_id=ti_id,
             try_number=body.try_number,
@@ -317,4 +322,7 @@ def post_finish(
         ready = enqueuer is not None and finished.may_queue
         payloads = queue_ready(session, now, run_pk=finished.run.id) if ready else []
     _enqueue(enqueuer, payloads)
+    TRIES_FINISHED.labels(finished.state).inc()
+    if finished.seconds is not None:
+        TASK_SECONDS.observe(max(finished.seconds, 0.0))
     return {"state": finished.state}

@@ -17,10 +17,12 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from dagstore.db import as_utc
 from dagstore.errors import Conflict, NotFound
 from dagstore.models import Repo
 from dagstore.protocol import MAX_LOG_BYTES
 from scheduler.grants import explain_refusal
+from scheduler.metrics import TRIES_FINISHED
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.taskstate import new_columns, new_values, schedule_ready, start_run, transition
 
@@ -30,6 +32,7 @@ _CLAIM_READ = (
         TaskInstance.task_id,
         TaskInstance.timeout,
         TaskInstance.upstream,
+        TaskInstance.queued_at,
         DagRun.id.label("run_pk"),
         DagRun.state.label("run_state"),
         DagRun.run_id,
@@ -46,7 +49,13 @@ _CLAIM_READ = (
     .with_for_update(of=DagRun)
 )
 _FINISH_LOCK = (
-    select(DagRun.id, DagRun.state, TaskInstance.max_tries, TaskInstance.retry_delay)
+    select(
+        DagRun.id,
+        DagRun.state,
+        TaskInstance.max_tries,
+        TaskInstance.retry_delay,
+        TaskInstance.started_at,
+    )
     .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
     .where(TaskInstance.id == bindparam("ti_id"))
     .with_for_update(of=DagRun)
@@ -201,6 +210,7 @@ class Finished:
     run: LockedRun
     state: str  # what the try left the task in: success, failed or up_for_retry
     scheduled: int  # downstream tasks that became ready
+    seconds: float | None = None  # claimed → finished
 
     @property
     def may_queue(self) -> bool:
@@ -260,7 +270,9 @@ def finish(
         _try_update(tuple(try_values)),
         {"of_ti": ti_id, "of_try": try_number, **new_values(try_values)},
     )
-    return Finished(run, values["state"], schedule_ready(session, run, now))
+    started = as_utc(found.started_at)
+    seconds = (now - started).total_seconds() if started else None
+    return Finished(run, values["state"], schedule_ready(session, run, now), seconds)
 
 
 def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
@@ -284,5 +296,6 @@ def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list
             finish(session, ti_id, try_number, False, now, error=message, stale_before=cutoff)
         except Conflict:
             continue  # it finished or heartbeated meanwhile
+        TRIES_FINISHED.labels("lost").inc()
         failed.append(ti_id)
     return failed

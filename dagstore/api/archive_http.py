@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dagstore.archive import ArchiveFile
 from dagstore.auth import bearer_secret, known_version_reader
 from dagstore.context import StoreContext
+from dagstore.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
 from dagstore.names import FULL_SHA_RE, REPO_NAME_RE
 from dagstore.protocol import ARCHIVE_DIGEST_HEADER
 
@@ -87,6 +88,8 @@ class ArchiveFastPath:
         headers = archive_headers(repo, sha, archive, full=True)
         headers |= {"Content-Type": MEDIA_TYPE, "Content-Length": str(len(data))}
         await _send(send, 200, headers, data)
+        ARCHIVE_REQUESTS.labels("memory").inc()
+        ARCHIVE_BYTES.inc(len(data))
         return True
 
 

@@ -16,6 +16,7 @@ from dagstore.dags import version_contents
 from dagstore.diff import diff_dags, diff_files
 from dagstore.errors import BadRequest
 from dagstore.gitrepo import list_files, read_file, resolve_commit, validate_full_sha
+from dagstore.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
 from dagstore.models import Token
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
@@ -115,7 +116,9 @@ def get_archive(
     # Repos are never deleted and an archive is only ever built from its repo's commit, so
     # an archive this process already has needs no database lookup.
     archive = store.archives.known(repo, sha)
+    source = "cache"
     if archive is None:
+        source = "built" if not store.archives.path(repo, sha).exists() else "cache"
         with store.db.read() as session:
             get_repo(session, repo)
         with ExitStack() as stack:  # the git repo is opened only if the archive must be built
@@ -124,10 +127,11 @@ def get_archive(
             )
     if not_modified(if_none_match, archive):
         return Response(status_code=304, headers=archive_headers(repo, sha, archive, full=False))
+    data = store.archives.read(archive)
+    ARCHIVE_REQUESTS.labels(source).inc()
+    ARCHIVE_BYTES.inc(len(data))
     return Response(
-        store.archives.read(archive),
-        media_type=MEDIA_TYPE,
-        headers=archive_headers(repo, sha, archive, full=True),
+        data, media_type=MEDIA_TYPE, headers=archive_headers(repo, sha, archive, full=True)
     )
 
 

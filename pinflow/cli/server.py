@@ -77,6 +77,16 @@ def serve(
 
 def scheduler(
     name: Annotated[str | None, typer.Option(help="Name in leases and logs")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PINFLOW_SCHEDULER_METRICS_PORT",
+            min=1,
+            max=65535,
+            help="Serve this scheduler's Prometheus metrics (tasks it declared lost) on PORT",
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port")] = "127.0.0.1",
     home: Home = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -100,6 +110,10 @@ def scheduler(
     enqueuer = Enqueuer(settings.redis_url) if settings.redis_url else None
     if enqueuer is None:
         raise BadRequest("PINFLOW_REDIS_URL is not set: the scheduler needs Redis to queue tasks")
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
     Scheduler(store.db, enqueuer, config).run_forever()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import BACKENDS, cluster_for
@@ -183,6 +184,11 @@ def test_worker_killed_mid_task_is_retried(cluster: Cluster, tmp_path, uid):
         assert done["state"] == "success", cluster.logs()
         assert [t["state"] for t in task["tries"]] == ["failed", "success"]
         assert "no heartbeat" in task["tries"][0]["error"]
+        lost = sum(
+            metric(httpx.get(url).text, "pinflow_task_tries_finished_total", state="lost")
+            for url in cluster.scheduler_metrics.values()
+        )
+        assert lost >= 1, "no scheduler counted the try it declared lost"
     finally:
         cluster.workers.remove(victim)
         cluster.add_worker(victim.name.removeprefix("worker-") + "b")
@@ -441,3 +447,43 @@ def test_cli_output_for_people_and_scripts(cluster: Cluster, tmp_path, uid):
     assert "pinned to" in headed.stdout and len(headed.stdout.splitlines()) == 1
     assert piped.returncode == 0, piped.stderr  # pinflow's own exit code: the run succeeded
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == (f"{name}{{{wanted}}}" if labels else name):
+            return float(value)
+    return 0.0
+
+
+def test_metrics_count_what_happened(cluster: Cluster, tmp_path, uid):
+    """After a push and a run: runs and tasks by state, queue depth, dispatch latency and
+    task duration, tries by final state, pushes and parses, archives served. The database's
+    figures read the same from every API server; event counts are this server's."""
+    assert cluster.server is not None
+    base = cluster.server.url
+    before = httpx.get(f"{base}/metrics").text
+    dag_id = push_pipeline(cluster, tmp_path, f"metrics_{uid}")
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    assert run["state"] == "success"
+    after = httpx.get(f"{base}/metrics").text
+    tasks = len(run["tasks"])
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert metric(after, "pinflow_dag_runs", state="success") >= 1
+    assert metric(after, "pinflow_task_instances", state="success") >= tasks
+    assert "pinflow_queue_depth{" in after
+    assert grew("pinflow_dispatch_latency_seconds_count") >= tasks
+    assert grew("pinflow_task_duration_seconds_count") >= tasks
+    assert grew("pinflow_task_tries_finished_total", state="success") >= tasks
+    assert grew("pinflow_pushes_total", outcome="landed") >= 1
+    assert grew("pinflow_parsed_files_total", outcome="ok") >= 1
+    assert grew("pinflow_parse_duration_seconds_count") >= 1
+    served = sum(grew("pinflow_archive_requests_total", source=s)
+                 for s in ("memory", "cache", "built"))  # fmt: skip
+    assert served >= 1 and grew("pinflow_archive_sent_bytes_total") > 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.git import Git
+from tests.support.ports import free_port
 from tests.support.procs import PinflowProcess
 from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess, make_tokens
@@ -23,6 +24,7 @@ class Cluster:
         self.server: ServerProcess | None = None
         self.schedulers: list[PinflowProcess] = []
         self.workers: list[PinflowProcess] = []
+        self.scheduler_metrics: dict[str, str] = {}  # scheduler's name → its /metrics URL
         self.worker_args: list[str] = []  # extra `pinflow worker` options, e.g. ["--no-fork"]
 
     def start(self, schedulers: int = 1, workers: int = 1) -> Cluster:
@@ -52,13 +54,15 @@ class Cluster:
         }
 
     def add_scheduler(self, name: str) -> PinflowProcess:
+        port = free_port()  # its Prometheus metrics (`--metrics-port`)
         proc = PinflowProcess(
             f"scheduler-{name}",
-            ["scheduler", "--name", name],
+            ["scheduler", "--name", name, "--metrics-port", str(port)],
             self.home,
             self.database_url,
             **self.process_env(self.tokens["admin"]),
         )
+        self.scheduler_metrics[proc.name] = f"http://127.0.0.1:{port}/metrics"
         self.schedulers.append(proc.start())
         return proc
 

@@ -1,0 +1,29 @@
+"""The scheduler's Prometheus series for task tries and leases, counted where they happen.
+
+Claims and finishes are counted by the API server that answered them, lost tasks by the
+scheduler that declared them (`pinflow scheduler --metrics-port`); Prometheus
+sums each over its processes. What is in the database (runs and tasks by state, queue depth)
+is read at scrape time instead (`pinflow.metrics`). Names and meanings: README ("Metrics").
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+DISPATCH_SECONDS = Histogram(
+    "pinflow_dispatch_latency_seconds",
+    "Queued → claimed by a worker, per try (database clock)",
+    buckets=LATENCY_BUCKETS,
+)
+TASK_SECONDS = Histogram(
+    "pinflow_task_duration_seconds",
+    "Claimed → finished, per try that reported (database clock)",
+    buckets=(*LATENCY_BUCKETS, 900, 3600, 4 * 3600, 24 * 3600),
+)
+TRIES_FINISHED = Counter(
+    "pinflow_task_tries_finished",
+    "Task tries that ended, by the state they left the task in: success, failed, "
+    "up_for_retry (retried), or lost (declared lost by a scheduler: no heartbeat)",
+    ["state"],
+)
