@@ -16,6 +16,7 @@ from sqlalchemy import Row, or_, select, update
 from sqlalchemy.orm import Session
 
 from dagstore.models import Dag
+from scheduler.metrics import LEASE_TAKEOVERS
 
 
 @dataclass(frozen=True, order=True)
@@ -33,14 +34,15 @@ def lease_due_dags(
     session: Session, holder: str, now: datetime, ttl: float, limit: int = 10
 ) -> list[Lease]:
     """Lease up to `limit` due DAGs, furthest behind first (never computed ones before all), in
-    one statement: a batch costs one round trip, not one per DAG.
+    one statement on PostgreSQL (two on SQLite, inside its one writer's transaction): a batch
+    costs one round trip, not one per DAG. Leases taken over are counted (LEASE_TAKEOVERS).
 
     On PostgreSQL the candidates are locked with SKIP LOCKED, so a second scheduler leasing at
     the same moment takes the next DAGs instead of waiting for these; the UPDATE checks again
     that each is free. A DAG whose schedule ended is no candidate: its NULL due time means "no
     more ticks", not "not computed yet", and it must not take a place in every batch."""
     candidates = (
-        select(Dag.id)
+        select(Dag.id, Dag.lease_holder.label("previous"))
         .where(
             Dag.is_active.is_(True),
             Dag.is_paused.is_(False),
@@ -52,20 +54,28 @@ def lease_due_dags(
         .order_by(Dag.next_due_at.asc().nulls_first(), Dag.id)
         .limit(limit)
     )
+    take = update(Dag).values(
+        lease_holder=holder,
+        lease_until=now + timedelta(seconds=ttl),
+        lease_fence=Dag.lease_fence + 1,
+    )
     if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    rows = session.execute(
-        update(Dag)
-        .where(Dag.id.in_(candidates), _free(now))
-        .values(
-            lease_holder=holder,
-            lease_until=now + timedelta(seconds=ttl),
-            lease_fence=Dag.lease_fence + 1,
+        chosen = candidates.with_for_update(of=Dag, skip_locked=True).cte("candidates")
+        query = take.where(Dag.id == chosen.c.id, _free(now)).returning(
+            Dag.id, Dag.lease_fence, chosen.c.previous
         )
-        .returning(Dag.id, Dag.lease_fence)
-        .execution_options(synchronize_session=False)
-    ).all()
-    return sorted(Lease(dag_pk, holder, fence) for dag_pk, fence in rows)
+        rows = session.execute(query.execution_options(synchronize_session=False)).all()
+    else:  # one writer (BEGIN IMMEDIATE): what is read here is what the UPDATE changes
+        previous = {row.id: row.previous for row in session.execute(candidates)}
+        query = take.where(Dag.id.in_(list(previous)), _free(now)).returning(
+            Dag.id, Dag.lease_fence
+        )
+        taken = session.execute(query.execution_options(synchronize_session=False)).all()
+        rows = [(dag_pk, fence, previous[dag_pk]) for dag_pk, fence in taken]
+    # A lease is released with its holder cleared: one still named expired under a
+    # scheduler that crashed or stalled, and this one takes its DAG over.
+    LEASE_TAKEOVERS.inc(sum(1 for *_, previous in rows if previous is not None))
+    return sorted(Lease(dag_pk, holder, fence) for dag_pk, fence, _ in rows)
 
 
 def holds(session: Session, leases: list[Lease], now: datetime, columns: list[Any]) -> list[Row]:

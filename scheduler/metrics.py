@@ -1,9 +1,9 @@
 """The scheduler's Prometheus series for task tries and leases, counted where they happen.
 
-Claims and finishes are counted by the API server that answered them, lost tasks by the
-scheduler that declared them (`pinflow scheduler --metrics-port`); Prometheus
-sums each over its processes. What is in the database (runs and tasks by state, queue depth)
-is read at scrape time instead (`pinflow.metrics`). Names and meanings: README ("Metrics").
+Claims and finishes are counted by the API server that answered them, lost tasks and lease
+takeovers by the scheduler that declared or took them (`pinflow scheduler --metrics-port`);
+Prometheus sums each over its processes. What is in the database (runs and tasks by state,
+queue depth) is read at scrape time instead (`pinflow.metrics`). Names: README ("Metrics").
 """
 
 from __future__ import annotations
@@ -26,4 +26,9 @@ TRIES_FINISHED = Counter(
     "Task tries that ended, by the state they left the task in: success, failed, "
     "up_for_retry (retried), or lost (declared lost by a scheduler: no heartbeat)",
     ["state"],
+)
+LEASE_TAKEOVERS = Counter(
+    "pinflow_lease_takeovers",
+    "DAG leases taken over from a scheduler whose lease expired unreleased (it crashed or "
+    "stalled past the lease TTL)",
 )

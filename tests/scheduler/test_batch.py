@@ -23,6 +23,7 @@ from scheduler.backfill import create_backfill
 from scheduler.batch import schedule_batch
 from scheduler.lease import Lease, lease_due_dags
 from scheduler.loop import Scheduler, SchedulerConfig
+from scheduler.metrics import LEASE_TAKEOVERS
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import create_run
 from scheduler.taskstate import schedule_ready
@@ -216,12 +217,18 @@ def test_a_dead_schedulers_batch_lease_expires_and_stays_fenced(db: Database):
     alive = scheduler(db, "alive")
     assert alive.schedule_dags() == 0, "leased DAGs were taken before the lease expired"
     time.sleep(0.7)
+    takeovers = LEASE_TAKEOVERS._value.get()  # noqa: SLF001 - the counter's own value
     assert alive.schedule_dags() == 5
+    assert LEASE_TAKEOVERS._value.get() - takeovers == 5  # noqa: SLF001 - counted as such
     assert scheduler(db, "dead").schedule_leases(dead) == 0, "the stale batch wrote"
     assert runs_per_dag(db) == {f"o{i}": 1 for i in range(5)}
     with db.read() as session:
         assert set(session.scalars(select(DagRun.created_by))) == {"scheduler:alive"}
         assert set(session.scalars(select(Dag.lease_holder))) == {None}
+    again = LEASE_TAKEOVERS._value.get()  # noqa: SLF001
+    insert_dags(db, "fresh", {"f0": no_catchup()})
+    assert alive.schedule_dags() == 1
+    assert LEASE_TAKEOVERS._value.get() == again, "a released lease is no takeover"  # noqa: SLF001
 
 
 def test_a_batch_schedules_a_new_run_as_schedule_ready_would(db: Database):
