@@ -7,7 +7,8 @@ import gc
 from a2wsgi import WSGIMiddleware
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 import pinflow
@@ -33,7 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = StoreContext.from_settings(settings or Settings.load())
     store.grant_version = granted_version
     _ = store.sandbox_probe.sandbox  # at start: says so now if pushed code cannot be parsed
-    app = FastAPI(title="pinflow", version=pinflow.__version__)
+    # /docs from Swagger UI files shipped in the package (the UI's /static), not a CDN: it
+    # shows on a machine with no internet, and no third-party script runs on the API's origin.
+    # ReDoc is left out rather than loaded from a CDN.
+    app = FastAPI(title="pinflow", version=pinflow.__version__, docs_url=None, redoc_url=None)
+    add_docs(app)
     app.state.store = store
     # With Redis, a finished task's downstream tasks are enqueued by the server at once;
     # without it, the scheduler's loop enqueues them at its next tick.
@@ -77,6 +82,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Ahead of routing: the cached archive GET, answered from memory (dagstore.api.archive_http).
     app.add_middleware(ArchiveFastPath, store=store)  # type: ignore[arg-type]
     return app
+
+
+DOCS_ASSETS = "/static/swagger"  # pinflow/ui/static/swagger: Swagger UI, vendored (VERSION)
+
+
+def add_docs(app: FastAPI) -> None:
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="pinflow API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
 
 def server_app(settings: Settings | None = None) -> FastAPI:

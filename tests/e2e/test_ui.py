@@ -273,3 +273,18 @@ def test_actions_need_the_session_and_its_csrf_token(cluster: Cluster, tmp_path:
         assert "httponly" in cookie and "samesite=strict" in cookie
         forged = web.post("/runs/whatever/cancel", data={"csrf": "0" * 64})
         assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
+
+
+def test_api_docs_render_with_no_internet(cluster: Cluster, browser):
+    """/docs is Swagger UI from pinflow's own package: in a browser that reaches nothing but
+    the server, it renders the API's operations (it used to load its script from a CDN)."""
+    import httpx
+
+    assert cluster.server is not None
+    page = httpx.get(f"{cluster.server.url}/docs").text
+    assert "cdn." not in page and "https://" not in page, page
+    browser.get(f"{cluster.server.url}/docs")
+    ui = Pages(browser, cluster.server.url)
+    ui.wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock"), "the operations")
+    assert "/api/v1/dags/{dag_id}/runs" in ui.text()
+    ui.check("api-docs")
