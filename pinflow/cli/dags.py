@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from dagstore.errors import BadRequest
 from pinflow.cli.client import ApiClient
+from pinflow.cli.conf import parse_conf
 from pinflow.cli.options import ApiUrl, Token, client_settings
 from pinflow.cli.render import Column, Format, Output, chosen, show
 
@@ -32,7 +38,12 @@ ERROR_COLUMNS = [
 ]
 
 
+dags_app = typer.Typer(help="DAGs: what is current, what is broken; test one locally.")
+
+
+@dags_app.callback(invoke_without_command=True)
 def dags(
+    ctx: typer.Context,
     errors: Annotated[bool, typer.Option("--errors", help="Show broken DAG files instead")] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="With --errors: each file's whole traceback")
@@ -42,6 +53,8 @@ def dags(
     token: Token = None,
 ) -> None:
     """DAGs with their current version; with --errors, the import errors at each repo's tip."""
+    if ctx.invoked_subcommand is not None:
+        return
     client = ApiClient(client_settings(api_url, token))
     if errors:
         items = client.get("/import-errors")["items"]
@@ -57,5 +70,74 @@ def dags(
     show(client.get("/dags")["items"], DAG_COLUMNS, output)
 
 
+@dags_app.command("test")
+def test(
+    dag_id: str,
+    path: Annotated[
+        Path, typer.Option(help="The local checkout whose DAG files to run (default: here)")
+    ] = Path("."),
+    sha: Annotated[
+        str | None, typer.Option(help="Run this version from the store instead (needs a token)")
+    ] = None,
+    conf: Annotated[str | None, typer.Option(help="JSON object passed to tasks")] = None,
+    output: Output = None,
+    api_url: ApiUrl = None,
+    token: Token = None,
+) -> None:
+    """Run every task of DAG_ID once, in order, in this process: no scheduler, Redis, worker
+    or database. Prints each task's log and result; exits 0 when all succeeded, 1 otherwise."""
+    from runner.localtest import now_utc, run_dag
+
+    body = parse_conf(conf)
+    with tempfile.TemporaryDirectory(prefix="pinflow-dags-test-") as tmp:
+        if sha is not None:
+            client = ApiClient(client_settings(api_url, token))
+            repo, full, root = _fetch(client, dag_id, sha, Path(tmp), api_url, token)
+        else:
+            repo, full, root = "local", "local", path.resolve()
+            if not root.is_dir():
+                raise BadRequest(f"{path} is not a folder")
+        reports = []
+        for report in run_dag(root, full, repo, dag_id, body, now_utc()):
+            reports.append(report)
+            if chosen(output) is not Format.json:
+                _print_report(report)
+    if chosen(output) is Format.json:
+        print(json.dumps([asdict(r) for r in reports], indent=2, default=str))
+    failed = [r.task_id for r in reports if r.state != "success"]
+    if chosen(output) is not Format.json:
+        summary = f"{len(reports) - len(failed)} of {len(reports)} tasks succeeded"
+        print(summary + (f"; not: {', '.join(failed)}" if failed else ""))
+    raise typer.Exit(1 if failed else 0)
+
+
+def _fetch(
+    client: ApiClient, dag_id: str, sha: str, into: Path, api_url: str | None, token: str | None
+) -> tuple[str, str, Path]:
+    """(repo, full sha, folder) of the DAG's version `sha`, fetched and verified as a worker
+    fetches it."""
+    from runner.cache import VersionCache
+    from runner.client import WorkerClient
+
+    repo = client.get(f"/dags/{dag_id}")["repo"]
+    full = client.get(f"/repos/{repo}/resolve/{sha}")["sha"]
+    settings = client_settings(api_url, token)
+    cache = VersionCache(into, WorkerClient(settings.api_url, settings.token, max_wait=30))
+    cache.ensure(repo, full)
+    return repo, full, cache.path(repo, full)
+
+
+def _print_report(report: Any) -> None:
+    took = f" in {report.seconds:.3f} s" if report.seconds else ""
+    print(f"--- {report.task_id}: {report.state}{took}")
+    for line in report.log.splitlines():
+        print(f"    {line}")
+    if report.error:
+        for line in report.error.rstrip().splitlines():
+            print(f"    {line}")
+    if report.state == "success":
+        print(f"    result: {json.dumps(report.result, default=str)}")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("dags")(dags)
+    app.add_typer(dags_app, name="dags")

@@ -14,6 +14,7 @@ from rich.progress import Progress
 
 from dagstore.errors import BadRequest, NotFound
 from pinflow.cli.client import ApiClient
+from pinflow.cli.conf import parse_conf
 from pinflow.cli.options import ApiUrl, Token, client_settings
 from pinflow.cli.render import (
     Column,
@@ -127,12 +128,7 @@ def trigger(
         raise BadRequest("--timeout goes with --wait")
     body: dict[str, Any] = {}
     if conf is not None:
-        try:
-            body["conf"] = json.loads(conf)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"--conf is not valid JSON: {exc}") from None
-        if not isinstance(body["conf"], dict):
-            raise BadRequest("--conf must be a JSON object")
+        body["conf"] = parse_conf(conf)
     if ref:
         body["ref"] = ref
     if sha:

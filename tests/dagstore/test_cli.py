@@ -208,3 +208,72 @@ def test_repo_create_prints_a_push_recipe_that_keeps_the_token_out_of_urls(store
     assert store_server.tokens["push"] not in config and "/git/recipe.git" in config
     with store_server.api("read") as api:
         assert api.get("/repos/recipe/versions").json()["items"], "the push did not land"
+
+
+LOCAL_DAG = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def extract():
+        print("extracting {marker}")
+        return [1, 2, 3]
+
+    @task
+    def total(rows, context=None):
+        return sum(rows) * context["conf"].get("factor", 1)
+
+    @task
+    def check(value):
+        if value > {limit}:
+            raise ValueError(f"too big: {{value}}")
+        return "ok"
+
+    check(total(extract()))
+"""
+
+
+def test_dags_test_runs_a_local_checkout_with_nothing_running(tmp_path):
+    """`pinflow dags test`, as Airflow's: every task in order in one process, with no server,
+    scheduler, Redis, worker or database (the API URL points at nothing); each task's log and
+    result; a failure stops its downstream tasks and the exit code says so."""
+    checkout = tmp_path / "checkout"
+    (checkout / "dags").mkdir(parents=True)
+    (checkout / "dags" / "etl.py").write_text(LOCAL_DAG.format(dag_id="lt", marker="local",
+                                                               limit=100))  # fmt: skip
+    (checkout / "dags" / "broken.py").write_text("import nope  # pinflow DAG\n")
+    env = pinflow_env(tmp_path / "nohome", "sqlite:///nowhere/x.db",
+                      PINFLOW_API_URL="http://127.0.0.1:9")  # fmt: skip
+    ok = pinflow("dags", "test", "lt", "--path", str(checkout), "--conf", '{"factor": 2}', env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "--- extract: success" in ok.stdout and "extracting local" in ok.stdout
+    assert "result: 12" in ok.stdout and "3 of 3 tasks succeeded" in ok.stdout
+    big = pinflow("dags", "test", "lt", "--path", str(checkout), "--conf", '{"factor": 100}',
+                  "-o", "json", env=env)  # fmt: skip
+    assert big.returncode == 1
+    reports = {r["task_id"]: r for r in json.loads(big.stdout)}
+    assert reports["total"]["result"] == 600 and reports["check"]["state"] == "failed"
+    assert "too big: 600" in reports["check"]["error"]
+    missing = pinflow("dags", "test", "nope", "--path", str(checkout), env=env)
+    assert missing.returncode == 4 and "no DAG 'nope'" in missing.stderr
+    assert "dags/broken.py" in missing.stderr  # why it might not have been found
+    assert not (tmp_path / "nohome").exists()
+
+
+def test_dags_test_runs_a_stored_version(store_server, tmp_path):
+    """With --sha, the version the store keeps (fetched and verified as a worker does), not
+    what the checkout holds now."""
+    admin = store_server.tokens["admin"]
+    store_server.create_repo("tested")
+    work = Git(tmp_path / "tested").init()
+    old = work.commit("v1", **{"dags/etl.py": LOCAL_DAG.format(dag_id="st", marker="v1",
+                                                               limit=100)})  # fmt: skip
+    work.run("push", store_server.git_url("tested", store_server.tokens["push"]), "main")
+    work.commit("v2", **{"dags/etl.py": LOCAL_DAG.format(dag_id="st", marker="v2", limit=100)})
+    env = pinflow_env(tmp_path / "h", store_server.database_url, PINFLOW_API_URL=store_server.url,
+                      PINFLOW_TOKEN=admin)  # fmt: skip
+    stored = pinflow("dags", "test", "st", "--sha", old[:10], env=env)
+    assert stored.returncode == 0, stored.stdout + stored.stderr
+    assert "extracting v1" in stored.stdout
+    local = pinflow("dags", "test", "st", "--path", str(work.path), env=env)
+    assert "extracting v2" in local.stdout
