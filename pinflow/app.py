@@ -21,6 +21,7 @@ from dagstore.githttp import make_git_app
 from dagstore.settings import Settings
 from pinflow.metrics import router as metrics_router
 from pinflow.metrics import watch as watch_system
+from pinflow.openapi import install as install_openapi
 from pinflow.ui.pages import router as ui_router
 from pinflow.ui.render import STATIC as ui_static
 from pinflow.ui.repos import router as ui_repos_router
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ui_repos_router)
     app.mount("/static", ui_static, name="static")
     app.add_exception_handler(LoginRequired, on_login_required)  # type: ignore[arg-type]
+    install_openapi(app)  # the errors operations answer (pinflow.openapi), after every route
     # Ahead of routing: the cached archive GET, answered from memory (dagstore.api.archive_http).
     app.add_middleware(ArchiveFastPath, store=store)  # type: ignore[arg-type]
     return app

@@ -38,6 +38,10 @@ from scheduler.trigger import pinned_dag, resolve_target, trigger
 from scheduler.views import get_run, run_json, tasks_json
 
 router = APIRouter()
+# The worker calls' 409: the try is stale, someone else's, or no longer running.
+STALE_TRY: dict[int | str, dict[str, str]] = {
+    409: {"description": "The try is stale, another worker's, or no longer running"}
+}
 
 
 def get_enqueuer(request: Request) -> Enqueuer | None:
@@ -60,7 +64,12 @@ def _enqueue(enqueuer: Enqueuer | None, payloads: list[JobPayload]) -> None:
         enqueuer.enqueue(payloads)
 
 
-@router.post("/dags/{dag_id}/runs", status_code=201, tags=["runs"])
+@router.post(
+    "/dags/{dag_id}/runs",
+    status_code=201,
+    tags=["runs"],
+    responses={409: {"description": "The DAG has no version that parsed cleanly"}},
+)
 def post_run(
     dag_id: str, body: TriggerRequest, store: StoreDep, enqueuer: EnqueuerDep, token: TriggerToken
 ) -> dict[str, Any]:
@@ -74,7 +83,7 @@ def post_run(
     return body_out
 
 
-@router.get("/runs", tags=["runs"])
+@router.get("/runs", tags=["runs"], responses={404: {"description": "No DAG has that dag_id"}})
 def get_runs(
     store: StoreDep,
     _: ReadToken,
@@ -82,6 +91,7 @@ def get_runs(
     state: Annotated[str | None, Query(pattern=f"^({'|'.join(RUN_STATES)})$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
+    """Runs, newest first; by DAG and state."""
     query = select(DagRun).order_by(DagRun.id.desc()).limit(limit)
     if dag_id:
         query = query.where(DagRun.dag_id == dag_id)
@@ -95,6 +105,7 @@ def get_runs(
 
 @router.get("/runs/{run_id}", tags=["runs"])
 def get_one_run(run_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    """One run with its pinned sha, its state, and every task with its tries."""
     with store.db.read() as session:
         run = get_run(session, run_id)
         return run_json(run, tasks_json(session, run))
@@ -108,7 +119,12 @@ class BackfillBody(BaseModel):
     max_active_runs: int | None = Field(default=None, ge=1, le=1000)
 
 
-@router.post("/dags/{dag_id}/backfill", status_code=201, tags=["runs"])
+@router.post(
+    "/dags/{dag_id}/backfill",
+    status_code=201,
+    tags=["runs"],
+    responses={409: {"description": "The DAG has no version that parsed cleanly"}},
+)
 def post_backfill(
     dag_id: str, body: BackfillBody, store: StoreDep, enqueuer: EnqueuerDep, token: TriggerToken
 ) -> dict[str, Any]:
@@ -138,6 +154,7 @@ def post_backfill(
 
 @router.get("/backfills/{backfill_id}", tags=["runs"])
 def get_backfill(backfill_id: TaskInstanceId, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    """A backfill's range, pinned sha and progress."""
     with store.db.read() as session:
         backfill = session.get(Backfill, backfill_id)
         if backfill is None:
@@ -154,7 +171,11 @@ class ClearBody(BaseModel):
     on_latest: bool = False
 
 
-@router.post("/runs/{run_id}/clear", tags=["runs"])
+@router.post(
+    "/runs/{run_id}/clear",
+    tags=["runs"],
+    responses={409: {"description": "A task is queued or running, or latest lacks it"}},
+)
 def post_clear(
     run_id: str, body: ClearBody, store: StoreDep, enqueuer: EnqueuerDep, _: TriggerToken
 ) -> dict[str, Any]:
@@ -171,10 +192,14 @@ def post_clear(
     return {**out, "cleared": cleared}
 
 
-@router.post("/runs/{run_id}/cancel", tags=["runs"])
+@router.post(
+    "/runs/{run_id}/cancel",
+    tags=["runs"],
+    responses={409: {"description": "The run has ended already"}},
+)
 def post_cancel(run_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
-    """Queued and scheduled tasks never start; running ones are stopped by their worker at
-    its next heartbeat; the run ends `canceled`. 409 when the run has ended already."""
+    """Cancel the run: queued and scheduled tasks never start, running ones are stopped by
+    their worker at its next heartbeat, and the run ends `canceled`. 409 when it has ended."""
     with store.db.write() as session:
         stopped = cancel(session, run_id, db_time(session))
         run = get_run(session, run_id)
@@ -229,15 +254,17 @@ def _set_paused(store: StoreDep, dag_id: str, paused: bool) -> dict[str, Any]:
 
 @router.post("/dags/{dag_id}/pause", tags=["dags"])
 def pause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
+    """Stop creating scheduled runs of the DAG."""
     return _set_paused(store, dag_id, True)
 
 
 @router.post("/dags/{dag_id}/unpause", tags=["dags"])
 def unpause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
+    """Resume creating scheduled runs of the DAG."""
     return _set_paused(store, dag_id, False)
 
 
-@router.post("/task-instances/{ti_id}/claim", tags=["workers"])
+@router.post("/task-instances/{ti_id}/claim", tags=["workers"], responses=STALE_TRY)
 def post_claim(
     ti_id: TaskInstanceId, body: ClaimRequest, store: StoreDep, _: WorkerToken
 ) -> TaskSpec:
@@ -281,10 +308,11 @@ def post_claim(
         )
 
 
-@router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"])
+@router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"], responses=STALE_TRY)
 def post_heartbeat(
     ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, who: WorkerOrTry
 ) -> dict[str, Any]:
+    """The try is alive; optionally the next piece of its log."""
     digest = try_digest(who, ti_id, body.try_number)
     with store.db.write() as session:
         heartbeat(session, ti_id, body.try_number, db_time(session), digest)
@@ -294,7 +322,7 @@ def post_heartbeat(
     return {"state": "running", "log_bytes": held}
 
 
-@router.post("/task-instances/{ti_id}/finish", tags=["workers"])
+@router.post("/task-instances/{ti_id}/finish", tags=["workers"], responses=STALE_TRY)
 def post_finish(
     ti_id: TaskInstanceId,
     body: FinishRequest,

@@ -15,6 +15,7 @@ router = APIRouter(tags=["dags"])
 
 @router.get("/dags")
 def get_dags(store: StoreDep, _: ReadToken, active: bool | None = None) -> dict[str, Any]:
+    """DAGs with their current version, schedule and state."""
     with store.db.read() as session:
         rows = list_dags(session)
         items = [dag_json(row, repo) for row, repo in rows]
@@ -25,6 +26,7 @@ def get_dags(store: StoreDep, _: ReadToken, active: bool | None = None) -> dict[
 
 @router.get("/dags/{dag_id}")
 def get_one_dag(dag_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
+    """One DAG with its current version, its tasks, and the versions its structure changed in."""
     with store.db.read() as session:
         row = get_dag(session, dag_id)
         repo = session.get(Repo, row.repo_id)

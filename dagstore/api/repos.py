@@ -44,13 +44,20 @@ def healthz(store: StoreDep, response: Response) -> dict[str, str]:
 
 @router.get("/repos", tags=["repos"])
 def get_repos(request: Request, store: StoreDep, _: ReadToken) -> dict[str, list[dict[str, Any]]]:
+    """Repositories with their tracked branch and git remote."""
     with store.db.read() as session:
         rows = list_repos(session)
         return {"items": [repo_json(r, _public_url(request)) for r in rows]}
 
 
-@router.post("/repos", status_code=201, tags=["repos"])
+@router.post(
+    "/repos",
+    status_code=201,
+    tags=["repos"],
+    responses={409: {"description": "A repository of that name exists"}},
+)
 def post_repo(body: RepoCreate, request: Request, store: StoreDep, _: AdminToken) -> dict[str, Any]:
+    """Create a repository that accepts pushes (admin)."""
     with store.db.write() as session:
         row = create_repo(session, store.storage, body.name, body.track, body.strict)
         return repo_json(row, _public_url(request))
@@ -63,6 +70,7 @@ def _public_url(request: Request) -> str:
 
 @router.get("/repos/{repo}/refs", tags=["repos"])
 def get_refs(repo: str, store: StoreDep, _: ReadToken) -> dict[str, dict[str, str]]:
+    """The repository's branches and tags with their commits."""
     with store.db.read() as session:
         get_repo(session, repo)
     with store.storage.open(repo) as git:
@@ -80,6 +88,7 @@ def get_refs(repo: str, store: StoreDep, _: ReadToken) -> dict[str, dict[str, st
 def get_versions(
     repo: str, store: StoreDep, _: ReadToken, limit: int = 100
 ) -> dict[str, list[dict[str, Any]]]:
+    """The repository's versions (pushed commits), newest first, with their DAGs and errors."""
     limit = max(1, min(limit, 1000))
     with store.db.read() as session:
         row = get_repo(session, repo)
@@ -90,6 +99,7 @@ def get_versions(
 
 @router.get("/repos/{repo}/resolve/{ref:path}", tags=["versions"])
 def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str, str]:
+    """The full sha a branch, tag or short sha names now."""
     with store.db.read() as session:
         get_repo(session, repo)
     with store.storage.open(repo) as git:
@@ -181,6 +191,7 @@ def get_tree(repo: str, sha: str, store: StoreDep, _: ReadToken) -> dict[str, An
 
 @router.get("/repos/{repo}/files/{sha}/{path:path}", tags=["versions"])
 def get_file(repo: str, sha: str, path: str, store: StoreDep, _: ReadToken) -> Response:
+    """One file of a commit, as it was pushed."""
     validate_full_sha(sha)
     with store.db.read() as session:
         get_repo(session, repo)

@@ -260,6 +260,31 @@ def test_malformed_json_says_so_and_where(store_server):
     assert detail.startswith("request body is not valid JSON (at character 13"), detail
 
 
+def test_the_schema_documents_the_errors_operations_answer(store_server):
+    """No 422 (pinflow answers 400), each operation's own errors with DESIGN.md's shape, and a
+    summary of its own (not FastAPI's title-cased function name)."""
+    import httpx
+
+    schema = httpx.get(f"{store_server.url}/openapi.json").json()
+    assert "422" not in str(schema) and "HTTPValidationError" not in schema["components"]["schemas"]
+    assert schema["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            where, codes = f"{method.upper()} {path}", set(op["responses"])
+            words = op["summary"].split()  # a sentence, not FastAPI's "Get Repos"
+            assert len(words) >= 3 and any(w.islower() for w in words[1:]), (where, words)
+            if op.get("security"):
+                assert {"401", "403"} <= codes, where
+            if any(p["in"] == "path" for p in op.get("parameters", [])):
+                assert {"400", "404"} <= codes, where
+            for code, response in op["responses"].items():
+                if code.startswith(("4", "5")) and code != "304":
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (where, code)
+    claim = schema["paths"]["/api/v1/task-instances/{ti_id}/claim"]["post"]
+    assert "409" in claim["responses"]
+
+
 def test_health_and_metrics(store_server):
     with store_server.api(None) as api:
         assert api.get("/healthz").json() == {"status": "ok"}
