@@ -24,7 +24,8 @@ from dulwich.objects import Blob, Commit
 from dulwich.repo import Repo
 
 from dagstore.diskcache import DiskCache
-from dagstore.gitrepo import get_commit, validate_full_sha, validate_repo_name
+from dagstore.gitrepo import get_commit
+from dagstore.names import validate_full_sha, validate_repo_name
 
 GZIP_LEVEL = 6  # level 9 costs ~3x the time for a few percent (PITFALLS.md)
 _S_IFGITLINK = 0o160000

@@ -27,7 +27,8 @@ from dulwich.web import GunzipFilter, HTTPGitApplication, LimitedInputFilter
 from dagstore import packsend
 from dagstore.context import StoreContext
 from dagstore.errors import BadRequest, NotFound, PinflowError
-from dagstore.gitrepo import REPO_NAME_RE, DatabaseRepo
+from dagstore.gitrepo import DatabaseRepo
+from dagstore.names import REPO_NAME_RE
 from dagstore.receive import install_hooks
 
 log = logging.getLogger("pinflow.git")

@@ -25,12 +25,7 @@ from dagstore.diskcache import DiskCache
 from dagstore.errors import BadRequest, NotFound
 from dagstore.gitmodels import GitRef
 from dagstore.models import Repo as RepoRow
-from dagstore.names import (  # noqa: F401 - re-exported: the store's callers import them here
-    FULL_SHA_RE,
-    REPO_NAME_RE,
-    validate_full_sha,
-    validate_repo_name,
-)
+from dagstore.names import validate_full_sha, validate_repo_name
 from dagstore.packcheck import InflateLimits
 from dagstore.packstore import DatabaseObjectStore, PackCache
 from dagstore.refstore import DatabaseRefsContainer

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from dagstore.db import iso
 from dagstore.errors import Conflict, NotFound
-from dagstore.gitrepo import RepoStorage, validate_branch_name, validate_repo_name
+from dagstore.gitrepo import RepoStorage, validate_branch_name
 from dagstore.models import Repo
+from dagstore.names import validate_repo_name
 
 
 def get_repo(session: Session, name: str) -> Repo:

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dagstore.errors import Conflict, Forbidden, PinflowError, Unauthorized
+from dagstore.errors import Conflict, Forbidden, Unauthorized
 from dagstore.protocol import JobPayload, TaskSpec
 from runner.agent import AgentClient
 
@@ -50,6 +50,13 @@ def claim_try(job: JobPayload, claimer: Claimer, worker: str) -> Claimed | Dropp
     return Claimed(spec, sent)
 
 
+def token_refused(outcome: object) -> bool:
+    """Whether a claim failed because the API server refuses the worker's own token (401,
+    403): no try of any task can be claimed with it, so the job must go back, not be run and
+    failed."""
+    return isinstance(outcome, (Unauthorized, Forbidden))
+
+
 class PendingClaims:
     """Claims made in the RQ worker for the job it is about to run, by (ti_id, try)."""
 
@@ -65,37 +72,26 @@ class PendingClaims:
         if self.agent is not None:
             self.agent.forget_in_child()
 
-    def prepare(self, payload: Any, worker: str) -> None:
-        """In the RQ worker, before the fork. Never raises."""
+    def prepare(self, payload: Any, worker: str) -> Claimed | Dropped | Exception | None:
+        """In the RQ worker, before the fork: the claim's outcome (None when nothing was
+        claimed: no agent, or a malformed payload). Never raises."""
         self._pending.clear()  # one job at a time: anything left is a job that never ran
         if self.agent is None:
-            return
+            return None
         try:
             job = JobPayload.model_validate(payload)
         except ValueError:
-            return  # the horse reports the malformed payload
+            return None  # the horse reports the malformed payload
         try:
             outcome: Claimed | Dropped | Exception = claim_try(job, self.agent, worker)
         except Exception as exc:  # noqa: BLE001 - reported by the horse, as the job's failure
             outcome = exc
         self._pending[(job.ti_id, job.try_number)] = outcome
+        return outcome
 
     def claimed(self, job: JobPayload) -> Claimed | Dropped | Exception | None:
         """In the worker, after the horse ran: the claim it made for this job, if any."""
         return self._pending.get((job.ti_id, job.try_number))
-
-    def refusal(self, payload: Any) -> PinflowError | None:
-        """In the RQ worker: the API server's refusal of the worker's own token (401, 403)
-        for the claim `prepare` just made, if that is what happened: no try of any task can
-        be claimed with it, so the job must go back, not be run and failed."""
-        try:
-            job = JobPayload.model_validate(payload)
-        except ValueError:
-            return None
-        outcome = self._pending.get((job.ti_id, job.try_number))
-        if isinstance(outcome, (Unauthorized, Forbidden)):
-            return outcome
-        return None
 
     def take(self, job: JobPayload) -> Claimed | Dropped:
         """In the horse: the claim its RQ worker made for this job."""

@@ -31,7 +31,7 @@ from dagstore.prctl import make_undumpable
 from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
-from runner.claim import CLAIMS
+from runner.claim import CLAIMS, token_refused
 from runner.horse import LightHorse
 from runner.job import run_task, send_handed_over
 from runner.warm import WARM
@@ -59,10 +59,9 @@ class _Warming:
             self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
             return
         payload = job.kwargs.get("payload")
-        CLAIMS.prepare(payload, os.environ.get("PINFLOW_WORKER_NAME", ""))
-        refused = CLAIMS.refusal(payload)
-        if refused is not None:
-            self._give_back(job, queue, refused)
+        outcome = CLAIMS.prepare(payload, os.environ.get("PINFLOW_WORKER_NAME", ""))
+        if token_refused(outcome):
+            self._give_back(job, queue, outcome)  # type: ignore[arg-type]
             return
         self._refused_for = 0.0
         WARM.prepare(payload)

@@ -15,9 +15,10 @@ from dagstore.auth import AdminToken, Credentials, ReadToken, StoreDep, VersionR
 from dagstore.dags import version_contents
 from dagstore.diff import diff_dags, diff_files
 from dagstore.errors import BadRequest
-from dagstore.gitrepo import list_files, read_file, resolve_commit, validate_full_sha
+from dagstore.gitrepo import list_files, read_file, resolve_commit
 from dagstore.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
 from dagstore.models import Token
+from dagstore.names import validate_full_sha
 from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
 
@@ -128,7 +129,8 @@ def get_archive(
     archive = store.archives.known(repo, sha)
     source = "cache"
     if archive is None:
-        source = "built" if not store.archives.path(repo, sha).exists() else "cache"
+        if not store.archives.path(repo, sha).exists():
+            source = "built"
         with store.db.read() as session:
             get_repo(session, repo)
         with ExitStack() as stack:  # the git repo is opened only if the archive must be built

@@ -6,13 +6,13 @@ code; no traceback reaches the user.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
 from dagstore.errors import PinflowError
 from pinflow.cli import dags, diff, runs, server, store
+from pinflow.cli.render import drop_stdout
 
 app = typer.Typer(
     name="pinflow",
@@ -40,6 +40,5 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:  # `pinflow runs | head -1`: the reader had what it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        drop_stdout()
         sys.exit(0)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from dagstore.errors import BadRequest
+from dagstore.settings import Settings
 from pinflow.cli.client import ApiClient
 from pinflow.cli.conf import parse_conf
 from pinflow.cli.options import ApiUrl, Token, client_settings
@@ -91,8 +92,7 @@ def test(
     body = parse_conf(conf)
     with tempfile.TemporaryDirectory(prefix="pinflow-dags-test-") as tmp:
         if sha is not None:
-            client = ApiClient(client_settings(api_url, token))
-            repo, full, root = _fetch(client, dag_id, sha, Path(tmp), api_url, token)
+            repo, full, root = _fetch(client_settings(api_url, token), dag_id, sha, Path(tmp))
         else:
             repo, full, root = "local", "local", path.resolve()
             if not root.is_dir():
@@ -111,17 +111,15 @@ def test(
     raise typer.Exit(1 if failed else 0)
 
 
-def _fetch(
-    client: ApiClient, dag_id: str, sha: str, into: Path, api_url: str | None, token: str | None
-) -> tuple[str, str, Path]:
+def _fetch(settings: Settings, dag_id: str, sha: str, into: Path) -> tuple[str, str, Path]:
     """(repo, full sha, folder) of the DAG's version `sha`, fetched and verified as a worker
     fetches it."""
     from runner.cache import VersionCache
     from runner.client import WorkerClient
 
+    client = ApiClient(settings)
     repo = client.get(f"/dags/{dag_id}")["repo"]
     full = client.get(f"/repos/{repo}/resolve/{sha}")["sha"]
-    settings = client_settings(api_url, token)
     cache = VersionCache(into, WorkerClient(settings.api_url, settings.token, max_wait=30))
     cache.ensure(repo, full)
     return repo, full, cache.path(repo, full)

@@ -91,9 +91,14 @@ def unless_reader_gone() -> Iterator[None]:
     try:
         yield
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        drop_stdout()
+
+
+def drop_stdout() -> None:
+    """Point stdout at /dev/null: its reader has gone, and nothing written may fail now."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def say(markup: str, output: Format | None) -> None:
