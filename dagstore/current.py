@@ -40,7 +40,7 @@ def claimed_elsewhere(session: Session, repo: Repo, dag_ids: list[str]) -> dict[
         .join(Repo, Repo.id == Dag.repo_id)
         .where(Dag.dag_id.in_(dag_ids), Dag.repo_id != repo.id)
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 def defined_elsewhere(dag_id: str, owner: str) -> str:

@@ -21,7 +21,7 @@ def get_dag(session: Session, dag_id: str) -> Dag:
 
 
 def list_dags(session: Session) -> list[tuple[Dag, str]]:
-    return list(session.execute(select(Dag, Repo.name).join(Repo).order_by(Dag.dag_id)).tuples())
+    return list(session.execute(select(Dag, Repo.name).join(Repo).order_by(Dag.dag_id)).all())
 
 
 def tasks_json(structure: dict[str, Any]) -> list[dict[str, Any]]:

@@ -78,7 +78,8 @@ def build(app: FastAPI) -> dict[str, Any]:
             for code in sorted(errors_of(operation)):
                 entry = responses.setdefault(str(code), {})
                 entry.setdefault("description", MEANING[code])
-                entry["content"] = {"application/json": {"schema": _REF}}
+                # A route that documents its own error body (/healthz's 503) keeps it.
+                entry.setdefault("content", {"application/json": {"schema": _REF}})
             operation["summary"] = summary_of(operation) or operation.get("summary", "")
     app.openapi_schema = schema
     return schema

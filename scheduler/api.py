@@ -24,6 +24,7 @@ from dagstore.protocol import (
     JobPayload,
     TaskSpec,
 )
+from scheduler import shapes
 from scheduler.backfill import backfill_json, create_backfill, release_held
 from scheduler.cancel import cancel
 from scheduler.clear import ClearRequest, clear
@@ -68,6 +69,7 @@ def _enqueue(enqueuer: Enqueuer | None, payloads: list[JobPayload]) -> None:
     "/dags/{dag_id}/runs",
     status_code=201,
     tags=["runs"],
+    response_model=shapes.Run,
     responses={409: {"description": "The DAG has no version that parsed cleanly"}},
 )
 def post_run(
@@ -83,7 +85,12 @@ def post_run(
     return body_out
 
 
-@router.get("/runs", tags=["runs"], responses={404: {"description": "No DAG has that dag_id"}})
+@router.get(
+    "/runs",
+    tags=["runs"],
+    response_model=shapes.RunList,
+    responses={404: {"description": "No DAG has that dag_id"}},
+)
 def get_runs(
     store: StoreDep,
     _: ReadToken,
@@ -103,7 +110,7 @@ def get_runs(
         return {"items": [run_json(r) for r in session.scalars(query)]}
 
 
-@router.get("/runs/{run_id}", tags=["runs"])
+@router.get("/runs/{run_id}", tags=["runs"], response_model=shapes.Run)
 def get_one_run(run_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """One run with its pinned sha, its state, and every task with its tries."""
     with store.db.read() as session:
@@ -123,6 +130,7 @@ class BackfillBody(BaseModel):
     "/dags/{dag_id}/backfill",
     status_code=201,
     tags=["runs"],
+    response_model=shapes.BackfillCreated,
     responses={409: {"description": "The DAG has no version that parsed cleanly"}},
 )
 def post_backfill(
@@ -152,7 +160,7 @@ def post_backfill(
     return {**out, "created": made.created, "skipped": made.skipped}
 
 
-@router.get("/backfills/{backfill_id}", tags=["runs"])
+@router.get("/backfills/{backfill_id}", tags=["runs"], response_model=shapes.Backfill)
 def get_backfill(backfill_id: TaskInstanceId, store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """A backfill's range, pinned sha and progress."""
     with store.db.read() as session:
@@ -174,6 +182,7 @@ class ClearBody(BaseModel):
 @router.post(
     "/runs/{run_id}/clear",
     tags=["runs"],
+    response_model=shapes.Cleared,
     responses={409: {"description": "A task is queued or running, or latest lacks it"}},
 )
 def post_clear(
@@ -195,6 +204,7 @@ def post_clear(
 @router.post(
     "/runs/{run_id}/cancel",
     tags=["runs"],
+    response_model=shapes.Canceled,
     responses={409: {"description": "The run has ended already"}},
 )
 def post_cancel(run_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
@@ -252,13 +262,13 @@ def _set_paused(store: StoreDep, dag_id: str, paused: bool) -> dict[str, Any]:
     return {"dag_id": dag_id, "is_paused": paused}
 
 
-@router.post("/dags/{dag_id}/pause", tags=["dags"])
+@router.post("/dags/{dag_id}/pause", tags=["dags"], response_model=shapes.Paused)
 def pause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
     """Stop creating scheduled runs of the DAG."""
     return _set_paused(store, dag_id, True)
 
 
-@router.post("/dags/{dag_id}/unpause", tags=["dags"])
+@router.post("/dags/{dag_id}/unpause", tags=["dags"], response_model=shapes.Paused)
 def unpause(dag_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
     """Resume creating scheduled runs of the DAG."""
     return _set_paused(store, dag_id, False)
@@ -308,7 +318,13 @@ def post_claim(
         )
 
 
-@router.post("/task-instances/{ti_id}/heartbeat", tags=["workers"], responses=STALE_TRY)
+@router.post(
+    "/task-instances/{ti_id}/heartbeat",
+    tags=["workers"],
+    response_model=shapes.HeartbeatAnswer,
+    response_model_exclude_unset=True,
+    responses=STALE_TRY,
+)
 def post_heartbeat(
     ti_id: TaskInstanceId, body: Heartbeat, store: StoreDep, who: WorkerOrTry
 ) -> dict[str, Any]:
@@ -322,7 +338,12 @@ def post_heartbeat(
     return {"state": "running", "log_bytes": held}
 
 
-@router.post("/task-instances/{ti_id}/finish", tags=["workers"], responses=STALE_TRY)
+@router.post(
+    "/task-instances/{ti_id}/finish",
+    tags=["workers"],
+    response_model=shapes.FinishAnswer,
+    responses=STALE_TRY,
+)
 def post_finish(
     ti_id: TaskInstanceId,
     body: FinishRequest,

@@ -135,18 +135,14 @@ class Enqueuer:
 
 def requeue_lost(session: Session, enqueuer: Enqueuer, now: datetime, grace: float) -> int:
     """Enqueue again every task queued in the database whose job Redis does not hold."""
-    rows = (
-        session.execute(
-            select(TaskInstance, DagRun, Repo.name)
-            .join(DagRun, DagRun.id == TaskInstance.run_pk)
-            .join(Repo, Repo.id == DagRun.repo_id)
-            .where(TaskInstance.state == "queued")
-            .order_by(TaskInstance.id)
-            .limit(5000)
-        )
-        .tuples()
-        .all()
-    )
+    rows = session.execute(
+        select(TaskInstance, DagRun, Repo.name)
+        .join(DagRun, DagRun.id == TaskInstance.run_pk)
+        .join(Repo, Repo.id == DagRun.repo_id)
+        .where(TaskInstance.state == "queued")
+        .order_by(TaskInstance.id)
+        .limit(5000)
+    ).all()
     if not rows:
         return 0
     payloads = [payload(ti, run, repo, ti.try_number) for ti, run, repo in rows]

@@ -221,7 +221,7 @@ def queue_ready(
     if run_pk is not None:
         query = query.where(TaskInstance.run_pk == run_pk)
     payloads = []
-    for ti, run, repo_name in session.execute(query).tuples().all():
+    for ti, run, repo_name in session.execute(query).all():
         next_try = ti.try_number + 1
         if transition(
             session,

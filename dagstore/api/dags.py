@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from dagstore.api import shapes
 from dagstore.auth import ReadToken, StoreDep
 from dagstore.dags import dag_json, get_dag, import_errors, list_dags, structure_history
 from dagstore.models import Repo
@@ -13,7 +14,7 @@ from dagstore.models import Repo
 router = APIRouter(tags=["dags"])
 
 
-@router.get("/dags")
+@router.get("/dags", response_model=shapes.DagList)
 def get_dags(store: StoreDep, _: ReadToken, active: bool | None = None) -> dict[str, Any]:
     """DAGs with their current version, schedule and state."""
     with store.db.read() as session:
@@ -24,7 +25,7 @@ def get_dags(store: StoreDep, _: ReadToken, active: bool | None = None) -> dict[
     return {"items": items}
 
 
-@router.get("/dags/{dag_id}")
+@router.get("/dags/{dag_id}", response_model=shapes.DagDetail)
 def get_one_dag(dag_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """One DAG with its current version, its tasks, and the versions its structure changed in."""
     with store.db.read() as session:
@@ -35,7 +36,7 @@ def get_one_dag(dag_id: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
         return body
 
 
-@router.get("/import-errors")
+@router.get("/import-errors", response_model=shapes.BrokenDagFileList)
 def get_import_errors(store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """Broken DAG files at each repo's tracked tip."""
     with store.db.read() as session:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
+from dagstore.api import shapes
 from dagstore.api.archive_http import IMMUTABLE, MEDIA_TYPE, archive_headers, not_modified
 from dagstore.auth import AdminToken, Credentials, ReadToken, StoreDep, VersionReader
 from dagstore.dags import version_contents
@@ -23,6 +24,7 @@ from dagstore.repos import create_repo, get_repo, list_repos, repo_json
 from dagstore.version import list_versions, version_json
 
 router = APIRouter()
+BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 
 class RepoCreate(BaseModel):
@@ -31,7 +33,12 @@ class RepoCreate(BaseModel):
     strict: bool = False
 
 
-@router.get("/healthz", tags=["health"])
+@router.get(
+    "/healthz",
+    tags=["health"],
+    response_model=shapes.Health,
+    responses={503: {"model": shapes.Health, "description": "The database is unreachable"}},
+)
 def healthz(store: StoreDep, response: Response) -> dict[str, str]:
     """Liveness for load balancers: also proves this server can reach the database."""
     try:
@@ -43,7 +50,7 @@ def healthz(store: StoreDep, response: Response) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/repos", tags=["repos"])
+@router.get("/repos", tags=["repos"], response_model=shapes.RepoList)
 def get_repos(request: Request, store: StoreDep, _: ReadToken) -> dict[str, list[dict[str, Any]]]:
     """Repositories with their tracked branch and git remote."""
     with store.db.read() as session:
@@ -55,6 +62,7 @@ def get_repos(request: Request, store: StoreDep, _: ReadToken) -> dict[str, list
     "/repos",
     status_code=201,
     tags=["repos"],
+    response_model=shapes.Repo,
     responses={409: {"description": "A repository of that name exists"}},
 )
 def post_repo(body: RepoCreate, request: Request, store: StoreDep, _: AdminToken) -> dict[str, Any]:
@@ -69,7 +77,7 @@ def _public_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-@router.get("/repos/{repo}/refs", tags=["repos"])
+@router.get("/repos/{repo}/refs", tags=["repos"], response_model=shapes.Refs)
 def get_refs(repo: str, store: StoreDep, _: ReadToken) -> dict[str, dict[str, str]]:
     """The repository's branches and tags with their commits."""
     with store.db.read() as session:
@@ -85,7 +93,7 @@ def get_refs(repo: str, store: StoreDep, _: ReadToken) -> dict[str, dict[str, st
     }
 
 
-@router.get("/repos/{repo}/versions", tags=["versions"])
+@router.get("/repos/{repo}/versions", tags=["versions"], response_model=shapes.VersionList)
 def get_versions(
     repo: str, store: StoreDep, _: ReadToken, limit: int = 100
 ) -> dict[str, list[dict[str, Any]]]:
@@ -98,7 +106,7 @@ def get_versions(
         return {"items": [version_json(v, dags[v.id], errors[v.id]) for v in versions]}
 
 
-@router.get("/repos/{repo}/resolve/{ref:path}", tags=["versions"])
+@router.get("/repos/{repo}/resolve/{ref:path}", tags=["versions"], response_model=shapes.Resolved)
 def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str, str]:
     """The full sha a branch, tag or short sha names now."""
     with store.db.read() as session:
@@ -111,7 +119,7 @@ def get_resolve(repo: str, ref: str, store: StoreDep, _: ReadToken) -> dict[str,
     "/repos/{repo}/archive/{sha}.tar.gz",
     tags=["versions"],
     response_class=Response,
-    responses={200: {"content": {MEDIA_TYPE: {}}}, 304: {"description": "unchanged"}},
+    responses={200: {"content": {MEDIA_TYPE: BYTES}}, 304: {"description": "unchanged"}},
 )
 def get_archive(
     repo: str,
@@ -163,7 +171,12 @@ def get_archive_auth(
     return Response(status_code=204, headers={"X-Accel-Expires": str(keep)})
 
 
-@router.get("/repos/{repo}/diff/{spec:path}", tags=["versions"])
+@router.get(
+    "/repos/{repo}/diff/{spec:path}",
+    tags=["versions"],
+    response_model=shapes.Diff,
+    response_model_exclude_unset=True,  # `old_path` only for a rename (DESIGN.md)
+)
 def get_diff(repo: str, spec: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """`BASE..HEAD` (branches, tags, full or short shas): the files that differ, with unified
     diffs, and the DAGs whose structure changed."""
@@ -181,7 +194,7 @@ def get_diff(repo: str, spec: str, store: StoreDep, _: ReadToken) -> dict[str, A
     return body
 
 
-@router.get("/repos/{repo}/tree/{sha}", tags=["versions"])
+@router.get("/repos/{repo}/tree/{sha}", tags=["versions"], response_model=shapes.Tree)
 def get_tree(repo: str, sha: str, store: StoreDep, _: ReadToken) -> dict[str, Any]:
     """The commit's files (path and size), at most 10,000."""
     validate_full_sha(sha)
@@ -191,7 +204,12 @@ def get_tree(repo: str, sha: str, store: StoreDep, _: ReadToken) -> dict[str, An
         return {"sha": sha, "files": list_files(git, sha)}
 
 
-@router.get("/repos/{repo}/files/{sha}/{path:path}", tags=["versions"])
+@router.get(
+    "/repos/{repo}/files/{sha}/{path:path}",
+    tags=["versions"],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": BYTES}}},
+)
 def get_file(repo: str, sha: str, path: str, store: StoreDep, _: ReadToken) -> Response:
     """One file of a commit, as it was pushed."""
     validate_full_sha(sha)

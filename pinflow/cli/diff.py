@@ -64,7 +64,7 @@ def _dag_line(change: dict[str, Any]) -> str:
 
 
 def _print_patch(f: dict[str, Any]) -> None:
-    title = f["path"] if "old_path" not in f else f"{f['old_path']} → {f['path']}"
+    title = f"{f['old_path']} → {f['path']}" if f.get("old_path") else f["path"]
     console.print(Text(f"{f['status']}: {title}", style="bold"))
     for line in f["patch"].splitlines():
         style = next((s for prefix, s in STYLES if line.startswith(prefix)), "")
