@@ -242,9 +242,7 @@ def get_logs(
             select(TaskTry).where(TaskTry.ti_id == ti.id, TaskTry.try_number == wanted)
         )
         if entry is None:
-            if not ti.try_number:
-                raise NotFound(f"task {task_id!r} of run {run_id!r} never ran ({ti.state})")
-            raise NotFound(f"task {task_id!r} of run {run_id!r} has no try {wanted}")
+            raise NotFound(_no_such_try(run_id, ti, wanted))
         data = entry.log.encode("utf-8")
         headers = {
             "X-Pinflow-Try": str(wanted),
@@ -253,6 +251,17 @@ def get_logs(
             "X-Pinflow-Log-Bytes": str(len(data)),
         }
         return PlainTextResponse(data[offset:].decode("utf-8", "replace"), headers=headers)
+
+
+def _no_such_try(run_id: str, ti: TaskInstance, wanted: int) -> str:
+    """Why try `wanted` has no log: the task never ran, its try is queued and not started yet,
+    or it never had that many tries."""
+    task = f"task {ti.task_id!r} of run {run_id!r}"
+    if wanted == ti.try_number == 1 or not ti.try_number:
+        return f"{task} never ran ({ti.state})"
+    if wanted == ti.try_number:
+        return f"{task}: try {wanted} has not started ({ti.state})"
+    return f"{task} has no try {wanted} (its latest is {ti.try_number})"
 
 
 def _set_paused(store: StoreDep, dag_id: str, paused: bool) -> dict[str, Any]:

@@ -360,6 +360,27 @@ with DAG("{dag_id}", schedule=None):
 """
 
 
+def test_logs_of_a_task_that_never_ran_say_so(cluster: Cluster, tmp_path: Path, uid: str):
+    """`pinflow logs` for a try that has no log names why, and exits non-zero (issue 18)."""
+    dag_id = f"stops_{uid}"
+    work = cluster.repo(f"n{uid}", tmp_path / "w")
+    flow = (
+        f"from pinflow import DAG, task\nwith DAG({dag_id!r}):\n"
+        "    @task\n    def boom():\n        raise ValueError('nope')\n"
+        "    @task\n    def after():\n        return 1\n    boom() >> after()\n"
+    )
+    cluster.push(work, "n", **{"dags/n.py": flow})
+    run_id = cluster.trigger(dag_id)["run_id"]
+    assert cluster.wait(run_id)["state"] == "failed"
+    never = cli(cluster, "logs", run_id, "after")
+    assert never.returncode == 4, never
+    assert f"task 'after' of run '{run_id}' never ran (upstream_failed)" in never.stderr
+    assert "Traceback" not in never.stderr
+    beyond = cli(cluster, "logs", run_id, "boom", "--try", "5")
+    assert beyond.returncode == 4 and "has no try 5 (its latest is 1)" in beyond.stderr
+    assert "ValueError: nope" in cli(cluster, "logs", run_id, "boom").stdout
+
+
 def test_logs_follow_shows_lines_while_the_task_runs(cluster: Cluster, tmp_path: Path, uid: str):
     marker = tmp_path / "marker"
     dag_id = f"talker_{uid}"
