@@ -8,8 +8,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from dagstore.api.shapes import Items, Sha, Shape, Timestamp
+from scheduler.runs import RUN_STATES
 
-RunState = Literal["queued", "running", "success", "failed", "canceled"]
+# The run states are `scheduler.runs`' own list, so the schema cannot drift from it.
+RunState = Literal[RUN_STATES]  # type: ignore[valid-type]
 TaskState = Literal[
     "none",
     "scheduled",
