@@ -13,8 +13,8 @@ from scheduler.models import DagRun, TaskInstance, TaskTry
 
 
 def get_run(session: Session, run_id: str, lock: bool = False) -> DagRun:
-    """The run; with `lock`, locked against every other change to it (`scheduler.taskstate`)
-    and read afresh."""
+    """The run; with `lock`, locked against every other change to it (in the order of
+    `scheduler.locks`) and read afresh."""
     query = select(DagRun).where(DagRun.run_id == run_id)
     if lock:
         query = query.with_for_update().execution_options(populate_existing=True)
