@@ -33,6 +33,7 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
         "state": run.state,
         "conf": run.conf or {},
         "run_type": run.run_type,
+        "held": bool(run.held),
         "created_by": run.created_by,
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
