@@ -13,9 +13,9 @@ So every transaction that writes these tables locks, from the top down, never ba
 
 A writer may start lower (a heartbeat starts at its task instance) and may skip a level. After
 it is done with one run it may go on to a run of a higher id (the lost-try check): the order
-is then (run id, table, row id), which is the same for everyone. Four ways out of the order
-are safe because the lock taken out of order is never waited for while something is held
-that another transaction wants:
+is then (run id, table, row id), which is the same for everyone. Four writers take a row
+without the run's lock above it, or after a row below it; each is safe because it never waits
+for a lock while it holds one that the transaction it waits for wants next:
 - a heartbeat locks its running task instance, then that try (never the run, never a sibling);
 - the scheduler queueing tasks (`taskstate.queue_ready`) locks scheduled and retrying task
   instances in ascending id and nothing after them; every writer that locks several task
@@ -46,6 +46,8 @@ Who takes what, in order (keep this table true when a writer changes):
     heartbeat (+ log)    the task → its try
     queue_ready          tasks (scheduled, retrying)
     settle_stuck         runs (SKIP LOCKED) → their tasks in `none`
+    pause, a push        dags only (a push locks its repo's row first, which nothing here
+                         takes: `dagstore.current`)
 
 SQLite has one writer at a time (`BEGIN IMMEDIATE`, `dagstore.db`): these locks are no-ops
 there, and the interleaving tests (`tests/scheduler/test_operator_locks.py`,

@@ -22,6 +22,7 @@ from dagstore.db import Database
 from dagstore.errors import Conflict
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
+from tests.failure.test_crashes import report
 from tests.support.seed import held_backfill
 from tests.support.steps import (
     beat_step,
@@ -34,10 +35,6 @@ from tests.support.steps import (
 
 RUNS, LIMIT, STORM_SECONDS, SETTLE_SECONDS = 40, 3, 10.0, 60.0
 BUSY = ("scheduled", "queued", "running")
-
-
-def report(scenario: str, **figures: object) -> None:
-    print(f"[reliability] {scenario}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
 class Storm:
