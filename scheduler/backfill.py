@@ -6,6 +6,11 @@ backfill's `max_active_runs` decides how many of its runs are released at a time
 first; a release schedules the run's first tasks as a trigger would. The scheduler's loop
 releases more as runs end (`release_held`), and so does the API right after creating them.
 
+The limit holds with any number of schedulers: a backfill's active runs are counted and
+released under the backfill row's lock, and the only other way to make one of its runs active
+again, a clear, takes that lock first and waits in line like any held run (`wait_again`).
+See `scheduler.locks` for the order these locks are taken in.
+
 A tick that already has a scheduled (or backfilled) run is skipped: backfill runs take the
 same unique key as scheduled runs, `(dag_id, scheduled_key)`, under the DAG row's lock, which
 a scheduler also takes before it creates scheduled runs. A tick is never run twice.
@@ -99,32 +104,46 @@ def create_backfill(
 
 
 def release_held(session: Session, now: datetime, backfill_id: int | None = None) -> int:
-    """Start held backfill runs up to each backfill's max_active_runs; returns how many."""
-    query = select(Backfill).where(
-        select(DagRun.id).where(DagRun.backfill_id == Backfill.id, DagRun.held).exists()
+    """Start held backfill runs up to each backfill's max_active_runs; returns how many.
+
+    Each backfill is locked, then counted, then released: a second scheduler (or a clear)
+    cannot count before this one's releases commit. A backfill another transaction holds is
+    skipped, not waited for: that one is releasing its runs (or clearing one) right now, and
+    the next tick looks again."""
+    waiting = (
+        select(DagRun.id)
+        .where(DagRun.backfill_id == Backfill.id, DagRun.held, DagRun.state.in_(ACTIVE_RUN_STATES))
+        .exists()
     )
+    query = select(Backfill.id, Backfill.max_active_runs).where(waiting)
     if backfill_id is not None:
         query = query.where(Backfill.id == backfill_id)
+    locked = session.execute(query.order_by(Backfill.id).with_for_update(skip_locked=True))
     released = 0
-    for backfill in session.scalars(query.order_by(Backfill.id)).all():
+    for locked_id, limit in locked.all():
         active = session.scalar(
             select(func.count())
             .select_from(DagRun)
             .where(
-                DagRun.backfill_id == backfill.id,
+                DagRun.backfill_id == locked_id,
                 ~DagRun.held,
                 DagRun.state.in_(ACTIVE_RUN_STATES),
             )
         )
-        room = backfill.max_active_runs - (active or 0)
+        room = limit - (active or 0)
         if room <= 0:
             continue
         runs = session.scalars(
             select(DagRun)
-            .where(DagRun.backfill_id == backfill.id, DagRun.held)
-            .order_by(DagRun.logical_date)
+            .where(
+                DagRun.backfill_id == locked_id,
+                DagRun.held,
+                DagRun.state.in_(ACTIVE_RUN_STATES),
+            )
+            .order_by(DagRun.logical_date, DagRun.id)
             .limit(room)
             .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
         ).all()
         for run in runs:
             session.execute(
@@ -138,6 +157,21 @@ def release_held(session: Session, now: datetime, backfill_id: int | None = None
     return released
 
 
+def wait_again(session: Session, run: DagRun, now: datetime) -> None:
+    """A cleared run of a backfill takes its place in the backfill's line again, held as before
+    its first start, and starts (in this transaction) only if the backfill has room: a clear
+    never runs more of a backfill at once than its max_active_runs. The caller holds the
+    backfill's lock, then the run's (`scheduler.locks`), and has reset the run's tasks."""
+    session.execute(
+        update(DagRun)
+        .where(DagRun.id == run.id)
+        .values(held=True, state="queued", ended_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(run, ["held", "state", "ended_at"])
+    release_held(session, now, run.backfill_id)
+
+
 def backfill_json(session: Session, backfill: Backfill) -> dict[str, Any]:
     rows = session.execute(
         select(DagRun.state, DagRun.held, func.count())
@@ -147,7 +181,7 @@ def backfill_json(session: Session, backfill: Backfill) -> dict[str, Any]:
     states: dict[str, int] = {}
     for state, _held, count in rows:
         states[state] = states.get(state, 0) + count
-    held = sum(count for _state, is_held, count in rows if is_held)
+    held = sum(count for state, is_held, count in rows if is_held and state in ACTIVE_RUN_STATES)
     return {
         "id": backfill.id,
         "dag_id": backfill.dag_id,

@@ -4,9 +4,9 @@ One DAG per transaction cost ~13 ms, nearly all of it round trips (lock, count, 
 ticks, insert the run, insert its tasks, schedule, queue, advance, release). A batch pays each
 of those once for all its DAGs:
 
-1. lock the leased DAG rows (one SELECT ... FOR UPDATE in ascending id: the lock a backfill
-   takes too, so a tick that a backfill created is seen and left out, and the fences are
-   checked under it);
+1. lock the leased DAG rows (one SELECT ... FOR UPDATE in ascending id, the first level of
+   `scheduler.locks`: the lock a backfill takes too, so a tick that a backfill created is
+   seen and left out, and the fences are checked under it);
 2. count their active runs and read which of their due ticks have a run (one query each);
 3. work out each DAG's due ticks in Python, as the timetable says;
 4. insert every run (one multi-row INSERT ... RETURNING) and every task instance (one

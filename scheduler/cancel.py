@@ -5,16 +5,21 @@ task's claim then finds it not queued (409: the worker drops the job); a running
 heartbeat finds it not running (409: the worker stops the task, `runner.heartbeat`, within one
 heartbeat interval) and its late finish, if any, is refused. The try on record is marked
 canceled too. A canceled run can be cleared (`scheduler.clear`) like a failed one.
+
+Locks in the order of `scheduler.locks`: the run, its tasks, then the tries of those that
+run; a heartbeat holds a task and then wants its try, so the tries come last here too. A held
+backfill run that is canceled waits for its turn no more (`held` off).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dagstore.errors import Conflict
+from scheduler.locks import lock_tasks
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.runs import ACTIVE_RUN_STATES
 from scheduler.taskstate import MOVING
@@ -28,26 +33,26 @@ def cancel(session: Session, run_id: str, now: datetime) -> int:
     run = get_run(session, run_id, lock=True)
     if run.state not in ACTIVE_RUN_STATES:
         raise Conflict(f"run {run_id!r} has ended ({run.state}): nothing to cancel")
-    running_ids = select(TaskInstance.id).where(
-        TaskInstance.run_pk == run.id, TaskInstance.state == "running"
-    )
-    session.execute(
-        update(TaskTry)
-        .where(TaskTry.state == "running", TaskTry.ti_id.in_(running_ids))
-        .values(state="canceled", ended_at=now, error="canceled")
-        .execution_options(synchronize_session=False)
-    )
+    tasks = lock_tasks(session, run.id, UNFINISHED)
+    running = [ti.id for ti in tasks if ti.state == "running"]
     stopped = session.execute(
         update(TaskInstance)
-        .where(TaskInstance.run_pk == run.id, TaskInstance.state.in_(UNFINISHED))
+        .where(TaskInstance.id.in_([ti.id for ti in tasks]))
         .values(state="canceled", ended_at=now, next_try_at=None, error="canceled")
         .execution_options(synchronize_session=False)
     ).rowcount
+    if running:
+        session.execute(
+            update(TaskTry)
+            .where(TaskTry.ti_id.in_(running), TaskTry.state == "running")
+            .values(state="canceled", ended_at=now, error="canceled")
+            .execution_options(synchronize_session=False)
+        )
     session.execute(
         update(DagRun)
         .where(DagRun.id == run.id, DagRun.state.in_(ACTIVE_RUN_STATES))
-        .values(state="canceled", ended_at=now)
+        .values(state="canceled", ended_at=now, held=False)
         .execution_options(synchronize_session=False)
     )
-    session.expire(run, ["state", "ended_at"])
+    session.expire(run, ["state", "ended_at", "held"])
     return stopped

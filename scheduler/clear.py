@@ -11,6 +11,12 @@ version whose structure lacks a cleared task is refused: there would be nothing 
 
 Queued and running tasks cannot be cleared (cancel the run first): a worker may be about to
 run them, and a clear under its feet would leave two tries of one task alive.
+
+A backfill's run stays inside its backfill's max_active_runs, as in Airflow: a cleared run
+that waits for its turn (held) keeps waiting, and one that had ended takes its place in the
+line again (`backfill.wait_again`), to start at once only when the backfill has room. Locks
+in the order of `scheduler.locks`: the backfill (whose count a release takes under the same
+lock), the run, its tasks in ascending id.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dagstore.dags import get_dag
 from dagstore.errors import Conflict, NotFound
 from dagstore.models import Dag
+from scheduler.backfill import wait_again
+from scheduler.locks import lock_backfill_of, lock_tasks
 from scheduler.models import DagRun, TaskInstance
+from scheduler.runs import ACTIVE_RUN_STATES
 from scheduler.taskstate import FAILED, schedule_ready, transition
 from scheduler.views import get_run
 
@@ -41,15 +50,9 @@ class ClearRequest:
 
 def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -> list[str]:
     """Clear what `request` selects in run `run_id`; returns the cleared task ids."""
+    backfill_id = lock_backfill_of(session, run_id)
     run = get_run(session, run_id, lock=True)
-    tis = {
-        ti.task_id: ti
-        for ti in session.scalars(
-            select(TaskInstance)
-            .where(TaskInstance.run_pk == run.id)
-            .execution_options(populate_existing=True)
-        )
-    }
+    tis = {ti.task_id: ti for ti in lock_tasks(session, run.id)}
     chosen = _select(tis, request)
     if not chosen:
         raise Conflict(f"nothing to clear in run {run_id!r} (no task matches)")
@@ -59,11 +62,14 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
             f"cannot clear {', '.join(busy)}: {tis[busy[0]].state}; cancel the run first"
         )
     latest = _latest(session, run, chosen) if request.on_latest else None
-    for task_id in sorted(chosen):
+    for task_id in sorted(chosen, key=lambda t: tis[t].id):
         ti = tis[task_id]
         values = _cleared_values(ti, latest)
         if not transition(session, ti.id, (ti.state,), ti.try_number, **values):
             raise Conflict(f"task {task_id!r} changed meanwhile; try again")
+    if backfill_id is not None and (run.held or run.state not in ACTIVE_RUN_STATES):
+        wait_again(session, run, now)
+        return sorted(chosen)
     session.execute(
         update(DagRun)
         .where(DagRun.id == run.id)

@@ -80,7 +80,7 @@ def lease_due_dags(
 
 def holds(session: Session, leases: list[Lease], now: datetime, columns: list[Any]) -> list[Row]:
     """`columns` of the DAG rows whose lease in `leases` is still ours and unexpired, locked in
-    ascending id (the one lock order for DAG rows), in one query."""
+    ascending id (the first level of `scheduler.locks`), in one query."""
     if not leases:
         return []
     fences = {lease.dag_pk: (lease.holder, lease.fence) for lease in leases}

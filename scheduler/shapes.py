@@ -60,6 +60,9 @@ class RunSummary(Shape):
     state: RunState
     conf: dict[str, Any]
     run_type: Literal["scheduled", "manual", "backfill"]
+    held: bool = Field(
+        description="a backfill's run waiting for a slot under its backfill's max_active_runs"
+    )
     created_by: str | None
     created_at: Timestamp | None
     started_at: Timestamp | None

@@ -15,8 +15,8 @@ A conditional UPDATE guards one row; deciding what comes next reads the siblings
 PostgreSQL's READ COMMITTED, two transactions that each end one of two sibling tasks would each
 read the other still running, and nobody would ready the join or settle the run (write skew).
 So every transaction that changes a task and then decides from its siblings first locks the
-run's row (SELECT ... FOR UPDATE), and the lock order is always: runs in ascending id, then
-their task instances. SQLite has one writer at a time and needs no lock.
+run's row (SELECT ... FOR UPDATE), in the one lock order every writer keeps: `scheduler.locks`.
+SQLite has one writer at a time and needs no lock.
 """
 
 from __future__ import annotations
@@ -205,7 +205,10 @@ def start_run(session: Session, run_pk: int, now: datetime) -> None:
 def queue_ready(
     session: Session, now: datetime, run_pk: int | None = None, limit: int = 500
 ) -> list[JobPayload]:
-    """scheduled (or up_for_retry whose delay passed) → queued with the next try number."""
+    """scheduled (or up_for_retry whose delay passed) → queued with the next try number.
+
+    Without the runs' locks: it locks only these task instances, in ascending id, as every
+    writer that locks several does (`scheduler.locks`)."""
     ready = or_(
         TaskInstance.state == "scheduled",
         and_(TaskInstance.state == "up_for_retry", TaskInstance.next_try_at <= now),

@@ -1,7 +1,8 @@
 """One try of a task, as a worker lives it: claim, heartbeat, finish; or lost when it goes silent.
 
-Claim and finish lock the run's row first (the order `scheduler.taskstate` describes: the
-run, then its tasks), because what they change decides what the run does next. A claim names
+Claim and finish lock the run's row first (the order of `scheduler.locks`: the run, its task,
+the try), because what they change decides what the run does next; a heartbeat locks its
+task, then (with a log piece) its try. A claim names
 its attempt (a random id the worker picks per job): when the claim's response is lost and the
 worker asks again, the same attempt gets the same answer instead of a 409 that would strand
 the try.
@@ -278,7 +279,8 @@ def finish(
 def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
     """Running tries with no heartbeat for too long (worker died): failed, retried if allowed.
 
-    In run order, so two schedulers doing this at once take the run locks in the same order.
+    In run order, so two schedulers doing this at once take the run locks in the same order
+    (`scheduler.locks`).
     """
     cutoff = now - timedelta(seconds=heartbeat_timeout)
     lost = session.execute(

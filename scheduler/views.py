@@ -13,8 +13,8 @@ from scheduler.models import DagRun, TaskInstance, TaskTry
 
 
 def get_run(session: Session, run_id: str, lock: bool = False) -> DagRun:
-    """The run; with `lock`, locked against every other change to it (`scheduler.taskstate`)
-    and read afresh."""
+    """The run; with `lock`, locked against every other change to it (in the order of
+    `scheduler.locks`) and read afresh."""
     query = select(DagRun).where(DagRun.run_id == run_id)
     if lock:
         query = query.with_for_update().execution_options(populate_existing=True)
@@ -33,6 +33,7 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
         "state": run.state,
         "conf": run.conf or {},
         "run_type": run.run_type,
+        "held": bool(run.held),
         "created_by": run.created_by,
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),

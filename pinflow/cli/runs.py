@@ -63,12 +63,17 @@ TASK_COLUMNS = [
 ]
 
 
+def _run_state(run: dict[str, Any]) -> str:
+    """The run's state; a backfill's run waiting for a slot says so."""
+    return f"{run['state']} (held)" if run.get("held") else run["state"]
+
+
 def _run_header(run: dict[str, Any]) -> str:
     shas = run.get("shas") or [run["sha"]]
     also = f"  (tries ran {', '.join(s[:12] for s in shas)})" if len(shas) > 1 else ""
     return (
         f"run {run['run_id']}  dag {run['dag_id']}  sha {run['sha'][:12]}  "
-        f"state [bold]{run['state']}[/bold]{also}"
+        f"state [bold]{_run_state(run)}[/bold]{also}"
     )
 
 
@@ -167,7 +172,7 @@ RUN_COLUMNS = [
     Column("run_id", lambda r: r["run_id"], no_wrap=True),
     Column("dag", lambda r: r["dag_id"]),
     Column("sha", lambda r: r["sha"][:12], no_wrap=True),
-    Column("state", lambda r: r["state"]),
+    Column("state", _run_state),
     Column("logical date", lambda r: short_time(r["logical_date"])),
     Column("created by", lambda r: r["created_by"]),
 ]
@@ -259,6 +264,8 @@ def clear(
     run = client.post(f"/runs/{run_id}/clear", json=body)
     sha = next((t["sha"] for t in run["tasks"] if t["task_id"] in run["cleared"]), run["sha"])
     print(f"cleared {', '.join(run['cleared'])} of {run_id}; they run {sha}")
+    if run["held"]:
+        print("the run waits for a slot of its backfill (max_active_runs) and starts in turn")
     if wait:
         _follow(client, run_id, None, None)
 

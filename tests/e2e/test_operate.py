@@ -298,6 +298,68 @@ def test_backfill_runs_each_tick_once_pinned_and_throttled(
     assert len(again.json()["skipped"]) == 10
 
 
+GATED = """
+import os, time
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule="@daily", start_date="2026-01-01", catchup=False):
+    @task
+    def day():
+        deadline = time.time() + 60
+        while not os.path.exists({marker!r}) and time.time() < deadline:
+            time.sleep(0.05)
+        return "done"
+
+    day()
+"""
+
+
+def test_clear_and_cancel_keep_a_backfill_within_max_active_runs(
+    cluster: Cluster, tmp_path: Path, uid: str
+):
+    """Issue 24, part 3: clearing a run that waits for its backfill's slot does not start it
+    (it waits on, and says so); a canceled waiting run leaves the line, and a clear puts it
+    back. The runs then run one at a time, oldest first."""
+    dag_id = f"gated_{uid}"
+    marker = tmp_path / "marker"
+    work = cluster.repo(f"g{uid}", tmp_path / "w")
+    cluster.push(work, "v1", **{"dags/g.py": GATED.format(dag_id=dag_id, marker=str(marker))})
+    made = post(
+        cluster,
+        f"/dags/{dag_id}/backfill",
+        {"start": "2026-01-02", "end": "2026-01-04", "max_active_runs": 1},
+    )
+    assert made.status_code == 201, made.text
+    first, second, third = made.json()["created"]
+    cluster.wait_task(first, "day", "running")
+
+    cleared = cli(cluster, "clear", third)
+    assert cleared.returncode == 0, cleared.stderr
+    assert "waits for a slot of its backfill" in cleared.stdout
+    canceled = cli(cluster, "cancel", second)
+    assert canceled.returncode == 0, canceled.stderr
+    assert "queued (held)" in cli(cluster, "run", third).stdout
+    for run_id, state, held in ((second, "canceled", False), (third, "queued", True)):
+        run = cluster.run(run_id)
+        assert (run["state"], run["held"], by_task(run)["day"]["state"]) == (
+            state, held, "none" if held else "canceled"
+        ), run  # fmt: skip
+    again = post(cluster, f"/runs/{second}/clear", {})
+    assert again.status_code == 200 and again.json()["held"], again.text
+    with cluster.api("read") as api:
+        progress = api.get(f"/backfills/{made.json()['id']}").json()
+    assert progress["held"] == 2 and progress["states"] == {"queued": 2, "running": 1}
+
+    marker.write_text("")
+    spans = []
+    for run_id in (first, second, third):
+        run = cluster.wait(run_id)
+        assert run["state"] == "success", run
+        spans.append((run["started_at"], run["ended_at"]))
+    assert spans == sorted(spans), "oldest tick first"
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(2)), f"ran at once: {spans}"
+
+
 def test_bad_backfills_are_refused(cluster: Cluster, tmp_path: Path, uid: str):
     dag_id = f"badfill_{uid}"
     work = cluster.repo(f"bf{uid}", tmp_path / "w")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
 from dagstore.db import Database, db_time
 from dagstore.models import Dag, Repo
+from scheduler.backfill import create_backfill
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import create_run
 from scheduler.taskstate import queue_ready, schedule_ready
@@ -104,3 +106,32 @@ def run_states(db: Database, run_pk: int) -> tuple[str, dict[str, str]]:
             select(TaskInstance.task_id, TaskInstance.state).where(TaskInstance.run_pk == run_pk)
         )
         return str(state), {task: task_state for task, task_state in rows}
+
+
+def run_id_of(db: Database, run_pk: int) -> str:
+    with db.read() as session:
+        found = session.scalar(select(DagRun.run_id).where(DagRun.id == run_pk))
+    assert found is not None
+    return found
+
+
+@dataclass(frozen=True)
+class Backfilled:
+    id: int
+    runs: list[int]  # run primary keys, oldest tick first
+
+
+def held_backfill(db: Database, dag_id: str, days: int, max_active_runs: int) -> Backfilled:
+    """A backfill of `days` daily ticks of a one-task DAG (in a repo of its own), as
+    `create_backfill` leaves it: every run held, none released yet."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    insert_dags(db, f"repo-{dag_id}", {dag_id: daily(start)})
+    with db.write() as session:
+        dag = session.scalar(select(Dag).where(Dag.dag_id == dag_id))
+        assert dag is not None
+        made = create_backfill(
+            session, dag_id, dag.current_sha or "", dag.fileloc, dag.structure,
+            start, start + timedelta(days=days - 1), max_active_runs, "test",
+        )  # fmt: skip
+        pks = dict(session.execute(select(DagRun.run_id, DagRun.id)).all())
+        return Backfilled(made.backfill.id, [pks[run_id] for run_id in made.created])
