@@ -11,6 +11,7 @@ through a pipe. Tested as a root server (the child is `nobody`) and as an unpriv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -97,10 +98,8 @@ def disk_use(folder: Path) -> int:
     total = 0
     for path, _, files in os.walk(folder):
         for name in files:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
                 total += os.lstat(os.path.join(path, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
     return total
 
 
