@@ -113,7 +113,7 @@ FORGERIES = {
     "cycle": ('s["tasks"].reverse()', "is not a task listed before it"),
     "unknown_upstream": ('s["tasks"][1]["upstream"] = ["ghost"]', "'ghost' is not a task"),
     "retries": ('s["tasks"][0]["retries"] = 10**12', "less than or equal to 1000"),
-    "timeout": ('s["tasks"][0]["timeout"] = 0.0', "timeout must be > 0"),
+    "timeout": ('s["tasks"][0]["timeout"] = 0.0', "timeout: Input should be greater than 0"),
     "type": ('s["catchup"] = "yes"', "catchup: Input should be a valid boolean"),
     "task_id": ('s["tasks"][0]["task_id"] = "../a"', "invalid id '../a'"),
     "start_date": ('s["start_date"] = None', "a scheduled DAG needs a start_date"),
