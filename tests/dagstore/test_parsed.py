@@ -126,3 +126,31 @@ def _flood(fd: int) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        ({"retries": 1001}, "retries must be at most 1000"),
+        ({"retry_delay": float("nan")}, "retry_delay must be at most"),
+        ({"timeout": timedelta(days=4000)}, "timeout must be at most"),
+        ({"max_active_runs": 10_001}, "max_active_runs must be 1 to 10000"),
+        ({"schedule": timedelta(days=40_000)}, "at most 36600 days"),
+    ],
+)
+def test_an_author_meets_the_stores_bounds_at_import(options, why):
+    """The bounds the store checks again fail at import already, naming the DAG."""
+    from dagstore.errors import DagDefinitionError
+
+    dag_options = {k: options.pop(k) for k in ("max_active_runs", "schedule") if k in options}
+    with (
+        pytest.raises(DagDefinitionError, match=why),
+        collecting(),
+        DAG("bounded", start_date="2026-01-01", **dag_options),
+    ):
+
+        @task(**options)
+        def t():
+            return 1
+
+        t()
