@@ -134,9 +134,13 @@ class DAG:
         self.catchup = catchup
         if not isinstance(max_active_runs, int) or isinstance(max_active_runs, bool):
             raise DagDefinitionError(f"DAG {dag_id!r}: max_active_runs must be an int")
-        if not 1 <= max_active_runs <= MAX_ACTIVE_RUNS:
+        if max_active_runs < 1:
             raise DagDefinitionError(
-                f"DAG {dag_id!r}: max_active_runs must be 1 to {MAX_ACTIVE_RUNS}, "
+                f"DAG {dag_id!r}: max_active_runs must be >= 1, got {max_active_runs}"
+            )
+        if max_active_runs > MAX_ACTIVE_RUNS:
+            raise DagDefinitionError(
+                f"DAG {dag_id!r}: max_active_runs must be at most {MAX_ACTIVE_RUNS}, "
                 f"got {max_active_runs}"
             )
         self.max_active_runs = max_active_runs

@@ -134,7 +134,7 @@ def _flood(fd: int) -> None:
         ({"retries": 1001}, "retries must be at most 1000"),
         ({"retry_delay": float("nan")}, "retry_delay must be at most"),
         ({"timeout": timedelta(days=4000)}, "timeout must be at most"),
-        ({"max_active_runs": 10_001}, "max_active_runs must be 1 to 10000"),
+        ({"max_active_runs": 10_001}, "max_active_runs must be at most 10000"),
         ({"schedule": timedelta(days=40_000)}, "at most 36600 days"),
     ],
 )
