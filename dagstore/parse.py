@@ -235,14 +235,26 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 def _death_reason(returncode: int, limits: ParseLimits) -> str:
     if limits.sandbox.enabled and 128 < returncode < 128 + signal.NSIG:
-        returncode = 128 - returncode  # bwrap reports its child's death by signal N as 128+N
+        # bwrap reports its child's death by signal N as exit code 128+N (as a shell does)
+        name = _signal_name(returncode - 128)
+        return (
+            f"the parse process was killed by {name} (or exited with code {returncode}) "
+            "while importing this file"
+        )
     if returncode < 0:
-        name = signal.Signals(-returncode).name
+        name = _signal_name(-returncode)
         return f"the parse process was killed by {name} while importing this file"
     return (
         f"the parse process exited with code {returncode} while importing this file "
         f"(os._exit, or more than {limits.memory_mb} MiB of memory?)"
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal, say: no name
+        return f"signal {number}"
 
 
 class RecordTooLarge(Exception):

@@ -230,3 +230,25 @@ with DAG("lingers_{uid}", schedule=None):
     work.commit("lingers", **{"dags__lingers.py": lingers})
     landed = push(server, repo_name, work)  # Git.run gives up after 120 s
     assert f"lingers_{uid} parsed" in landed.stderr, landed.stderr
+
+
+def test_any_exit_code_is_that_files_error(server, repo_name, tmp_path, uid):
+    """Under bubblewrap a child's exit code 128+N stands for signal N; one that names no
+    signal Python knows (160: real-time signal 32) is still just that file's error."""
+    work = Git(tmp_path / "w").init()
+    work.commit(
+        "exits",
+        **{
+            "dags__a160.py": "import os  # pinflow DAG\nos._exit(160)\n",
+            "dags__b137.py": "import os  # pinflow DAG\nos.kill(os.getpid(), 9)\n",
+            "dags__c3.py": "import os  # pinflow DAG\nos._exit(3)\n",
+            "dags__d.py": PIPE_WRITER.format(write="", dag_id=f"after_exits_{uid}"),
+        },
+    )
+    landed = push(server, repo_name, work)
+    assert landed.returncode == 0, landed.stderr
+    errors = errors_of(server, repo_name)
+    assert "killed by signal 32 (or exited with code 160)" in errors["dags/a160.py"], errors
+    assert "killed by SIGKILL" in errors["dags/b137.py"], errors
+    assert "exited with code 3" in errors["dags/c3.py"], errors
+    assert f"after_exits_{uid}" in dag_ids(server)
