@@ -5,11 +5,13 @@ The store parses a pushed branch tip inside the push (the author sees the result
 lines), so "push" below includes parsing; "push return → visible" is what is left after it.
 Each round pushes a new commit that changes every DAG file, so every round re-parses all 100.
 
-Run: `.venv/bin/python -m bench.parse` (or `make bench`).
+Run: `.venv/bin/python -m bench.parse` (or `make bench`); `.venv/bin/python -m bench.parse
+--process-only [REPS]` for the parse process alone (1 and 100 files, boxed and not).
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,42 +53,55 @@ def visible(client: httpx.Client, sha: str) -> bool:
     return len(current) == DAG_FILES
 
 
-def main() -> list[Goal]:
+def main(argv: list[str] | None = None) -> list[Goal]:
+    """`--process-only [REPS]`: only the parse process measures (quick; run it at two commits
+    to compare them: it touches nothing but `dagstore.parse`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--process-only"]:
+        parse_process(int(args[1]) if len(args) > 1 else 20)
+        return []
     goals = []
     for sandbox in ("on", "off"):
         goals += measure(sandbox)
-    one_file_parse()
+    parse_process()
     return goals
 
 
-def one_file_parse(reps: int = 20) -> None:
-    """What the sandbox costs per parse: one small DAG file parsed, boxed and not."""
+def parse_process(reps: int = 20) -> None:
+    """What one parse process costs, boxed and not: one small DAG file, and the 100 files of
+    a push (no server, no git: `parse_version` of an unpacked version, as a push runs it)."""
     from dagstore.parse import ParseLimits, parse_version
     from dagstore.sandbox import SandboxProbe
 
     boxed = SandboxProbe("on").sandbox
+    timings = {}
     with tempfile.TemporaryDirectory(prefix="pinflow-bench-parse1-") as tmp:
-        root = Path(tmp) / "version"
-        (root / "dags").mkdir(parents=True)
-        (root / "dags/shared.py").write_text("def scale(x):\n    return 2 * x\n")
-        (root / "dags/one.py").write_text(dag_file(0, 0))
         Path(tmp).chmod(0o755)
-        timings = {}
-        for name, limits in (
-            ("sandbox on", ParseLimits(sandbox=boxed)),
-            ("sandbox off", ParseLimits()),
-        ):
-            samples = []
-            for _ in range(reps):
-                started = time.perf_counter()
-                result = parse_version(root, "a" * 40, limits)
-                samples.append(time.perf_counter() - started)
-                assert result.dag_ids == ["bench_000"], result.errors
-            timings[name] = Measure(f"parse of one DAG file, {name}", samples)
+        for files in (1, DAG_FILES):
+            root = Path(tmp) / f"version-{files}"
+            (root / "dags").mkdir(parents=True)
+            (root / "dags/shared.py").write_text("def scale(x):\n    return 2 * x\n")
+            for i in range(files):
+                (root / f"dags/bench_{i:03}.py").write_text(dag_file(i, 0))
+            for name, limits in (
+                ("sandbox on", ParseLimits(sandbox=boxed)),
+                ("sandbox off", ParseLimits()),
+            ):
+                samples = []
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    result = parse_version(root, "a" * 40, limits)
+                    samples.append(time.perf_counter() - started)
+                    assert len(result.dag_ids) == files and not result.errors, result.errors
+                label = "one DAG file" if files == 1 else f"{files} DAG files"
+                timings[files, name] = Measure(f"parse of {label}, {name}", samples)
     for m in timings.values():
-        print(f"{m.name}: median {ms(m.median)} ms, p90 {ms(m.p90)} ms ({reps} parses)")
-    cost = timings["sandbox on"].median - timings["sandbox off"].median
-    print(f"the sandbox costs {cost * 1000:.1f} ms per parse (medians)")
+        print(
+            f"{m.name}: median {ms(m.median)} ms, p90 {ms(m.p90)} ms, "
+            f"min {ms(min(m.samples))} ms ({reps} parses)"
+        )
+    cost = timings[1, "sandbox on"].median - timings[1, "sandbox off"].median
+    print(f"the sandbox costs {cost * 1000:.1f} ms per parse process (medians, one file)")
 
 
 def measure(sandbox: str) -> list[Goal]:

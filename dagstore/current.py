@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from dagstore.db import db_now
 from dagstore.gitrepo import ref_sha
 from dagstore.models import Dag, Repo, Version, VersionDag, VersionError
-from dagstore.parse import FileError, ParseResult
+from dagstore.parse import ParseResult
+from dagstore.parsed import FileError, InvalidDag, check_dag
 from dagstore.version import insert_ignoring_duplicates
 
 # The structure's fields the scheduler's timetable reads (`scheduler.timetable.due_runs`).
@@ -48,9 +49,13 @@ def defined_elsewhere(dag_id: str, owner: str) -> str:
 
 
 def record_parse(session: Session, repo: Repo, version: Version, result: ParseResult) -> None:
-    """Store a version's parse result (once; a second call for the same version is a no-op)."""
+    """Store a version's parse result (once; a second call for the same version is a no-op).
+    Each DAG is checked again as it is stored (`check_dag`: whatever built `result`, only
+    what passes the authoring rules reaches the tables the scheduler and the UI read)."""
     if version.parse_state == "parsed":
         return
+    result.dags, invalid = _valid(result.dags)
+    result.errors += invalid
     taken = claimed_elsewhere(session, repo, result.dag_ids)
     for dag in result.dags:
         if dag["dag_id"] in taken:
@@ -76,6 +81,19 @@ def record_parse(session: Session, repo: Repo, version: Version, result: ParseRe
     version.parse_state = "parsed"
     version.parsed_at = db_now()
     session.flush()
+
+
+def _valid(dags: list[dict]) -> tuple[list[dict], list[FileError]]:
+    kept, errors = [], []
+    for dag in dags:
+        file = dag.get("fileloc")
+        try:
+            if not isinstance(file, str):
+                raise InvalidDag("it names no file")
+            kept.append(check_dag(dag))
+        except InvalidDag as exc:
+            errors.append(FileError.of(str(file), f"invalid DAG, not kept: {exc}"))
+    return kept, errors
 
 
 def make_current(session: Session, repo: Repo, version: Version) -> dict[str, FileError]:

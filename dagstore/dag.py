@@ -36,6 +36,8 @@ from dagstore.task import (
 
 __all__ = ["DAG", "TaskOutput", "collecting"]
 
+MAX_ACTIVE_RUNS = 10_000  # bounds stored numbers the database keeps in integer columns
+
 # Lists being filled by `collecting()` blocks that are open in this thread.
 _collectors: ContextVar[tuple[list[DAG], ...]] = ContextVar("pinflow_collectors", default=())
 
@@ -61,6 +63,13 @@ def _register(dag: DAG) -> None:
         raise DagDefinitionError(f"DAG {dag.dag_id!r} is defined more than once")
     for found in collectors:
         found.append(dag)
+
+
+def structure_hash(structure: Mapping[str, Any]) -> str:
+    """Lets the store tell versions where the DAG really changed from mere new commits (the
+    store computes it again from what it keeps: `dagstore.parsed`)."""
+    canonical = json.dumps(structure, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _utc(dag_id: str, name: str, value: object) -> datetime | None:
@@ -128,6 +137,11 @@ class DAG:
         if max_active_runs < 1:
             raise DagDefinitionError(
                 f"DAG {dag_id!r}: max_active_runs must be >= 1, got {max_active_runs}"
+            )
+        if max_active_runs > MAX_ACTIVE_RUNS:
+            raise DagDefinitionError(
+                f"DAG {dag_id!r}: max_active_runs must be at most {MAX_ACTIVE_RUNS}, "
+                f"got {max_active_runs}"
             )
         self.max_active_runs = max_active_runs
         if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
@@ -321,11 +335,7 @@ class DAG:
         }
 
     def structure_hash(self) -> str:
-        """Lets the store tell versions where the DAG really changed from mere new commits."""
-        canonical = json.dumps(
-            self.to_structure(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return structure_hash(self.to_structure())
 
     def __repr__(self) -> str:
         return f"<DAG {self.dag_id} ({len(self.tasks)} tasks)>"

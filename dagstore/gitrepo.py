@@ -228,9 +228,11 @@ def read_file(repo: BaseRepo, sha: str, path: str) -> bytes:
     tree = repo[commit.tree]
     assert isinstance(tree, Tree)
     try:
-        _mode, obj_sha = tree.lookup_path(repo.object_store.__getitem__, validate_file_path(path))
+        mode, obj_sha = tree.lookup_path(repo.object_store.__getitem__, validate_file_path(path))
     except (KeyError, NotADirectoryError, NotTreeError, SubmoduleEncountered, ValueError):
         raise NotFound(f"no file {path!r} at {sha[:12]}") from None
+    if mode & 0o170000 == 0o160000:  # a gitlink: the submodule's commit is not in this repo
+        raise NotFound(f"{path!r} is a submodule at {sha[:12]}; its files are not in the store")
     obj = repo[obj_sha]
     if not isinstance(obj, Blob):
         raise NotFound(f"{path!r} is a directory at {sha[:12]}")

@@ -4,12 +4,20 @@ The DAG files are imported in a separate process (`dagstore.parse_child`) with a
 time limit and a memory limit, from the commit's archive unpacked by the same code workers
 use. Whatever a DAG file does at import (print, sys.exit, loop forever, exhaust memory, kill
 its process) ends as a recorded error for that file; the other files are still parsed.
+
+The child hands its results back through a pipe it inherits, never through a file: the
+server opens no path that code in the box could have touched (a symlink left there would
+make the server write wherever it points). What comes through the pipe is the pusher's to
+write, so it is bounded as it is read (MAX_RECORD_BYTES a line) and checked record by record
+(`dagstore.parsed`) before anything is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -25,17 +33,14 @@ from dulwich.repo import Repo
 from dagstore.archive import ArchiveCache
 from dagstore.loader import discover
 from dagstore.metrics import PARSE_SECONDS, PARSED_FILES
+from dagstore.parsed import FileError, check_file
 from dagstore.sandbox import Sandbox
+from dagstore.terminal import printable
 from dagstore.unpack import unpack_archive
 
 KILL_GRACE = 5.0  # seconds past the child's own alarm before the parent kills it
-
-
-@dataclass(frozen=True)
-class FileError:
-    file: str
-    summary: str
-    error: str
+MAX_RECORD_BYTES = 32 * 1024 * 1024  # one line from the child: one file's DAGs, or its error
+POLL = 0.1  # seconds between looks at the child when its pipe is quiet
 
 
 @dataclass
@@ -57,7 +62,7 @@ class ParseResult:
         else:
             parts.append(f"no DAGs found at {self.sha[:7]}")
         parts += [f"{e.file}: {e.summary}" for e in self.errors]
-        return "pinflow: " + "; ".join(parts)
+        return printable("pinflow: " + "; ".join(parts))  # file names are the pusher's too
 
 
 @dataclass(frozen=True)
@@ -92,115 +97,152 @@ def parse_commit(
 
 def parse_version(root: Path, sha: str, limits: ParseLimits) -> ParseResult:
     files = discover(root)
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, Any] = {}
     remaining = files
-    with tempfile.TemporaryDirectory(prefix="pinflow-parse-") as scratch:
-        limits.sandbox.give(Path(scratch))  # the child writes its results there
-        while remaining:
-            done, stuck = _run_child(root, sha, remaining, limits, Path(scratch))
-            records.update(done)
-            if stuck is not None:
-                file, summary = stuck
-                records[file] = {"file": file, "dags": [], "summary": summary, "error": summary}
-            elif len(records) < len(files):  # the child ended without starting the rest
-                for file in remaining:
-                    records.setdefault(file, _not_parsed(file))
-            remaining = [f for f in remaining if f not in records]
-    result = _collect(sha, [records[f] for f in files])
+    while remaining:
+        done, stuck = _run_child(root, sha, remaining, limits)
+        records.update(done)
+        if stuck is not None:
+            file, summary = stuck
+            records[file] = _failed(file, summary)
+        elif len(records) < len(files):  # the child ended without starting the rest
+            for file in remaining:
+                records.setdefault(file, _failed(file, NOT_PARSED))
+        remaining = [f for f in remaining if f not in records]
+    result = _collect(sha, files, records)
     broken = {e.file for e in result.errors}
     PARSED_FILES.labels("error").inc(len(broken))
     PARSED_FILES.labels("ok").inc(len(files) - len(broken))
     return result
 
 
-def _not_parsed(file: str) -> dict[str, Any]:
-    summary = "not parsed: the parse process ended early"
+NOT_PARSED = "not parsed: the parse process ended early"
+
+
+def _failed(file: str, summary: str) -> dict[str, Any]:
     return {"file": file, "dags": [], "summary": summary, "error": summary}
 
 
-def _collect(sha: str, records: list[dict[str, Any]]) -> ParseResult:
-    """One definition per dag_id: a later file redefining it is an error of that file."""
+def _collect(sha: str, files: list[str], records: dict[str, Any]) -> ParseResult:
+    """Each file's record checked; one definition per dag_id: a later file redefining it is
+    an error of that file."""
     result = ParseResult(sha)
     defined_in: dict[str, str] = {}
-    for record in records:
-        if record.get("summary"):
-            result.errors.append(FileError(record["file"], record["summary"], record["error"]))
+    for file in files:
+        dags, error = check_file(file, records.get(file))
+        if error is not None:
+            result.errors.append(error)
             continue
-        for dag in record["dags"]:
+        for dag in dags:
             first = defined_in.get(dag["dag_id"])
             if first is not None:
                 message = f"DAG {dag['dag_id']!r} is already defined in {first}"
-                result.errors.append(FileError(record["file"], message, message))
+                result.errors.append(FileError(file, message, message))
                 continue
-            defined_in[dag["dag_id"]] = record["file"]
-            result.dags.append(dag | {"fileloc": record["file"]})
+            defined_in[dag["dag_id"]] = file
+            result.dags.append(dag)
     return result
 
 
 def _run_child(
-    root: Path, sha: str, files: list[str], limits: ParseLimits, scratch: Path
-) -> tuple[dict[str, dict[str, Any]], tuple[str, str] | None]:
+    root: Path, sha: str, files: list[str], limits: ParseLimits
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
     """Run one parse process; returns finished records and (file, why) if one never finished."""
-    results = scratch / f"results-{time.monotonic_ns()}.jsonl"
-    log = scratch / "parse.log"
-    args, env = limits.sandbox.wrap(
-        [
-            sys.executable,
-            "-P",
-            "-m",
-            "dagstore.parse_child",
-            str(root),
-            sha,
-            str(results),
-            str(limits.timeout),
-            str(limits.memory_mb),
-            *files,
-        ],
-        root,
-        scratch,
-    )
-    with log.open("ab") as log_file:
+    read_end, write_end = os.pipe()
+    try:
+        args, env = limits.sandbox.wrap(
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "dagstore.parse_child",
+                str(root),
+                sha,
+                str(write_end),
+                str(limits.timeout),
+                str(limits.memory_mb),
+                *files,
+            ],
+            root,
+        )
         proc = subprocess.Popen(
             args,
             cwd=root,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL,  # what DAG code prints is of no use to the store
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_end,),
             start_new_session=True,
         )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    with proc, Results(read_end) as results:
+        return _watch(proc, results, files, limits)
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], results: Results, files: list[str], limits: ParseLimits
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """Follow the child's records until it exits; kill it when a file (or the wait between
+    two) takes longer than the timeout allows. Records naming files it was not given are
+    dropped: it cannot speak for other files, or blame one twice."""
+    wanted = set(files)
     current: str | None = None
-    started = time.monotonic()
-    done: dict[str, dict[str, Any]] = {}
-    killed = False
-    offset = 0
+    since = time.monotonic()  # of the child's last sign of progress
+    done: dict[str, Any] = {}
     while True:
         exited = proc.poll() is not None
-        offset, lines = _read_new_lines(results, offset)
-        for record in lines:
-            if "start" in record:
-                current, started = record["start"], time.monotonic()
-            else:
-                done[record["file"]] = record
-                current = None
+        left = since + limits.timeout + KILL_GRACE - time.monotonic()
+        try:
+            records = results.read(0 if exited else max(0.0, min(POLL, left)))
+        except RecordTooLarge:
+            _kill(proc)
+            why = f"its parse result is larger than {MAX_RECORD_BYTES >> 20} MiB"
+            return done, ((current, why) if current is not None else None)
+        for record in records:
+            start, file = record.get("start"), record.get("file")
+            if isinstance(start, str) and start in wanted and start not in done:
+                current, since = start, time.monotonic()
+            elif isinstance(file, str) and file in wanted:
+                done[file] = record
+                if file == current:
+                    current = None
+                since = time.monotonic()
         if exited:
             break
-        if current is not None and time.monotonic() - started > limits.timeout + KILL_GRACE:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            killed = True
-            break
-        time.sleep(0.01)
+        if results.ended:  # nothing more can come: wait for the exit, not for the pipe
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, min(POLL, left)))
+        if time.monotonic() - since > limits.timeout + KILL_GRACE:
+            _kill(proc)
+            if current is None:
+                return done, None  # idle between files: the rest is not parsed
+            return done, (current, f"timed out: importing took longer than {limits.timeout:g} s")
     if current is None:
         return done, None
-    if killed:
-        return done, (current, f"timed out: importing took longer than {limits.timeout:g} s")
     return done, (current, _death_reason(proc.returncode, limits))
 
 
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _death_reason(returncode: int, limits: ParseLimits) -> str:
+    if limits.sandbox.enabled and 128 < returncode < 128 + signal.NSIG:
+        # bwrap reports its child's death by signal N as exit code 128+N (as a shell does)
+        name = _signal_name(returncode - 128)
+        return (
+            f"the parse process was killed by {name} (or exited with code {returncode}) "
+            "while importing this file"
+        )
     if returncode < 0:
-        name = signal.Signals(-returncode).name
+        name = _signal_name(-returncode)
         return f"the parse process was killed by {name} while importing this file"
     return (
         f"the parse process exited with code {returncode} while importing this file "
@@ -208,13 +250,74 @@ def _death_reason(returncode: int, limits: ParseLimits) -> str:
     )
 
 
-def _read_new_lines(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
+def _signal_name(number: int) -> str:
     try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset, []
-    complete = data[: data.rfind(b"\n") + 1]
-    records = [json.loads(line) for line in complete.splitlines() if line.strip()]
-    return offset + len(complete), records
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal, say: no name
+        return f"signal {number}"
+
+
+class RecordTooLarge(Exception):
+    """The child wrote a line longer than MAX_RECORD_BYTES (it is not kept in memory)."""
+
+
+class Results:
+    """The read end of the child's results pipe: JSON lines, each one a dict, as they come.
+    Lines that are not JSON objects are dropped (only DAG code writes those)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.partial = bytearray()
+        self.ended = False
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(fd, selectors.EVENT_READ)
+
+    def __enter__(self) -> Results:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.selector.close()
+        os.close(self.fd)
+
+    def read(self, wait: float) -> list[dict[str, Any]]:
+        """The records that arrive within `wait` seconds (all that are there when 0)."""
+        if self.ended or not self.selector.select(wait):
+            return []
+        records: list[dict[str, Any]] = []
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                return records
+            if not chunk:
+                self.ended = True
+                return records
+            records += self._lines(chunk)
+
+    def _lines(self, chunk: bytes) -> list[dict[str, Any]]:
+        lines, start = [], 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._grow(end - start)
+            lines.append(bytes(self.partial) + chunk[start:end])
+            self.partial.clear()
+            start = end + 1
+        self._grow(len(chunk) - start)
+        self.partial += chunk[start:]
+        return [r for r in map(_decode, lines) if r is not None]
+
+    def _grow(self, more: int) -> None:
+        if len(self.partial) + more > MAX_RECORD_BYTES:
+            raise RecordTooLarge()
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")

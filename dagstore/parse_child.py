@@ -1,16 +1,19 @@
 """The process that imports a version's DAG files (run by `dagstore.parse`, never in a server).
 
-Usage: python -m dagstore.parse_child ROOT SHA RESULTS TIMEOUT MEMORY_MB FILE...
+Usage: python -m dagstore.parse_child ROOT SHA RESULTS_FD TIMEOUT MEMORY_MB FILE...
 
-Writes one JSON line to RESULTS when it starts a file and one when the file is done, so the
-parent knows which file was running if this process hangs, dies or is killed. A file gets
-TIMEOUT seconds (SIGALRM); the whole process gets MEMORY_MB of address space, CPU time for
-its files, a few processes and a cap on what it writes (`confine`). It runs in the parse
-sandbox (`dagstore.sandbox`).
+Writes one JSON line to the pipe RESULTS_FD when it starts a file and one when the file is
+done, so the parent knows which file was running if this process hangs, dies or is killed.
+A pipe, not a file: the parent never opens a path the box could have touched, and what it
+reads is checked again there (`dagstore.parsed`): DAG code runs in this process and can write
+to the pipe too. A file gets TIMEOUT seconds (SIGALRM); the whole process gets MEMORY_MB of
+address space, CPU time for its files, a few processes and a cap on each file it writes
+(`confine`). It runs in the parse sandbox (`dagstore.sandbox`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -22,7 +25,7 @@ from typing import Any, TextIO
 
 TRACEBACK_LINES = 400  # kept whole up to here (the API and `dags --errors --verbose` show it)
 MAX_PROCESSES = 64  # of `nobody` (a root server's parse): a fork bomb stops there
-MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # any file it writes, its printed output included
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # any one file it writes (all of them: the box's /tmp)
 
 
 class ParseTimeout(BaseException):
@@ -98,7 +101,7 @@ def _emit(out: TextIO, record: dict[str, Any]) -> None:
 
 def confine(timeout: float, files: int, memory_mb: int) -> None:
     """Before any DAG code: give up root (a root server's child becomes `nobody`, so the
-    per-user process limit applies), then the limits: memory, CPU, processes, output."""
+    per-user process limit applies), then the limits: memory, CPU, processes, file size."""
     uid, gid = os.environ.get("PINFLOW_PARSE_UID"), os.environ.get("PINFLOW_PARSE_GID")
     limits = {
         resource.RLIMIT_AS: memory_mb * 1024 * 1024,
@@ -118,10 +121,17 @@ def confine(timeout: float, files: int, memory_mb: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    root, sha, results, timeout, memory_mb, *files = argv
+    root, sha, results_fd, timeout, memory_mb, *files = argv
     confine(float(timeout), len(files), int(memory_mb))
-    with open(results, "a", encoding="utf-8") as out:
-        parse_files(Path(root), sha, files, out, float(timeout), int(memory_mb))
+    fd = int(results_fd)
+    os.set_inheritable(fd, False)  # not for programs a DAG file starts
+    out = os.fdopen(fd, "w", encoding="utf-8")
+    parse_files(Path(root), sha, files, out, float(timeout), int(memory_mb))
+    with contextlib.suppress(OSError):  # a DAG file may have closed it: all was written
+        out.close()
+    # Not a normal exit: threads and atexit handlers a DAG file left would run (or wait)
+    # here, after the last file, when the parent no longer times anything.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dagstore.parse import ParseResult, parse_commit
 from dagstore.repack import consolidate
 from dagstore.repos import get_repo
 from dagstore.sandbox import SandboxUnavailable
+from dagstore.terminal import printable
 from dagstore.version import ZERO_SHA, record_ref_update
 
 log = logging.getLogger("pinflow.receive")
@@ -106,9 +107,10 @@ class GuardUpdate(Hook):
     def execute(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         try:
             return self._check(ref, old, new)
-        except HookError:
+        except HookError as exc:
             PUSHES.labels("refused").inc()
-            raise
+            # The pusher's terminal shows it: file names and errors come from pushed code.
+            raise HookError(printable(str(exc))) from exc
 
     def _check(self, ref: bytes, old: bytes, new: bytes) -> tuple[bytes, bytes]:
         if ref.startswith(b"refs/pinflow/"):
@@ -178,7 +180,7 @@ class RecordVersions(Hook):
             consolidate(push.repo)
         except Exception:  # the push landed: consolidation is tried again at the next one
             log.exception("consolidating the packs of %s failed", push.repo_name)
-        return "".join(line + "\n" for line in lines).encode()
+        return "".join(printable(line) + "\n" for line in lines).encode()
 
 
 def install_hooks(repo: Repo, store: StoreContext, repo_name: str) -> None:

@@ -6,9 +6,13 @@ bubblewrap (`bwrap`, Debian's `bubblewrap`) in new mount, PID, network, IPC and 
 namespaces:
 - its filesystem is an empty tmpfs with, read only, the system's `/usr` (and its `/lib`...
   links), the Python installation and virtualenv, pinflow's own packages, and the version's
-  folder; a small writable `/tmp`, the scratch folder for its results, a fresh `/proc` that
-  shows only its own processes. Not there: the server's environment (the box starts empty),
-  `PINFLOW_HOME` with other repos, caches and the SQLite file, `/etc`, home folders;
+  folder; a fresh `/proc` that shows only its own processes. Not there: the server's
+  environment (the box starts empty), `PINFLOW_HOME` with other repos, caches and the SQLite
+  file, `/etc`, home folders;
+- the only place it can write is its own `/tmp`, a tmpfs of TMP_BYTES (the rest of its
+  filesystem, `/dev` included, is remounted read only). Nothing of the server's disk is bound
+  writable: the child hands its results back through a pipe (`dagstore.parse`), so the server
+  never opens a path that code in the box could have replaced with a symlink;
 - no network at all (not even the database's port on loopback: a new network namespace);
 - when the parse ends, every process it started ends (PID namespace: a grandchild that calls
   setsid or double-forks included);
@@ -65,14 +69,9 @@ class Sandbox:
         if not self.enabled:
             log.warning("parsing pushed code WITHOUT a sandbox (PINFLOW_PARSE_SANDBOX=off)")
 
-    def give(self, folder: Path) -> None:
-        """Let the boxed child write into `folder` (it runs as `nobody` under a root server)."""
-        identity = _identity() if self.enabled else {}
-        if identity:
-            os.chown(folder, int(identity["PINFLOW_PARSE_UID"]), int(identity["PINFLOW_PARSE_GID"]))
-
-    def wrap(self, args: list[str], root: Path, scratch: Path) -> tuple[list[str], dict[str, str]]:
-        """The command that runs `args` (a python command line) boxed, and its environment."""
+    def wrap(self, args: list[str], root: Path) -> tuple[list[str], dict[str, str]]:
+        """The command that runs `args` (a python command line) boxed, and its environment.
+        File descriptors passed to it (`pass_fds`) stay open inside the box."""
         env = {
             "PATH": "/usr/bin:/bin",
             "HOME": "/tmp",
@@ -84,10 +83,10 @@ class Sandbox:
             return args, inherited | env
         inside = env | _identity()  # bwrap's --clearenv: the child gets only these
         setenv = [a for key, value in inside.items() for a in ("--setenv", key, value)]
-        return [*_bwrap_args(root, scratch, self.hidden), *setenv, "--", *args], env
+        return [*_bwrap_args(root, self.hidden), *setenv, "--", *args], env
 
 
-def _bwrap_args(root: Path, scratch: Path, hidden: tuple[str, ...]) -> list[str]:
+def _bwrap_args(root: Path, hidden: tuple[str, ...]) -> list[str]:
     args = [
         shutil.which("bwrap") or "bwrap",
         "--die-with-parent",
@@ -106,16 +105,18 @@ def _bwrap_args(root: Path, scratch: Path, hidden: tuple[str, ...]) -> list[str]
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    # The one writable place: capped, and writable by `nobody` (a root server's child).
+    args += ["--perms", "01777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     for path in _python_dirs():
         args += ["--ro-bind", path, path]
     for path in hidden:
         if any(_under(path, bound) for bound in _python_dirs()):
-            args += ["--tmpfs", path]  # a bound folder holds it: masked
-    args += ["--ro-bind", str(root), str(root), "--bind", str(scratch), str(scratch)]
+            args += ["--tmpfs", path, "--remount-ro", path]  # a bound folder holds it: masked
+    args += ["--ro-bind", str(root), str(root)]
     # bwrap makes the folders leading to a bind 0700: open them, or `nobody` cannot get
     # through to what is bound (they hold nothing else: they are the box's own).
-    bound = [*SYSTEM_DIRS, *_python_dirs(), str(root), str(scratch)]
+    bound = [*SYSTEM_DIRS, *_python_dirs(), str(root)]
     created = sorted(
         {
             str(parent)
@@ -126,7 +127,9 @@ def _bwrap_args(root: Path, scratch: Path, hidden: tuple[str, ...]) -> list[str]
     )
     for folder in created:
         args += ["--chmod", "0755", folder]
-    args += ["--chdir", str(root)]
+    # The box's root and /dev are tmpfs without a size; under a non-root server (a user
+    # namespace) the child owns them: read only, or they would be a second, uncapped /tmp.
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", str(root)]
     return args
 
 
@@ -191,14 +194,12 @@ def _probe(hidden: tuple[str, ...]) -> str | None:
             "pushed code without isolation)"
         )
     with tempfile.TemporaryDirectory(prefix="pinflow-probe-") as tmp:
-        root, scratch = Path(tmp) / "root", Path(tmp) / "scratch"
+        root = Path(tmp) / "root"
         root.mkdir()
-        scratch.mkdir()
         os.chmod(tmp, 0o755)
-        for folder in (root, scratch):
-            os.chmod(folder, 0o777)
+        os.chmod(root, 0o755)
         args, env = Sandbox("bwrap", None, hidden).wrap(
-            [sys.executable, "-P", "-c", "import dagstore.parse_child"], root, scratch
+            [sys.executable, "-P", "-c", "import dagstore.parse_child"], root
         )
         try:
             done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=30)

@@ -13,7 +13,6 @@ never fires.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -31,6 +30,7 @@ PRESETS: dict[str, str | None] = {
     "@once": None,
 }
 _TIMEDELTA_PREFIX = "timedelta:"
+LONGEST_INTERVAL = timedelta(days=100 * 366)  # its ticks stay within what a datetime holds
 
 
 def as_utc(dt: datetime) -> datetime:
@@ -155,8 +155,11 @@ def parse_schedule(value: Any, anchor: datetime | None = None) -> Schedule:
     if value is None:
         return ManualSchedule()
     if isinstance(value, timedelta):
-        if value <= timedelta(0):
-            raise DagDefinitionError(f"schedule must be a positive timedelta, got {value!r}")
+        if not timedelta(0) < value <= LONGEST_INTERVAL:
+            raise DagDefinitionError(
+                f"schedule must be a positive timedelta of at most {LONGEST_INTERVAL.days} days, "
+                f"got {value!r}"
+            )
         return IntervalSchedule(value, anchor if anchor is not None else EPOCH)
     if not isinstance(value, str):
         raise DagDefinitionError(
@@ -194,8 +197,9 @@ def _checked_cron(value: str, text: str) -> str:
 def schedule_from_json(text: str | None, anchor: datetime | None = None) -> Schedule:
     """Rebuild a schedule from its stored string; pass the DAG's start_date as `anchor`."""
     if text is not None and text.startswith(_TIMEDELTA_PREFIX):
-        seconds = float(text.removeprefix(_TIMEDELTA_PREFIX))
-        if not math.isfinite(seconds):
-            raise DagDefinitionError(f"invalid stored schedule {text!r}")
-        return parse_schedule(timedelta(seconds=seconds), anchor)
+        try:
+            interval = timedelta(seconds=float(text.removeprefix(_TIMEDELTA_PREFIX)))
+        except (ValueError, OverflowError):  # not a number, inf, nan, or too long
+            raise DagDefinitionError(f"invalid stored schedule {text!r}") from None
+        return parse_schedule(interval, anchor)
     return parse_schedule(text, anchor)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")
 CONTEXT_PARAM = "context"
 OPTION_NAMES = ("retries", "retry_delay", "timeout", "queue")
+MAX_RETRIES = 1000
+MAX_SECONDS = 10 * 366 * 86400.0  # a retry delay or a timeout: ten years
 DEFAULT_OPTIONS: dict[str, Any] = {
     "retries": 0,
     "retry_delay": 0.0,
@@ -72,8 +75,10 @@ def _seconds(name: str, value: object, allow_none: bool) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, timedelta):
-        return value.total_seconds()
+        value = value.total_seconds()
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > MAX_SECONDS:
+            raise ValueError(f"{name} must be at most {MAX_SECONDS:g} seconds, got {value!r}")
         return float(value)
     kind = "seconds, a timedelta or None" if allow_none else "seconds or a timedelta"
     raise ValueError(f"{name} must be {kind}, got {value!r}")
@@ -96,6 +101,8 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"retries must be an int, got {value!r}")
             if value < 0:
                 raise ValueError(f"retries must be >= 0 (negative retries), got {value}")
+            if value > MAX_RETRIES:
+                raise ValueError(f"retries must be at most {MAX_RETRIES}, got {value}")
             out[name] = value
         elif name == "retry_delay":
             seconds = _seconds(name, value, allow_none=False)

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from dagstore.errors import PinflowError
+from dagstore.terminal import printable
 from pinflow.cli import dags, diff, runs, server, store
 from pinflow.cli.render import drop_stdout
 
@@ -35,7 +36,7 @@ def main() -> None:
     try:
         app()
     except PinflowError as exc:
-        print(f"pinflow: {exc.detail}", file=sys.stderr)
+        print(printable(f"pinflow: {exc.detail}"), file=sys.stderr)  # may quote pushed text
         sys.exit(EXIT_CODES.get(exc.status_code, 1))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -12,6 +12,7 @@ import typer
 
 from dagstore.errors import BadRequest
 from dagstore.settings import Settings
+from dagstore.terminal import printable
 from pinflow.cli.client import ApiClient
 from pinflow.cli.conf import parse_conf
 from pinflow.cli.options import ApiUrl, Token, client_settings
@@ -61,8 +62,8 @@ def dags(
         items = client.get("/import-errors")["items"]
         if verbose and chosen(output) is not Format.json:
             for e in items:
-                print(f"{e['repo']} {e['sha'][:12]} {e['file']}: {e['error']}")
-                print(e.get("traceback") or "", end="\n\n")
+                print(printable(f"{e['repo']} {e['sha'][:12]} {e['file']}: {e['error']}"))
+                print(printable(e.get("traceback") or "", lines=True), end="\n\n")
             if not items:
                 print("no import errors")
             return

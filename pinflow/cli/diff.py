@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from dagstore.errors import BadRequest
+from dagstore.terminal import printable
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, Token, client_settings
 from pinflow.cli.render import console
@@ -65,10 +66,10 @@ def _dag_line(change: dict[str, Any]) -> str:
 
 def _print_patch(f: dict[str, Any]) -> None:
     title = f"{f['old_path']} → {f['path']}" if f.get("old_path") else f["path"]
-    console.print(Text(f"{f['status']}: {title}", style="bold"))
-    for line in f["patch"].splitlines():
+    console.print(Text(printable(f"{f['status']}: {title}"), style="bold"))
+    for line in f["patch"].splitlines():  # the pushed files' own bytes: escapes shown, not run
         style = next((s for prefix, s in STYLES if line.startswith(prefix)), "")
-        console.print(Text(line, style=style), soft_wrap=True)
+        console.print(Text(printable(line, lines=True), style=style), soft_wrap=True)
     if f["truncated"]:
         console.print(Text("[patch truncated]", style="yellow"))
 

@@ -3,7 +3,9 @@
 Every listing prints in one of three ways (`--output`): a table for a terminal; plain aligned
 columns with nothing cut when stdout is a pipe or a file (rich would squeeze its table into 80
 columns and cut cells to `s…`, so nothing could be read or grepped); or JSON, the API's own
-items, for scripts.
+items, for scripts. Table and plain cells show control characters written out (`\x1b`),
+never raw: much of what they show was written by whoever pushed (`dagstore.terminal`); JSON
+escapes them itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from dagstore.terminal import printable
 
 console = Console()
 
@@ -68,7 +72,7 @@ def show(
         print(empty)
         return
     if how is Format.plain:
-        rows = [[column.cell(item) for column in columns] for item in items]
+        rows = [[printable(column.cell(item), lines=True) for column in columns] for item in items]
         print(plain_table([c.name for c in columns], rows), end="")
         return
     console.print(table_of(items, columns))
@@ -78,8 +82,8 @@ def table_of(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> Tabl
     """The rich table of `items` (what `show` prints on a terminal; `Live` updates it)."""
     wide = tuple(c.name for c in columns if c.no_wrap)
     rendered = table(*(c.name for c in columns), no_wrap=wide)
-    for item in items:
-        rendered.add_row(*(column.cell(item) for column in columns))
+    for item in items:  # Text, not markup: a "[link=...]" in a cell stays text
+        rendered.add_row(*(Text(printable(column.cell(item), lines=True)) for column in columns))
     return rendered
 
 
@@ -107,6 +111,12 @@ def say(markup: str, output: Format | None) -> None:
         console.print(markup)
     else:
         print(Text.from_markup(markup).plain)
+
+
+def on_screen(text: str) -> str:
+    """A log as it comes, for stdout: written out escapes on a terminal, the exact text in a
+    pipe or a file (`pinflow logs ... > x.log` keeps what the task wrote)."""
+    return printable(text, lines=True) if sys.stdout.isatty() else text
 
 
 def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -22,6 +22,7 @@ from pinflow.cli.render import (
     Output,
     chosen,
     console,
+    on_screen,
     say,
     short_time,
     show,
@@ -209,7 +210,7 @@ def logs(
     params: dict[str, Any] = {"try": try_number} if try_number else {}
     if not follow:
         text = client.get(path, params=params)
-        print(text, end="" if text.endswith("\n") or not text else "\n")
+        print(on_screen(text), end="" if text.endswith("\n") or not text else "\n")
         return
     run = client.get(f"/runs/{run_id}")
     if task_id not in {t["task_id"] for t in run["tasks"]}:
@@ -222,7 +223,7 @@ def logs(
             time.sleep(0.5)
             continue
         params["try"] = int(response.headers["X-Pinflow-Try"])  # stay on the try we follow
-        sys.stdout.write(response.text)
+        sys.stdout.write(on_screen(response.text))
         sys.stdout.flush()
         offset = int(response.headers["X-Pinflow-Log-Bytes"])
         if response.headers["X-Pinflow-Try-Ended"] == "true":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -22,7 +21,7 @@ from dagstore.auth import StoreDep
 from dagstore.dags import current_versions, dag_json, get_dag
 from dagstore.errors import BadRequest, NotFound, PinflowError
 from dagstore.models import Repo
-from pinflow.ui.render import error_page, page
+from pinflow.ui.render import error_page, page, url_part
 from pinflow.ui.session import COOKIE, Viewer, ViewerDep
 from scheduler import api as runs_api
 from scheduler.views import recent_runs, run_grid
@@ -192,11 +191,11 @@ def trigger(
         return _back_to_dag(dag_id, f"conf is not valid JSON: {exc}")
     except PinflowError as exc:
         return _back_to_dag(dag_id, exc.detail)
-    return RedirectResponse(f"/runs/{quote(run['run_id'])}", status_code=303)
+    return RedirectResponse(f"/runs/{url_part(run['run_id'])}", status_code=303)
 
 
 def _back_to_dag(dag_id: str, error: str) -> Response:
-    return RedirectResponse(f"/dags/{quote(dag_id)}?error={quote(error)}", status_code=303)
+    return RedirectResponse(f"/dags/{url_part(dag_id)}?error={url_part(error)}", status_code=303)
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -325,5 +324,5 @@ def cancel(
 
 
 def _back_to_run(run_id: str, error: str) -> Response:
-    suffix = f"?error={quote(error)}" if error else ""
-    return RedirectResponse(f"/runs/{quote(run_id)}{suffix}", status_code=303)
+    suffix = f"?error={url_part(error)}" if error else ""
+    return RedirectResponse(f"/runs/{url_part(run_id)}{suffix}", status_code=303)

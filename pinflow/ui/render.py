@@ -44,7 +44,22 @@ templates.env.filters["ago"] = _ago
 templates.env.filters["short"] = lambda sha: (sha or "")[:12]
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
 templates.env.globals["duration"] = _duration
-templates.env.globals["quote"] = quote
+
+
+def url_part(value: object) -> str:
+    """One path segment or query value of a URL, every reserved character escaped, "/"
+    included: a DAG or run id stays one segment (`zz/../payroll` must never become a path
+    that the browser resolves to another DAG's)."""
+    return quote(str(value), safe="")
+
+
+def url_path(path: str) -> str:
+    """A repository file's path in a URL: each of its segments escaped, the "/"s kept."""
+    return "/".join(url_part(part) for part in path.split("/"))
+
+
+templates.env.globals["quote"] = url_part
+templates.env.globals["quote_path"] = url_path
 
 
 def page(request: Request, name: str, viewer: Viewer | None, status: int = 200, **context: Any):

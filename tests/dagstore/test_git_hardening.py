@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import os
 import struct
+import tarfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,4 +211,171 @@ def test_only_branches_and_tags_can_be_pushed(server, pushed, repo_name):
     with server.api("read") as api:
         refs = api.get(f"/repos/{repo_name}/refs").json()["refs"]
     assert set(refs) == {"refs/heads/main", "refs/heads/side", "refs/tags/v1"}
+    assert "Traceback" not in server.server_log()
+
+
+# --- issue 25: the review's untried list (upload-pack, chunked bodies, deltas, .gitmodules) ---
+
+
+def entry_header(kind: int, size: int) -> bytes:
+    """A pack entry's type-and-size varint."""
+    out, c, rest = bytearray(), (kind << 4) | (size & 15), size >> 4
+    while rest:
+        out.append(c | 0x80)
+        c, rest = rest & 0x7F, rest >> 7
+    out.append(c)
+    return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    """A delta header's size: 7 bits a byte, least significant first."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    return bytes([*out, n])
+
+
+def delta_bomb_pack(result_size: int) -> bytes:
+    """A 64 KiB blob and a delta on it that copies it `result_size` / 64 KiB times: one byte
+    per copy (offset 0, size 0 meaning 64 KiB), so a few KiB declare hundreds of MiB."""
+    base = b"\0" * 0x10000
+    delta = varint(len(base)) + varint(result_size) + b"\x80" * (result_size // len(base))
+    first = entry_header(3, len(base)) + zlib.compress(base)
+    offset = len(first)  # the delta's distance back to its base (OFS_DELTA's encoding)
+    ofs = [offset & 0x7F]
+    while offset := offset >> 7:
+        offset -= 1
+        ofs.insert(0, 0x80 | (offset & 0x7F))
+    second = entry_header(6, len(delta)) + bytes(ofs) + zlib.compress(delta)
+    pack = b"PACK" + struct.pack(">II", 2, 2) + first + second
+    return pack + hashlib.sha1(pack).digest()
+
+
+def test_a_delta_bomb_is_refused_before_it_is_resolved(server, pushed, repo_name):
+    _, sha = pushed
+    pack = delta_bomb_pack(280 * LIMIT)
+    assert len(pack) < 16 * 1024
+    responses = []
+    assert server.proc is not None
+    growth = peak_rss_growth_mib(
+        server.proc.pid,
+        lambda: responses.append(
+            post(server, f"{repo_name}.git/git-receive-pack", update(sha, "1" * 40) + pack)
+        ),
+    )
+    (response,) = responses
+    assert response.status_code < 500
+    assert b"a delta's result" in response.content, response.content[:300]
+    assert growth < 64, f"the server grew by {growth:.0f} MiB"
+    assert tip(server, repo_name) == sha and incoming(server) == []
+
+
+def negotiation(sha: str, haves: int) -> bytes:
+    """A fetch request: one want (with the capabilities git sends) and many haves."""
+    want = pkt_line(f"want {sha} side-band-64k thin-pack ofs-delta\n".encode()) + pkt_line(None)
+    return want + b"".join(pkt_line(f"have {'1' * 40}\n".encode()) for _ in range(haves))
+
+
+def test_upload_pack_takes_no_inflation_bomb_and_no_pack(server, pushed, repo_name):
+    """What a fetch sends is negotiation only: a gzip body that inflates past the limit is
+    refused as it inflates, and pack bytes sent to upload-pack are a malformed request; the
+    server's memory does not grow with what they declare."""
+    _, sha = pushed
+    body = negotiation(sha, haves=1_200_000)
+    gz = gzip.compress(body, compresslevel=9)
+    assert len(gz) < LIMIT and len(body) > 50 * LIMIT
+
+    def fetch(body: bytes, **headers: str) -> httpx.Response:
+        return post(server, f"{repo_name}.git/git-upload-pack", body, scope="read", **headers)
+
+    answers: list[httpx.Response] = []
+    assert server.proc is not None
+    growth = peak_rss_growth_mib(
+        server.proc.pid,
+        lambda: answers.extend(
+            [
+                fetch(gz, **{"Content-Encoding": "gzip"}),
+                fetch(bomb_pack(280 * LIMIT)[0]),
+                fetch(delta_bomb_pack(280 * LIMIT)),
+            ]
+        ),
+    )
+    inflated, pack, delta = answers
+    assert inflated.status_code < 500 and b"larger than the store's limit" in inflated.content
+    for answer in (pack, delta):
+        assert answer.status_code < 500 and b"malformed git request" in answer.content, (
+            answer.content[:300]
+        )
+    assert growth < 64, f"the server grew by {growth:.0f} MiB"
+    assert "Traceback" not in server.server_log()
+
+
+def chunked(body: bytes, piece: int = 64 * 1024) -> Iterator[bytes]:
+    """httpx sends an iterator as `Transfer-Encoding: chunked`, with no Content-Length."""
+    for start in range(0, len(body), piece):
+        yield body[start : start + piece]
+
+
+def test_chunked_bodies_are_limited_like_any_other(server, pushed, repo_name, tmp_path):
+    """git sends a push larger than http.postBuffer chunked, with no length up front: the
+    limits count what arrives (raw and inflated), and an ordinary chunked push still works."""
+    work, sha = pushed
+    work.write("noise.bin", os.urandom(2 * LIMIT))
+    big = work.commit("noise")
+    pack = pack_objects(work, f"{big}\n^{sha}\n", "--revs")
+    over = post(server, f"{repo_name}.git/git-receive-pack", chunked(update(sha, big) + pack))
+    assert over.status_code < 500
+    assert b"larger than the store's limit" in over.content, over.content[:300]
+    assert tip(server, repo_name) == sha and incoming(server) == []
+    gz = gzip.compress(negotiation(sha, haves=600_000))
+    fetch = post(server, f"{repo_name}.git/git-upload-pack", chunked(gz), scope="read",
+                 **{"Content-Encoding": "gzip"})  # fmt: skip
+    assert fetch.status_code < 500 and b"larger than the store's limit" in fetch.content
+    work.run("reset", "-q", "--hard", sha)
+    work.write("small.bin", os.urandom(200 * 1024))
+    new = work.commit("small")
+    url = server.git_url(repo_name, server.tokens["push"])
+    done = work.run("-c", "http.postBuffer=4096", "push", "-f", url, "main", check=False)
+    assert done.returncode == 0, done.stderr
+    assert tip(server, repo_name) == new
+
+
+GITMODULES = """[submodule "evil"]
+	path = ../../outside
+	url = --upload-pack=touch /tmp/pinflow-gitmodules-pwned
+[submodule "vendor"]
+	path = vendor/lib
+	url = https://example.invalid/lib.git
+"""
+
+
+def test_gitmodules_and_gitlinks_are_inert(server, repo_name, tmp_path):
+    """A commit with a .gitmodules (hostile paths and a url that is an option) and a gitlink
+    (a submodule's commit, never pushed): it lands and its DAG parses; the archive a worker
+    unpacks holds only the repository's own files, nothing outside its folder; the gitlink
+    is a 404 as a file; a clone from the store works and runs nothing."""
+    server.create_repo(repo_name)
+    work = Git(tmp_path / "w").init()
+    work.write(".gitmodules", GITMODULES)
+    work.write("dags/d.py", f"from pinflow import DAG\nwith DAG('mods_{repo_name}'):\n    pass\n")
+    work.run("add", "-A")
+    work.run("update-index", "--add", "--cacheinfo", f"160000,{'a' * 40},vendor/lib")
+    work.run("commit", "-q", "-m", "submodules")
+    sha = work.head()
+    landed = work.run("push", server.git_url(repo_name, server.tokens["push"]), "main")
+    assert f"mods_{repo_name} parsed at {sha[:7]}" in landed.stderr, landed.stderr
+    with server.api("read") as api:
+        archive = api.get(f"/repos/{repo_name}/archive/{sha}.tar.gz")
+        assert archive.status_code == 200, archive.text
+        gitlink = api.get(f"/repos/{repo_name}/files/{sha}/vendor/lib")
+        assert gitlink.status_code == 404, gitlink.text
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        names = tar.getnames()
+    assert ".gitmodules" in names and "dags/d.py" in names
+    assert not [n for n in names if n.startswith(("/", "..")) or "/../" in n or n == "vendor/lib"]
+    clone = Git(tmp_path / "c")
+    cloned = clone.run("clone", "-q", server.git_url(repo_name, server.tokens["read"]), ".")
+    assert cloned.returncode == 0 and (clone.path / "dags/d.py").exists()
+    assert not Path("/tmp/pinflow-gitmodules-pwned").exists()
     assert "Traceback" not in server.server_log()

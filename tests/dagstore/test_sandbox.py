@@ -115,7 +115,7 @@ def test_hostile_dag_files_reach_nothing_of_the_server(server, repo_name, tmp_pa
     assert "forked a grandchild" in errors["dags/forker.py"]
     survivors = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
     assert survivors.stdout == "", "a process the parse started outlived it"
-    assert "File too large" in errors["dags/printer.py"]
+    assert "dags/printer.py" not in errors  # 100 MiB printed go nowhere: nothing to cap
     assert "MemoryError" in errors["dags/hog.py"], errors["dags/hog.py"]
     assert "Traceback" not in server.server_log()
 
