@@ -16,9 +16,11 @@ import stat
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dulwich.objects import Blob, Commit
 from dulwich.repo import Repo
@@ -83,7 +85,9 @@ def write_archive(repo: Repo, commit: Commit, out: io.BufferedIOBase) -> None:
 
 class ArchiveCache:
     """Archives on disk, one file per (repo, sha); built at most once per sha per server while
-    the disk cache keeps it (`dagstore.diskcache`: bounded, least recently used go)."""
+    the disk cache keeps it (`dagstore.diskcache`: bounded, least recently used go). The
+    server's processes share the folder and evict from it at any moment, so an archive is
+    opened when it is found and read from that open file, never looked up and opened later."""
 
     def __init__(self, disk: DiskCache, memory_bytes: int = 128 * 1024**2) -> None:
         self.disk = disk
@@ -97,14 +101,16 @@ class ArchiveCache:
         self._in_memory: OrderedDict[Path, bytes] = OrderedDict()
         self._in_memory_size = 0
 
-    def read(self, archive: ArchiveFile) -> bytes:
-        """The archive's bytes, from memory when it was read lately (least recently used go)."""
-        with self._guard:
-            data = self._in_memory.get(archive.path)
-            if data is not None:
-                self._in_memory.move_to_end(archive.path)
-                return data
-        data = archive.path.read_bytes()
+    def load(
+        self, repo_name: str, sha: str, open_repo: Callable[[], Repo]
+    ) -> tuple[ArchiveFile, bytes]:
+        """The archive and its bytes: from memory when read lately (least recently used go),
+        else from disk, built first when it is not there (`open_repo` is called only then)."""
+        hit = self.in_memory(repo_name, sha)
+        if hit is not None:
+            return hit
+        with self.opened(repo_name, sha, open_repo) as (archive, f):
+            data = f.read()
         if len(data) != archive.size:  # never: archives are written once, by rename
             raise RuntimeError(f"archive {archive.path} changed on disk")
         with self._guard:
@@ -114,7 +120,7 @@ class ArchiveCache:
                 while self._in_memory_size > self.memory_bytes:
                     _, dropped = self._in_memory.popitem(last=False)
                     self._in_memory_size -= len(dropped)
-        return data
+        return archive, data
 
     def in_memory(self, repo_name: str, sha: str) -> tuple[ArchiveFile, bytes] | None:
         """The archive and its bytes when this process holds both in memory: no file system
@@ -134,46 +140,44 @@ class ArchiveCache:
     def path(self, repo_name: str, sha: str) -> Path:
         return self.root / validate_repo_name(repo_name) / f"{validate_full_sha(sha)}.tar.gz"
 
-    def get(self, repo: Repo, repo_name: str, sha: str) -> ArchiveFile:
-        return self.get_or_build(repo_name, sha, lambda: repo)
+    def digest(self, repo_name: str, sha: str) -> ArchiveFile | None:
+        """The archive's digest and size if this process built or read it before: enough to
+        answer a conditional GET, whether or not the file is still on disk (the bytes of an
+        archive are a property of its commit)."""
+        return self._digests.get(self.path(repo_name, sha))
 
-    def known(self, repo_name: str, sha: str) -> ArchiveFile | None:
-        """The archive if this process built or read it before (and it is still on disk)."""
+    @contextmanager
+    def opened(
+        self, repo_name: str, sha: str, open_repo: Callable[[], Repo]
+    ) -> Iterator[tuple[ArchiveFile, BinaryIO]]:
+        """The archive of `sha` and its file, open: found on disk or built here (`open_repo`
+        is called only then), and held from that moment, whoever evicts it meanwhile."""
         path = self.path(repo_name, sha)
-        known = self._digests.get(path)
-        if known is not None and path.exists():  # the cache folder may have been cleared
-            self.disk.touch(path)
-            return known
-        return None
-
-    def get_or_build(self, repo_name: str, sha: str, open_repo: Callable[[], Repo]) -> ArchiveFile:
-        """The archive of `sha`; `open_repo` is called only when it must be built here."""
-        known = self.known(repo_name, sha)
-        if known is not None:
-            return known
-        path = self.path(repo_name, sha)
-        with self._lock_for(path):
-            known = self.known(repo_name, sha)  # built by another thread while we waited
-            if known is not None:
-                return known
-            if not path.exists():
-                self._build(open_repo(), sha, path)
-            archive = ArchiveFile(path, _sha256_of(path), path.stat().st_size)
-            self._digests[path] = archive
-            return archive
+        f = self.disk.open(path)
+        if f is None:
+            with self._lock_for(path):
+                f = self.disk.open(path)  # built by another thread while we waited
+                if f is None:
+                    f = self._build(open_repo(), sha, path)
+        with f:
+            archive = self._digests.get(path)
+            if archive is None:
+                archive = ArchiveFile(path, _sha256_of(f), os.fstat(f.fileno()).st_size)
+                self._digests[path] = archive
+                f.seek(0)
+            yield archive, f
 
     def _lock_for(self, path: Path) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(path, threading.Lock())
 
-    def _build(self, repo: Repo, sha: str, path: Path) -> None:
+    def _build(self, repo: Repo, sha: str, path: Path) -> BinaryIO:
         commit = get_commit(repo, sha)
-        self.disk.write(path, lambda out: write_archive(repo, commit, out))
+        return self.disk.write_open(path, lambda out: write_archive(repo, commit, out))
 
 
-def _sha256_of(path: Path) -> str:
+def _sha256_of(f: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()

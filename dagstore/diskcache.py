@@ -3,10 +3,15 @@
 Everything a server keeps on disk (archives it built, packs it read from the database) can be
 rebuilt from the database, so the folder may be deleted at any moment, by an operator or by
 another process's eviction. Files are written under a temporary name and renamed into place,
-so a reader sees a whole file or none; a file that is evicted while open stays readable
-(POSIX keeps it until the last descriptor closes). Eviction takes the least recently used
-entries first; an entry is the set of files that share a name up to the first suffix
-(`pack-X.pack` and `pack-X.idx` go together).
+so a reader sees a whole file or none. Eviction takes the least recently used entries first;
+an entry is the set of files that share a name up to the first suffix (`pack-X.pack` and
+`pack-X.idx` go together); names starting with `.tmp-` are never entries.
+
+A server's processes share the folder, and each evicts what it finds least recently used, so
+"the file exists" is true only for the instant it is checked. Readers therefore hold what
+they found: `open` (or `write_open`, for what they just made) hands back an open file, and a
+file evicted while open stays readable (POSIX keeps it until the last descriptor closes).
+Nothing reads a cache file by name after checking that it exists.
 """
 
 from __future__ import annotations
@@ -32,17 +37,39 @@ class DiskCache:
 
     def write(self, path: Path, fill: Callable[[BinaryIO], None]) -> None:
         """Create `path` from what `fill` writes, atomically; then keep the cache in bounds."""
+        self.write_open(path, fill).close()
+
+    def write_open(self, path: Path, fill: Callable[[BinaryIO], None]) -> BinaryIO:
+        """`write`, returning the new file open for reading (the caller closes it): opened
+        before it is renamed into place, so no eviction, this process's or another's, can
+        take it away between writing and reading."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 fill(out)
-            os.replace(tmp, path)
+            held = open(tmp, "rb")  # noqa: SIM115 - the caller's to close
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                held.close()
+                raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         self._touched[path] = time.monotonic()
         self.evict(keep={_entry(path)})
+        return held
+
+    def open(self, path: Path) -> BinaryIO | None:
+        """The file at `path` open for reading (the caller closes it), marked used; None when
+        it is not in the cache. Held from here on, whoever evicts it."""
+        try:
+            held = open(path, "rb")  # noqa: SIM115 - the caller's to close
+        except FileNotFoundError:
+            return None
+        self.touch(path)
+        return held
 
     def touch(self, path: Path) -> None:
         """Mark `path` used (at most once a minute per file: it costs a system call)."""

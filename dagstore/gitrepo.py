@@ -26,9 +26,10 @@ from dagstore.errors import BadRequest, NotFound
 from dagstore.gitmodels import GitRef
 from dagstore.models import Repo as RepoRow
 from dagstore.names import validate_full_sha, validate_repo_name
+from dagstore.packcache import PackCache
 from dagstore.packcheck import InflateLimits
-from dagstore.packstore import DatabaseObjectStore, PackCache
-from dagstore.refstore import DatabaseRefsContainer
+from dagstore.packstore import DatabaseObjectStore
+from dagstore.refstore import HIDDEN_PREFIX, DatabaseRefsContainer
 
 SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{4,40}$")
 REF_RE = re.compile(r"^[A-Za-z0-9_./-]{1,255}$")
@@ -47,7 +48,6 @@ def validate_branch_name(ref: str) -> str:
     return ref
 
 
-HIDDEN_PREFIX = b"refs/pinflow/"
 DEFAULT_LIMITS = InflateLimits(object_bytes=100 * 2**20, total_bytes=1024 * 2**20)
 
 
@@ -78,7 +78,7 @@ class DatabaseRepo(MemoryRepo):
         from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 
         store = DatabaseObjectStore(db, repo_id, cache, limits)
-        refs = DatabaseRefsContainer(db, repo_id, before_write=store.publish)
+        refs = DatabaseRefsContainer(db, repo_id, publisher=store)
         BaseRepo.__init__(self, store, refs)
         self.object_store: DatabaseObjectStore = store
         self.refs: DatabaseRefsContainer = refs
@@ -105,7 +105,7 @@ class DatabaseRepo(MemoryRepo):
 
     def end_push(self) -> None:
         """After a push: what it brought but no ref points into goes (quarantine)."""
-        self.object_store.discard(refs_moved=self.refs.moved > 0)
+        self.object_store.discard()
 
 
 class RepoStorage:

@@ -7,7 +7,8 @@ each entry's bytes as they are: whole objects and ref-deltas verbatim, offset-de
 their header rewritten to name the base by id (the compressed delta stays as it is), in
 pieces of at most PIECE bytes. A delta whose base the client will not have is sent whole,
 through dulwich. The result is checked by the client like any pack (its trailing sha1, every
-object's id).
+object's id). Entries are read from the file each pack holds open (`packcache.HeldPack`), never
+by name: another process may have evicted the cache file meanwhile.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
 from dulwich.object_format import ObjectFormat
 from dulwich.pack import (
     OFS_DELTA,
     REF_DELTA,
-    Pack,
     pack_header_chunks,
     pack_object_header,
     write_pack_from_container,
 )
+
+from dagstore.packcache import HeldPack
 
 PIECE = 1024 * 1024
 HEADER_MAX = 64  # a pack entry's header is far shorter (type, size, base offset or id)
@@ -34,13 +35,16 @@ HEADER_MAX = 64  # a pack entry's header is far shorter (type, size, base offset
 class _Entries:
     """One stored pack's entries: where each starts and ends, and which id is where."""
 
-    def __init__(self, pack: Pack) -> None:
+    def __init__(self, pack: HeldPack) -> None:
         self.pack = pack
         rows = sorted((offset, sha) for sha, offset, _crc in pack.index.iterentries())
         self.offsets = [offset for offset, _ in rows]
         self.id_at = {offset: sha for offset, sha in rows}
-        self.path = pack._data_path  # noqa: SLF001 - the pack's file, read only
-        self.data_end = os.path.getsize(self.path) - 20  # the trailing checksum
+        self.fd = pack.file.fileno()
+        self.data_end = os.fstat(self.fd).st_size - 20  # the trailing checksum
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
 
     def span(self, offset: int) -> tuple[int, int]:
         i = bisect.bisect_right(self.offsets, offset)
@@ -77,7 +81,7 @@ def _parse_header(head: bytes) -> tuple[int, int, int, int | bytes | None]:
 
 def stream_pack(
     write: Callable[[bytes], object],
-    packs: list[Pack],
+    packs: list[HeldPack],
     fallback_container: object,
     object_ids: Sequence[tuple[bytes, object]],
     object_format: ObjectFormat,
@@ -101,42 +105,31 @@ def stream_pack(
         write(data)
 
     # Entries whose base the client lacks are sent whole, by dulwich, after the others.
-    files: dict[str, BinaryIO] = {}
-    try:
-        resolved = []
-        for source, offset in planned:
-            f = files.get(source.path)
-            if f is None:
-                f = files[source.path] = open(source.path, "rb")  # noqa: SIM115 - closed below
-            f.seek(offset)
-            kind, size, header_len, base = _parse_header(f.read(HEADER_MAX))
-            base_id = None
-            if kind == OFS_DELTA:
-                base_id = source.id_at.get(offset - int(base))  # type: ignore[arg-type]
-            elif kind == REF_DELTA:
-                base_id = base
-            if base_id is not None and base_id not in sending:
-                whole.append((source.id_at[offset].hex().encode(), None))
-                continue
-            resolved.append((source, offset, f, kind, size, header_len, base_id))
-        for chunk in pack_header_chunks(len(resolved) + len(whole)):
-            out(chunk)
-        for source, offset, f, kind, size, header_len, base_id in resolved:
-            start, end = source.span(offset)
-            if kind == OFS_DELTA:
-                out(bytes(pack_object_header(REF_DELTA, base_id, size, object_format)))
-                start += header_len
-            f.seek(start)
-            left = end - start
-            while left > 0:
-                piece = f.read(min(PIECE, left))
-                if not piece:
-                    raise OSError(f"pack {source.path} ended early")
-                out(piece)
-                left -= len(piece)
-    finally:
-        for f in files.values():
-            f.close()
+    resolved = []
+    for source, offset in planned:
+        kind, size, header_len, base = _parse_header(source.read(HEADER_MAX, offset))
+        base_id = None
+        if kind == OFS_DELTA:
+            base_id = source.id_at.get(offset - int(base))  # type: ignore[arg-type]
+        elif kind == REF_DELTA:
+            base_id = base
+        if base_id is not None and base_id not in sending:
+            whole.append((source.id_at[offset].hex().encode(), None))
+            continue
+        resolved.append((source, offset, kind, size, header_len, base_id))
+    for chunk in pack_header_chunks(len(resolved) + len(whole)):
+        out(chunk)
+    for source, offset, kind, size, header_len, base_id in resolved:
+        start, end = source.span(offset)
+        if kind == OFS_DELTA:
+            out(bytes(pack_object_header(REF_DELTA, base_id, size, object_format)))
+            start += header_len
+        while start < end:
+            piece = source.read(min(PIECE, end - start), start)
+            if not piece:
+                raise OSError(f"pack {source.pack.name().decode()} ended early")
+            out(piece)
+            start += len(piece)
     if whole:
         _write_whole(out, fallback_container, whole, object_format)
     write(digest.digest())

@@ -2,25 +2,39 @@
 
 Modelled on dulwich's `BucketBasedObjectStore` (its GCS store keeps one pack per upload in a
 bucket): every push adds one pack, its bytes in 1 MiB chunk rows and its index in the pack's
-row. A server reads a pack into its cache folder once (streamed, checked against the pack's
-trailing checksum) and then serves every object from the file, exactly as from an on-disk
-repository; the folder is only a cache (`dagstore.diskcache`). Consolidation
-(`dagstore.repack`) keeps the number of packs per repo small.
+row. A server reads packs into its cache folder and serves every object from there, as from
+an on-disk repository (`dagstore.packcache`). Consolidation (`dagstore.repack`) keeps the
+number of packs per repo small.
 
 A pushed pack starts in quarantine: visible to the push's own request (its hooks parse it),
-to nobody else. `publish` makes it live just before a ref moves; `discard` deletes it when
-the push moved nothing (refused, lost its race, broke off).
+to nobody else. It becomes live in the very transaction that moves a ref onto it (`publish`,
+called by `dagstore.refstore`): when that ref's compare-and-swap fails, the transaction rolls
+back and the pack is still in quarantine. At the end of the push, `discard` deletes what
+is still in quarantine.
+
+Packs are deduplicated by name (the sha1 of their object ids), so a push can find its pack
+stored already by another push, and then shares that row (PITFALLS.md, "Deduplicated rows
+are shared rows"). Hence:
+- a request deletes only rows it inserted itself, and only while they are in quarantine (a
+  conditional DELETE): a row it found, or one another push has made live since, is never
+  its to delete, whatever the two requests' timing;
+- publishing checks that each row it makes live is still there: a shared quarantine row can
+  go (its owner's push was refused, or the sweep of stale quarantine took it), and the push
+  then stores its own copy again, in the same transaction, before its ref moves.
+A row is named by id and name together: SQLite may give a deleted row's id to the next row.
+A live row is deleted only by consolidation, after its objects are in the consolidated pack.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
+import io
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -30,130 +44,93 @@ from dulwich.pack import (
     Pack,
     PackData,
     PackIndexer,
+    UnresolvedDeltas,
     extend_pack,
     iter_sha1,
     write_pack_index,
 )
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
 
 from dagstore.db import Database, db_time
-from dagstore.diskcache import DiskCache
 from dagstore.gitmodels import PACK_CHUNK_BYTES, GitPack, GitPackChunk
+from dagstore.packcache import HeldPack, PackCache, PackGone
 from dagstore.packcheck import InflateLimits, copy_checked
+from dagstore.version import upsert_insert
 
 log = logging.getLogger("pinflow.packs")
 RESCAN_AFTER = 1.0  # seconds a request trusts its list of packs before asking again
+STORE_ATTEMPTS = 5  # a row found, then deleted before it was read: insert again, so often
 
 
-class PackCache:
-    """Pack and index files of every repo this server read, under one bounded folder."""
+@dataclass(frozen=True)
+class PackBytes:
+    """What a pack's row is made of: its `.pack` file (open, read with `os.pread`), its
+    index, and figures."""
 
-    def __init__(self, db: Database, disk: DiskCache) -> None:
-        self.db = db
-        self.disk = disk
-        self.root = disk.root / "packs"
-
-    def basepath(self, repo_id: int, name: str) -> Path:
-        return self.root / str(repo_id) / f"pack-{name}"
-
-    def incoming(self) -> Path:
-        folder = self.root / "incoming"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def ensure(self, repo_id: int, name: str) -> Path | None:
-        """The pack's base path (files `.pack`, `.idx`), fetched from the database if need be;
-        None when the database no longer has it (consolidated away meanwhile)."""
-        base = self.basepath(repo_id, name)
-        pack, idx = base.with_suffix(".pack"), base.with_suffix(".idx")
-        if pack.exists() and idx.exists():
-            self.disk.touch(pack)
-            return base
-        base.parent.mkdir(parents=True, exist_ok=True)
-        with open(base.parent / f".{name}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one download per pack per host
-            if pack.exists() and idx.exists():
-                return base
-            with self.db.read() as session:
-                row = session.execute(
-                    select(GitPack.id, GitPack.checksum, GitPack.index_data).where(
-                        GitPack.repo_id == repo_id, GitPack.name == name
-                    )
-                ).one_or_none()
-            if row is None:
-                return None
-            self.disk.write(pack, lambda out: self._download(row.id, row.checksum, out))
-            self.disk.write(idx, lambda out: out.write(row.index_data))
-        return base
-
-    def _download(self, pack_id: int, checksum: str, out: BinaryIO) -> None:
-        digest = hashlib.sha1()
-        tail = b""
-        seq = 0
-        while True:
-            with self.db.read() as session:
-                data = session.scalar(
-                    select(GitPackChunk.data).where(
-                        GitPackChunk.pack_id == pack_id, GitPackChunk.seq == seq
-                    )
-                )
-            if data is None:
-                break
-            out.write(data)
-            joined = tail + bytes(data)
-            digest.update(joined[:-20])
-            tail = joined[-20:]
-            seq += 1
-        if digest.hexdigest() != checksum or tail.hex() != checksum:
-            raise OSError(f"pack {pack_id} from the database failed its checksum")
-
-    def adopt(self, repo_id: int, name: str, pack_file: Path, idx_file: Path) -> Path:
-        """Move a pack this process wrote into the cache (no download needed later)."""
-        base = self.basepath(repo_id, name)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(idx_file, base.with_suffix(".idx"))
-        os.replace(pack_file, base.with_suffix(".pack"))
-        self.disk.evict(keep={str(base)})
-        return base
+    file: BinaryIO
+    size: int
+    index_data: bytes
+    objects: int
+    checksum: str
 
 
-def store_pack(
-    db: Database,
-    repo_id: int,
-    name: str,
-    pack_file: Path,
-    idx_file: Path,
-    objects: int,
-    checksum: str,
-    state: str,
-) -> int:
-    """Insert a pack (streamed in chunks) and its index; returns its row id. A pack already
-    stored under its name is kept as it is."""
-    with db.write() as session:
-        existing = session.scalar(
-            select(GitPack.id).where(GitPack.repo_id == repo_id, GitPack.name == name)
-        )
-        if existing is not None:
-            if state == "live":
-                session.execute(update(GitPack).where(GitPack.id == existing).values(state="live"))
-            return existing
-        pack_id = session.execute(
-            insert(GitPack)
+@dataclass(frozen=True)
+class PackRow:
+    """A pack's row as `store_pack` left it: `created` when that call inserted it (only then
+    is it the caller's to delete), `live` when it was or became live."""
+
+    id: int
+    created: bool
+    live: bool
+
+
+def store_pack(session: Session, repo_id: int, name: str, source: PackBytes, state: str) -> PackRow:
+    """The repo's row for pack `name`: inserted with its chunks, or the row another request
+    stored already (shared, never the caller's to delete). Storing `live` makes a found
+    quarantine row live, locked first, so that its owner's discard no longer matches it."""
+    table = GitPack.__table__
+    for _ in range(STORE_ATTEMPTS):
+        pack_id = session.scalar(
+            upsert_insert(session, table)
             .values(
                 repo_id=repo_id,
                 name=name,
                 state=state,
-                objects=objects,
-                size=pack_file.stat().st_size,
-                checksum=checksum,
-                index_data=idx_file.read_bytes(),
+                objects=source.objects,
+                size=source.size,
+                checksum=source.checksum,
+                index_data=source.index_data,
             )
-            .returning(GitPack.id)
-        ).scalar_one()
-        with pack_file.open("rb") as f:
-            for seq, chunk in enumerate(iter(lambda: f.read(PACK_CHUNK_BYTES), b"")):
+            .on_conflict_do_nothing()
+            .returning(table.c.id)
+        )
+        if pack_id is not None:
+            fd = source.file.fileno()
+            for seq, offset in enumerate(range(0, source.size, PACK_CHUNK_BYTES)):
+                chunk = os.pread(fd, PACK_CHUNK_BYTES, offset)
                 session.execute(insert(GitPackChunk).values(pack_id=pack_id, seq=seq, data=chunk))
-        return pack_id
+            return PackRow(pack_id, created=True, live=state == "live")
+        found = session.execute(
+            select(GitPack.id, GitPack.state)
+            .where(GitPack.repo_id == repo_id, GitPack.name == name)
+            .with_for_update()
+        ).one_or_none()
+        if found is not None:
+            if state == "live" and found.state != "live":
+                session.execute(update(GitPack).where(GitPack.id == found.id).values(state="live"))
+            return PackRow(found.id, created=False, live=state == "live" or found.state == "live")
+        # Deleted between the two statements (PostgreSQL, READ COMMITTED): insert it again.
+    raise OSError(f"pack {name} could not be stored: another request kept deleting it")
+
+
+@dataclass(frozen=True)
+class Brought:
+    """A pack the push brought and no ref points into yet: its row, and its bytes, held until
+    the push ends in case the row must be stored again."""
+
+    row: PackRow
+    source: PackBytes
 
 
 class DatabaseObjectStore(BucketBasedObjectStore):
@@ -163,9 +140,9 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         self.repo_id = repo_id
         self.cache = cache
         self.limits = limits
-        self.quarantined: dict[str, int] = {}  # name → row id: this request's unpublished packs
-        self.published: dict[str, int] = {}  # this request's pushed packs made live
-        self.written: dict[str, int] = {}  # packs pinflow wrote itself (live at once)
+        self.brought: dict[str, Brought] = {}  # this push's packs no ref points into yet
+        self.landed: set[str] = set()  # this push's packs that are live
+        self.written: dict[str, int] = {}  # packs pinflow wrote itself (live at once): row id
         self._names: set[str] = set()
         self._names_at = float("-inf")
 
@@ -182,19 +159,19 @@ class DatabaseObjectStore(BucketBasedObjectStore):
                     )
                 )
             self._names_at = time.monotonic()
-        return iter(self._names | set(self.quarantined) | set(self.published) | set(self.written))
+        return iter(self._names | set(self.brought) | self.landed | set(self.written))
 
     def _update_pack_cache(self) -> list[Pack]:
-        new = []
+        new: list[Pack] = []
         for _ in range(3):
-            names = set(self._iter_pack_names())
             vanished = False
-            for name in names - set(self._pack_cache):
-                base = self.cache.ensure(self.repo_id, name)
-                if base is None:  # consolidated away since the list was read: read it again
+            for name in set(self._iter_pack_names()) - set(self._pack_cache):
+                try:
+                    files = self.cache.open(self.repo_id, name)
+                except PackGone:  # consolidated away since the list was read: read it again
                     vanished = True
                     continue
-                pack = self._open(base)
+                pack = HeldPack(*files, self.object_format, self.get_raw)
                 self._pack_cache[name] = pack
                 new.append(pack)
             if not vanished:
@@ -208,19 +185,22 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         """Ask the database for the list of packs at the next lookup."""
         self._names_at = float("-inf")
 
-    def cached_packs(self) -> list[tuple[str, Pack]]:
+    def cached_packs(self) -> list[tuple[str, HeldPack]]:
         """(name, pack) of every pack this store knows now, reading the list first."""
         self._update_pack_cache()
-        return list(self._pack_cache.items())
-
-    def _open(self, base: Path) -> Pack:
-        return Pack(str(base), object_format=self.object_format, resolve_ext_ref=self.get_raw)
+        return list(self._pack_cache.items())  # type: ignore[arg-type]
 
     def _remove_pack_by_name(self, name: str) -> None:
         with self.db.write() as session:
             session.execute(
                 delete(GitPack).where(GitPack.repo_id == self.repo_id, GitPack.name == name)
             )
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._let_go()
 
     # -- adding packs ---------------------------------------------------------------------
 
@@ -236,7 +216,7 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         bases it deltas against, in quarantine."""
         if max_input_size:
             read_all, read_some = _bounded(read_all, read_some, max_input_size)
-        fd, path = tempfile.mkstemp(dir=self.cache.incoming(), prefix="push-", suffix=".pack")
+        fd, path = tempfile.mkstemp(dir=self.cache.incoming(), prefix=".tmp-push-", suffix=".pack")
         try:
             with os.fdopen(fd, "w+b") as f:
                 copy_checked(read_all, read_some, f, self.limits)
@@ -244,7 +224,13 @@ class DatabaseObjectStore(BucketBasedObjectStore):
                 f.seek(0)
                 with PackData(path, file=f, object_format=self.object_format) as data:
                     indexer = PackIndexer.for_pack_data(data, resolve_ext_ref=self.get_raw)
-                    entries = list(indexer)
+                    try:
+                        entries = list(indexer)
+                    except UnresolvedDeltas as exc:  # dulwich would answer with a hang-up
+                        raise OSError(
+                            f"the pack has deltas against {len(exc.shas)} object(s) the store "
+                            "does not have"
+                        ) from None
                     ext_refs = set(indexer.ext_refs())
                 pack_sha, extra = extend_pack(
                     f, ext_refs, get_raw=self.get_raw, object_format=self.object_format
@@ -256,7 +242,7 @@ class DatabaseObjectStore(BucketBasedObjectStore):
 
     def add_pack(self) -> tuple[BinaryIO, Callable[[], Pack | None], Callable[[], None]]:
         """For packs pinflow writes itself (consolidation, import): stored live at once."""
-        fd, path = tempfile.mkstemp(dir=self.cache.incoming(), prefix="add-", suffix=".pack")
+        fd, path = tempfile.mkstemp(dir=self.cache.incoming(), prefix=".tmp-add-", suffix=".pack")
         f = os.fdopen(fd, "w+b")
 
         def commit() -> Pack | None:
@@ -282,58 +268,93 @@ class DatabaseObjectStore(BucketBasedObjectStore):
         return f, commit, abort  # type: ignore[return-value]
 
     def _keep(self, pack_file: Path, entries: list, pack_sha: bytes, state: str) -> Pack:
+        """Store a pack this request built in `incoming`, move it into the cache, open it."""
         entries.sort()
         name = iter_sha1(entry[0] for entry in entries).decode("ascii")
+        index = io.BytesIO()
+        write_pack_index(index, entries, pack_sha)
         idx_file = pack_file.with_suffix(".idx")
-        with idx_file.open("wb") as out:
-            write_pack_index(out, entries, pack_sha)
-        pack_id = store_pack(
-            self.db,
-            self.repo_id,
-            name,
-            pack_file,
-            idx_file,
-            len(entries),
-            pack_sha.hex(),
-            state,
-        )
-        base = self.cache.adopt(self.repo_id, name, pack_file, idx_file)
-        (self.quarantined if state == "quarantine" else self.written)[name] = pack_id
-        pack = self._open(base)
+        idx_file.write_bytes(index.getvalue())
+        with ExitStack() as on_error:
+            on_error.callback(idx_file.unlink, missing_ok=True)
+            # Opened before they move into the cache, where another process may evict them:
+            # the pack's data and index, and the bytes to store (again, if need be).
+            data, idx, raw = (
+                on_error.enter_context(open(f, "rb")) for f in (pack_file, idx_file, pack_file)
+            )
+            source = PackBytes(
+                raw, pack_file.stat().st_size, index.getvalue(), len(entries), pack_sha.hex()
+            )
+            with self.db.write() as session:
+                row = store_pack(session, self.repo_id, name, source, state)
+            self.cache.adopt(self.repo_id, name, pack_file, idx_file)
+            pack = HeldPack(data, idx, self.object_format, self.get_raw)
+            on_error.pop_all()
+        if state == "quarantine" and not row.live:
+            self.brought[name] = Brought(row, source)
+        else:
+            source.file.close()
+            if state == "quarantine":  # found live: another push's, already pointed into
+                self.landed.add(name)
+            else:
+                self.written[name] = row.id
         self._add_cached_pack(name, pack)
         return pack
 
     # -- quarantine -----------------------------------------------------------------------
 
-    def publish(self) -> None:
-        """This request's packs become live: a ref is about to point into them."""
-        if not self.quarantined:
-            return
-        with self.db.write() as session:
-            session.execute(
+    def publish(self, session: Session) -> None:
+        """In the transaction that is about to move a ref onto this push's objects: the
+        packs it brought become live. A shared row that went meanwhile is stored again from
+        this request's own copy. Lasts only if that transaction commits (`published`)."""
+        for name, brought in sorted(self.brought.items(), key=lambda item: item[1].row.id):
+            made_live = session.execute(
                 update(GitPack)
-                .where(GitPack.id.in_(list(self.quarantined.values())))
+                .where(
+                    GitPack.id == brought.row.id,
+                    GitPack.name == name,
+                    GitPack.repo_id == self.repo_id,
+                )
                 .values(state="live")
-            )
-        self.published.update(self.quarantined)
-        self.quarantined.clear()
+            ).rowcount
+            if not made_live:
+                log.warning("pack %s was deleted before its push published it: stored again", name)
+                store_pack(session, self.repo_id, name, brought.source, "live")
 
-    def discard(self, refs_moved: bool) -> None:
-        """At the end of a push: what it brought goes if nothing points into it."""
-        gone = dict(self.quarantined)
-        if not refs_moved:
-            gone.update(self.published)
-        if gone:
-            with self.db.write() as session:
-                session.execute(delete(GitPack).where(GitPack.id.in_(list(gone.values()))))
-            log.info("discarded %d pack(s) of a push that moved no ref", len(gone))
-        self.quarantined.clear()
-        if not refs_moved:
-            self.published.clear()
+    def published(self) -> None:
+        """The transaction that moved a ref committed: this push's packs are live for good."""
+        self.landed.update(self.brought)
+        self._let_go()
+
+    def discard(self) -> None:
+        """At the end of a push: the rows it inserted that no ref moved onto (still in
+        quarantine) go. A row it found is not its own, and a row of its own that another
+        push has made live meanwhile no longer matches the conditional DELETE."""
+        mine = [(b.row.id, name) for name, b in self.brought.items() if b.row.created]
+        try:
+            if mine:
+                with self.db.write() as session:
+                    for pack_id, name in mine:
+                        session.execute(
+                            delete(GitPack).where(
+                                GitPack.id == pack_id,
+                                GitPack.name == name,
+                                GitPack.state == "quarantine",
+                            )
+                        )
+                log.info("discarded %d pack(s) of a push that moved no ref onto them", len(mine))
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        for brought in self.brought.values():
+            brought.source.file.close()
+        self.brought.clear()
 
 
 def discard_stale_quarantine(db: Database, older_than: float = 3600.0) -> int:
-    """Packs of pushes whose server died before it published or discarded them."""
+    """Packs of pushes whose server died before it published or discarded them. A push that
+    found such a row and is about to publish it stores it again (`publish`)."""
     with db.write() as session:
         cutoff = db_time(session) - timedelta(seconds=older_than)
         return session.execute(

@@ -80,12 +80,11 @@ def parse_commit(
     Raises SandboxUnavailable when the sandbox cannot be built (nothing is parsed then)."""
     limits.sandbox.check()
     started = time.monotonic()
-    archive = archives.get(repo, repo_name, sha)
     workdir = Path(tempfile.mkdtemp(prefix=f"pinflow-parse-{sha[:12]}-"))
     os.chmod(workdir, 0o755)  # the boxed child (`nobody` under a root server) reads below it
     try:
         root = workdir / "version"
-        with archive.path.open("rb") as f:
+        with archives.opened(repo_name, sha, lambda: repo) as (_archive, f):
             unpack_archive(f, root)
         result = parse_version(root, sha, limits)
     finally:

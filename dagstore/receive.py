@@ -35,13 +35,16 @@ PUSHABLE = (b"refs/heads/", b"refs/tags/")
 RefUpdate = tuple[bytes, bytes, bytes]  # (old sha, new sha, ref name), as dulwich passes them
 
 
-def keep_reachable(repo: Repo, old: bytes, new: bytes) -> None:
-    """Pin `old` under refs/pinflow/keep/ when an update would make it unreachable.
+def keep_reachable(repo: Repo, ref: bytes, old: bytes, new: bytes) -> None:
+    """Pin `old` under refs/pinflow/keep/ when an update of `ref` would make it unreachable.
 
     Written before the ref moves: a crash in between leaves an extra keep ref, never a lost
-    version. Fast-forwards need nothing: the old tip stays an ancestor of the new one.
+    version. Fast-forwards need nothing: the old tip stays an ancestor of the new one. Only
+    when `ref` is at `old` now: otherwise the update's compare-and-swap fails anyway, and the
+    client may have named as `old` a commit that only its own pack holds, which goes when
+    the refused push is discarded.
     """
-    if old == ZERO_SHA or old not in repo.object_store:
+    if old == ZERO_SHA or ref_sha(repo, ref) != old or old not in repo.object_store:
         return
     if new != ZERO_SHA and can_fast_forward(repo, old, new):
         return
@@ -132,10 +135,10 @@ class GuardUpdate(Hook):
             if self.push.strict and result is not None and result.errors:
                 broken = "; ".join(f"{e.file}: {e.summary}" for e in result.errors)
                 raise HookError(f"pinflow: refused (strict repository): {broken}")
-        # Last, once the update is accepted: the first ref written makes the push's objects
-        # live (quarantine), so nothing may be written for an update that is then refused.
+        # Last, once the update is accepted: keep what it orphans. (A keep ref names a commit
+        # that is live already; the push's own objects become live only with the ref itself.)
         try:
-            keep_reachable(self.push.repo, old, new)
+            keep_reachable(self.push.repo, ref, old, new)
         except OSError as exc:
             raise HookError(f"could not keep {old.decode()[:12]} reachable: {exc}") from exc
         return b"", b""

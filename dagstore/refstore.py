@@ -6,6 +6,10 @@ database lets exactly one match (PostgreSQL re-checks the WHERE after the first 
 SQLite has one writer), and the loser's failed swap raises `OSError`, which receive-pack
 reports as git's normal `[remote rejected] (failed to write)`.
 
+The push's packs become live in the transaction that moves a branch or tag onto them
+(`Publisher`, the push's object store): a swap that fails rolls that back too, so no pack is
+ever live without a ref having moved, and none a ref points at is left in quarantine.
+
 Reads come from one snapshot of all the repo's refs, taken in one query at the first read
 (a request sees one consistent set, and advertising N refs costs one query, not N) and kept
 up to date with this container's own writes. `refresh()` drops it: whoever must know what a
@@ -14,28 +18,42 @@ ref is now (is the tracked tip still this commit?) asks for that; `gitrepo.ref_s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 from dulwich.refs import SYMREF, RefsContainer
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from dagstore.db import Database
 from dagstore.gitmodels import GitRef
 from dagstore.version import ZERO_SHA, insert_ignoring_duplicates
 
 MAX_SYMREF_DEPTH = 5
+HIDDEN_PREFIX = b"refs/pinflow/"  # the store's own refs (keep refs): never a push's
+
+
+class Publisher(Protocol):
+    """What makes a push's objects live when a ref moves onto them (`packstore`)."""
+
+    def publish(self, session: Session) -> None:
+        """In the ref's transaction, before it moves."""
+
+    def published(self) -> None:
+        """After that transaction committed."""
+
+
+class _Lost(Exception):
+    """A compare-and-swap that did not match: its transaction rolls back."""
 
 
 class DatabaseRefsContainer(RefsContainer):
-    def __init__(
-        self, db: Database, repo_id: int, before_write: Callable[[], None] | None = None
-    ) -> None:
-        """`before_write` runs before any ref moves: the push's packs must be live first."""
+    def __init__(self, db: Database, repo_id: int, publisher: Publisher | None = None) -> None:
         super().__init__()
         self.db = db
         self.repo_id = repo_id
-        self.before_write = before_write
-        self.moved = 0  # refs this container changed (the push's own, not keep refs)
+        self.publisher = publisher
         self._snapshot: dict[bytes, bytes] | None = None
 
     # -- reading --------------------------------------------------------------------------
@@ -93,17 +111,24 @@ class DatabaseRefsContainer(RefsContainer):
         return names[-1]
 
     def _written(self, name: bytes, value: bytes | None) -> None:
-        if not name.startswith(b"refs/pinflow/"):
-            self.moved += 1
         if self._snapshot is not None:
             if value is None:
                 self._snapshot.pop(name, None)
             else:
                 self._snapshot[name] = value
 
-    def _before(self) -> None:
-        if self.before_write is not None:
-            self.before_write()
+    @contextmanager
+    def _pointing(self, name: bytes) -> Iterator[Session]:
+        """The transaction of a write that points `name` at an object: for a branch or tag
+        it first makes the push's packs live (a keep ref only ever names a commit that is
+        live already). Raise `_Lost` inside to roll both back."""
+        publisher = None if name.startswith(HIDDEN_PREFIX) else self.publisher
+        with self.db.write() as session:
+            if publisher is not None:
+                publisher.publish(session)
+            yield session
+        if publisher is not None:
+            publisher.published()
 
     def set_if_equals(  # type: ignore[override]
         self, name: bytes, old_ref: bytes | None, new_ref: bytes, *args: object, **kwargs: object
@@ -111,28 +136,30 @@ class DatabaseRefsContainer(RefsContainer):
         self._check_ref_value(new_ref)
         target = self._target(name)
         self._check_refname(target)
-        self._before()
-        with self.db.write() as session:
-            if old_ref is None:  # unconditional
-                done = self._upsert(session, target, new_ref)
-            elif old_ref == ZERO_SHA:  # only if it does not exist yet
-                done = self._insert(session, target, new_ref)
-            else:
-                done = (
-                    session.execute(
-                        update(GitRef)
-                        .where(
-                            GitRef.repo_id == self.repo_id,
-                            GitRef.name == target.decode(),
-                            GitRef.value == old_ref.decode(),
-                        )
-                        .values(value=new_ref.decode())
-                    ).rowcount
-                    == 1
-                )
-        if not done:
+        try:
+            with self._pointing(target) as session:
+                if old_ref is None:  # unconditional
+                    done = self._upsert(session, target, new_ref)
+                elif old_ref == ZERO_SHA:  # only if it does not exist yet
+                    done = self._insert(session, target, new_ref)
+                else:
+                    done = (
+                        session.execute(
+                            update(GitRef)
+                            .where(
+                                GitRef.repo_id == self.repo_id,
+                                GitRef.name == target.decode(),
+                                GitRef.value == old_ref.decode(),
+                            )
+                            .values(value=new_ref.decode())
+                        ).rowcount
+                        == 1
+                    )
+                if not done:
+                    raise _Lost
+        except _Lost:
             self.refresh()  # someone else moved it: what we know is stale
-            raise OSError(f"{name!r} moved while this push was applied")
+            raise OSError(f"{name!r} moved while this push was applied") from None
         self._written(target, new_ref)
         return True
 
@@ -141,19 +168,19 @@ class DatabaseRefsContainer(RefsContainer):
     ) -> bool:
         self._check_ref_value(ref)
         self._check_refname(name)
-        self._before()
-        with self.db.write() as session:
-            done = self._insert(session, name, ref)
-        if done:
-            self._written(name, ref)
-        else:
+        try:
+            with self._pointing(name) as session:
+                if not self._insert(session, name, ref):
+                    raise _Lost
+        except _Lost:
             self.refresh()
-        return done
+            return False
+        self._written(name, ref)
+        return True
 
     def remove_if_equals(  # type: ignore[override]
         self, name: bytes, old_ref: bytes | None, *args: object, **kwargs: object
     ) -> bool:
-        self._before()
         query = delete(GitRef).where(GitRef.repo_id == self.repo_id, GitRef.name == name.decode())
         if old_ref is not None and old_ref != ZERO_SHA:
             query = query.where(GitRef.value == old_ref.decode())

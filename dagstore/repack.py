@@ -95,9 +95,9 @@ def consolidate(repo: DatabaseRepo) -> bool:
         raise CorruptObject(f"consolidation lost {len(ids - held)} object(s); nothing deleted")
     keep = store.written[pack.name().decode("ascii")]
     with store.db.write() as session:
-        session.execute(
-            delete(GitPack).where(GitPack.id.in_([i for i in old.values() if i != keep]))
-        )
+        for name, pack_id in old.items():  # by id and name: SQLite may reuse a deleted id
+            if pack_id != keep:
+                session.execute(delete(GitPack).where(GitPack.id == pack_id, GitPack.name == name))
     log.info("repo %s: %d packs consolidated into one", store.repo_id, len(old))
     return True
 

@@ -26,12 +26,17 @@ MAX_NEW_COMMITS_PER_REF = 10_000
 ZERO_SHA = b"0" * 40
 
 
+def upsert_insert(session: Session, table: Any) -> Any:
+    """The backend's own INSERT, the one with `on_conflict_do_nothing()`."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert(table)
+
+
 def insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING on both backends: two servers may record at once."""
     if not rows:
         return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(insert(table).on_conflict_do_nothing(), rows)
+    session.execute(upsert_insert(session, table).on_conflict_do_nothing(), rows)
 
 
 def new_commits(repo: Repo, new: bytes, exclude: list[bytes]) -> list[Commit]:

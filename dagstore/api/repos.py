@@ -16,7 +16,7 @@ from dagstore.auth import AdminToken, Credentials, ReadToken, StoreDep, VersionR
 from dagstore.dags import version_contents
 from dagstore.diff import diff_dags, diff_files
 from dagstore.errors import BadRequest
-from dagstore.gitrepo import list_files, read_file, resolve_commit
+from dagstore.gitrepo import DatabaseRepo, list_files, read_file, resolve_commit
 from dagstore.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
 from dagstore.models import Token
 from dagstore.names import validate_full_sha
@@ -133,22 +133,23 @@ def get_archive(
     answered before this route by `archive_http.ArchiveFastPath`."""
     validate_full_sha(sha)
     # Repos are never deleted and an archive is only ever built from its repo's commit, so
-    # an archive this process already has needs no database lookup.
-    archive = store.archives.known(repo, sha)
-    source = "cache"
-    if archive is None:
-        if not store.archives.path(repo, sha).exists():
-            source = "built"
-        with store.db.read() as session:
-            get_repo(session, repo)
-        with ExitStack() as stack:  # the git repo is opened only if the archive must be built
-            archive = store.archives.get_or_build(
-                repo, sha, lambda: stack.enter_context(store.storage.open(repo))
-            )
+    # an archive this process has already seen (or finds on disk) needs no database lookup.
+    known = store.archives.digest(repo, sha)
+    if known is not None and not_modified(if_none_match, known):
+        return Response(status_code=304, headers=archive_headers(repo, sha, known, full=False))
+    built: list[bool] = []
+    with ExitStack() as stack:  # the git repo is opened only if the archive must be built
+
+        def open_repo() -> DatabaseRepo:
+            built.append(True)
+            with store.db.read() as session:
+                get_repo(session, repo)
+            return stack.enter_context(store.storage.open(repo))
+
+        archive, data = store.archives.load(repo, sha, open_repo)
     if not_modified(if_none_match, archive):
         return Response(status_code=304, headers=archive_headers(repo, sha, archive, full=False))
-    data = store.archives.read(archive)
-    ARCHIVE_REQUESTS.labels(source).inc()
+    ARCHIVE_REQUESTS.labels("built" if built else "cache").inc()
     ARCHIVE_BYTES.inc(len(data))
     return Response(
         data, media_type=MEDIA_TYPE, headers=archive_headers(repo, sha, archive, full=True)

@@ -64,7 +64,7 @@ def fast(tmp_path: Path) -> Iterator[Fast]:
     sha = work.commit("one", **{"dags/a.py": "x = 1\n"})
     archives = ArchiveCache(DiskCache(tmp_path / "cache", 10**8))
     with Repo(str(work.path)) as repo:
-        data = archives.read(archives.get(repo, "r", sha))  # now in memory
+        _, data = archives.load("r", sha, lambda: repo)  # now in memory
     store = SimpleNamespace(tokens=TokenCache(0.5), archives=archives, db=db)
     for name in ("read", "admin", "trigger"):  # verified once, as an earlier request would
         with contextlib.suppress(PinflowError):  # trigger: known now, still without read scope

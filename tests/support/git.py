@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def git_env(home: Path) -> dict[str, str]:
@@ -99,22 +103,61 @@ def work_on_tip(path: Path, url: str, branch: str = "main") -> Git:
     return work
 
 
+def at_once(calls: list[Callable[[], T]]) -> list[T]:
+    """Run every call in a thread of its own, all released at the same moment; their
+    results, in order."""
+    results: list = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def race_pushes(
     works: list[Git], urls: str | list[str], branch: str = "main"
 ) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
     """Start every push at the same moment (client i to `urls[i]`, or all to one URL);
     returns (pushed sha, result) per client."""
     targets = [urls] * len(works) if isinstance(urls, str) else urls
-    results: list = [None] * len(works)
-    barrier = threading.Barrier(len(works))
+    return at_once(
+        [
+            lambda w=work, u=url: (w.head(), w.run("push", u, branch, check=False))
+            for work, url in zip(works, targets, strict=True)
+        ]
+    )
 
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = (works[i].head(), works[i].run("push", targets[i], branch, check=False))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(works))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+def receive_pack(
+    url: str, token: str, updates: list[tuple[str, str, str]], pack: bytes
+) -> list[str]:
+    """One receive-pack request as a git client sends it (ref updates `(old, new, ref)`, then the
+    pack), sent as is: a second client replaying the same bytes races nothing by timing.
+    Returns the report's lines (`unpack ok`, then `ok REF` or `ng REF why` per ref)."""
+    import httpx
+    from dulwich.protocol import pkt_line
+
+    lines = [f"{old} {new} {ref}".encode() for old, new, ref in updates]
+    lines[0] += b"\0report-status"
+    body = b"".join(pkt_line(line + b"\n") for line in lines) + pkt_line(None) + pack
+    response = httpx.post(
+        f"{url}/git-receive-pack",
+        content=body,
+        auth=("x", token),
+        headers={"Content-Type": "application/x-git-receive-pack-request"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    report = []
+    for raw in response.content.split(b"\n"):
+        text = raw[4:].decode(errors="replace")
+        if text.startswith(("unpack ", "ok ", "ng ")):
+            report.append(text)
+    return report
