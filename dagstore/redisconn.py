@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
 from redis.sentinel import Sentinel
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 
 from dagstore.errors import BadRequest
 
@@ -33,6 +34,14 @@ log = logging.getLogger("pinflow.redis")
 SENTINEL_SCHEME = "redis+sentinel"
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_TIMEOUT = 2.0  # seconds for one Sentinel to answer: the next one is asked after it
+
+# What Redis (or RQ reading it) raises when Redis went away, lost keys, or turned replica.
+REDIS_FAULTS: tuple[type[Exception], ...] = (
+    RedisError,
+    InvalidJobOperation,
+    NoSuchJobError,
+    DeserializationError,
+)
 
 
 @dataclass(frozen=True)

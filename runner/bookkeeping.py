@@ -22,72 +22,29 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
-from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, _job_stack
 from rq.queue import Queue
 
-from dagstore.redisconn import forget_primary
+from dagstore.outage import Outage
+from dagstore.redisconn import REDIS_FAULTS, forget_primary
 
 log = logging.getLogger("pinflow.worker")
 
-# What Redis (or RQ reading it) raises when Redis went away, lost keys, or turned replica.
-REDIS_FAULTS: tuple[type[Exception], ...] = (
-    RedisError,
-    InvalidJobOperation,
-    NoSuchJobError,
-    DeserializationError,
-)
-FIRST_DELAY = 0.5
-MAX_DELAY = 10.0
+MAX_DELAY = 10.0  # seconds between tries at most, RQ's own reconnection loop included
 T = TypeVar("T")
-
-
-class Outage:
-    """One stretch of Redis faults: said once when it starts and once when it ends, with a
-    capped exponential delay for whoever waits it out."""
-
-    def __init__(self, first: float = FIRST_DELAY, cap: float = MAX_DELAY) -> None:
-        self.first, self.cap = first, cap
-        self.since: float | None = None
-        self.delay = first
-
-    def failed(self, what: str, exc: BaseException) -> float:
-        """A fault; returns how long to wait before trying again."""
-        if self.since is None:
-            self.since = time.monotonic()
-            self.delay = self.first
-            log.warning(
-                "Redis fault while %s (%s: %s); carrying on without RQ's records, "
-                "retrying with backoff up to %.0f s",
-                what,
-                type(exc).__name__,
-                exc,
-                self.cap,
-            )
-        else:
-            log.debug("Redis fault while %s: %s", what, exc)
-        delay = self.delay
-        self.delay = min(self.delay * 2, self.cap)
-        return delay
-
-    def ended(self) -> None:
-        if self.since is not None:
-            log.warning("Redis is back after %.1f s", time.monotonic() - self.since)
-            self.since = None
-            self.delay = self.first
 
 
 class SurvivesRedis:
     """Mixin placed before RQ's worker classes: RQ's Redis steps never end the work loop."""
 
     connection: Any
+    max_connection_wait_time = MAX_DELAY  # RQ's own wait for a job reconnects at this pace
     _redis_outage: Outage | None = None
 
     @property
     def outage(self) -> Outage:
         if self._redis_outage is None:
-            self._redis_outage = Outage()
+            self._redis_outage = Outage("Redis", log, cap=MAX_DELAY)
         return self._redis_outage
 
     def _bookkeep(self, what: str, step: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:

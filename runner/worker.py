@@ -27,12 +27,13 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from dagstore.errors import PinflowError
+from dagstore.outage import Outage
 from dagstore.prctl import make_undumpable
 from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from dagstore.redisconn import connect, forget_primary
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
-from runner.bookkeeping import BookkeptJob, Outage, SurvivesRedis
+from runner.bookkeeping import MAX_DELAY, BookkeptJob, SurvivesRedis
 from runner.claim import CLAIMS, token_refused
 from runner.horse import LightHorse
 from runner.job import run_task, send_handed_over
@@ -204,7 +205,7 @@ def run_worker(
     # The name tasks record as their worker; set here so a forked horse reports its parent.
     os.environ.setdefault("PINFLOW_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
     warm_up()
-    outage = Outage()
+    outage = Outage("Redis", log, cap=MAX_DELAY)
     while True:
         worker = None
         try:
