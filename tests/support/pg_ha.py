@@ -73,17 +73,19 @@ class PgNode:
 
 
 class ReplicatedPostgres:
-    """A primary and a synchronous standby; `url()` is the multi-host URL of both."""
+    """A primary and a synchronous standby; `url()` is the multi-host URL of both. With
+    `replicated=False`, the primary alone and a plain URL (the setup without a standby)."""
 
-    def __init__(self, bin_dir: Path | None = None) -> None:
+    def __init__(self, bin_dir: Path | None = None, replicated: bool = True) -> None:
         found = bin_dir or find_pg_bin()
         if found is None:
             raise RuntimeError("PostgreSQL binaries not found")
         self.bin_dir = found
         self.base = Path(tempfile.mkdtemp(prefix="pinflow-pgha-"))
         self.as_root = os.geteuid() == 0
-        self.nodes = [PgNode(self, "a"), PgNode(self, "b")]
-        self.primary, self.standby = self.nodes
+        self.replicated = replicated
+        self.nodes = [PgNode(self, "a"), PgNode(self, "b")][: 2 if replicated else 1]
+        self.primary, self.standby = self.nodes[0], self.nodes[-1]
 
     def run(self, *args: str) -> None:
         cmd = [str(self.bin_dir / args[0]), *args[1:]]
@@ -98,6 +100,9 @@ class ReplicatedPostgres:
             shutil.chown(self.base, "postgres", "postgres")
         primary = self.primary
         self.run("initdb", "-D", str(primary.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
+        if not self.replicated:
+            primary.start()
+            return self
         primary.start(self.sync_option)
         self.clone_standby(self.standby)
         return self
@@ -153,6 +158,8 @@ class ReplicatedPostgres:
         self.wait_for_standby()
 
     def url(self, database: str) -> str:
+        if not self.replicated:
+            return self.primary.url(database)
         hosts = "&".join(f"host=127.0.0.1:{n.port}" for n in self.nodes)
         return (
             f"postgresql+psycopg://postgres@/{database}?{hosts}&target_session_attrs=read-write"

@@ -168,3 +168,5 @@ class SentinelRedis:
         for node in self.nodes:
             node.kill9()
         shutil.rmtree(self.base, ignore_errors=True)
+
+    cleanup = stop  # what tests.support.cluster.Cluster calls on its Redis
