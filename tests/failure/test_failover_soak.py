@@ -342,6 +342,7 @@ def test_fault_soak(fault_soak, tmp_path: Path):
         finished_tries_lost=len(lost_tries),
         pushes_acknowledged=len(landed),
         pushes_refused=len(refused),
+        refusals="; ".join(sorted({e.strip().splitlines()[-1][:60] for e in refused if e.strip()})),
         pushes_missing=len(missing_pushes),
         processes_exited=len(exited),
     )

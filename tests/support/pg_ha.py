@@ -23,9 +23,11 @@ from sqlalchemy import create_engine, text
 from tests.support.pg import find_pg_bin
 from tests.support.ports import free_port
 
-# fsync off: a kill -9 of PostgreSQL loses nothing the OS has (only a machine crash would).
-COMMON = "-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+COMMON = "-c listen_addresses=127.0.0.1 -c max_connections=300"
 COMMON += " -c wal_level=replica -c max_wal_senders=10 -c hot_standby=on"
+# fsync off for tests: a kill -9 of PostgreSQL loses nothing the OS has (only a machine crash
+# would). Benchmarks keep it on (`durable=True`), as production does.
+FAST = " -c fsync=off"
 
 
 class PgNode:
@@ -37,7 +39,8 @@ class PgNode:
 
     @property
     def options(self) -> str:
-        return f"-p {self.port} -k {self.owner.base} {COMMON}"
+        fast = "" if self.owner.durable else FAST
+        return f"-p {self.port} -k {self.owner.base} {COMMON}{fast}"
 
     def start(self, extra: str = "") -> None:
         self.owner.run(
@@ -76,14 +79,16 @@ class ReplicatedPostgres:
     """A primary and a synchronous standby; `url()` is the multi-host URL of both. With
     `replicated=False`, the primary alone and a plain URL (the setup without a standby)."""
 
-    def __init__(self, bin_dir: Path | None = None, replicated: bool = True) -> None:
+    def __init__(
+        self, bin_dir: Path | None = None, replicated: bool = True, durable: bool = False
+    ) -> None:
         found = bin_dir or find_pg_bin()
         if found is None:
             raise RuntimeError("PostgreSQL binaries not found")
         self.bin_dir = found
         self.base = Path(tempfile.mkdtemp(prefix="pinflow-pgha-"))
         self.as_root = os.geteuid() == 0
-        self.replicated = replicated
+        self.replicated, self.durable = replicated, durable
         self.nodes = [PgNode(self, "a"), PgNode(self, "b")][: 2 if replicated else 1]
         self.primary, self.standby = self.nodes[0], self.nodes[-1]
 
