@@ -128,6 +128,16 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def database_down(exc: BaseException) -> bool:
+    """Narrower than `database_unavailable`, for a process that starts: the database cannot
+    be reached or is not primary yet (worth waiting for), not refusing who we are (a wrong
+    password or database name is an error to report, not to wait out)."""
+    if not database_unavailable(exc):
+        return False
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return sqlstate is None or sqlstate in LOST_SQLSTATES
+
+
 PG_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 
 

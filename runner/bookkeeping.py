@@ -71,6 +71,11 @@ class SurvivesRedis:
             remove_from_intermediate_queue,
         )
 
+    def _mark_started(self, job: Job) -> None:
+        """`runner.horse.LightHorse`'s bookkeeping of a started job, done while the horse
+        already runs: a fault there must not stop the worker from watching it."""
+        self._bookkeep("marking the job started", super()._mark_started, job)  # type: ignore[misc]
+
     def maintain_heartbeats(self, job: Job) -> None:
         if getattr(self, "execution", None) is None:  # its start was never recorded
             self._bookkeep("heartbeating", self.heartbeat)

@@ -113,6 +113,7 @@ def scheduler(
 
     from dagstore.context import StoreContext
     from pinflow.migrate import upgrade
+    from pinflow.startup import until_database
     from scheduler.enqueue import Enqueuer
     from scheduler.loop import Scheduler, SchedulerConfig
 
@@ -120,7 +121,7 @@ def scheduler(
     settings = Settings.load(home=home, database_url=database_url)
     check_urls(settings)
     store = StoreContext.from_settings(settings)
-    upgrade(store.db)
+    until_database("bringing the schema up to date", lambda: upgrade(store.db))
     config = SchedulerConfig(
         lease_ttl=settings.lease_ttl, heartbeat_timeout=settings.heartbeat_timeout
     )

@@ -46,6 +46,10 @@ class PostgresCluster:
         if self.as_root:
             shutil.chown(self.base, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt`), on its port."""
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
         options += " -c max_connections=300 -c synchronous_commit=off -c full_page_writes=off"
         self._run(
@@ -59,6 +63,10 @@ class PostgresCluster:
             "-w",
             "start",
         )
+
+    def halt(self) -> None:
+        """Stop the server (fast: open connections are cut) until `resume`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def restart(self) -> None:
         """A fast restart: every open connection is cut, as when a database fails over."""
