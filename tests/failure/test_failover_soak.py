@@ -42,7 +42,7 @@ from sqlalchemy import func, select
 from dagstore.db import Database
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from tests.failure.test_crashes import report
-from tests.failure.test_soak import COMMON, Soak
+from tests.failure.test_soak import COMMON, FAN_DAG, Soak
 from tests.support.git import Git
 from tests.support.pg import find_pg_bin
 from tests.support.pg_ha import ReplicatedPostgres
@@ -57,22 +57,7 @@ PG_STOP = 30.0
 BOUND = 120.0  # seconds for a fault's runs to end, and for a recovery
 PUSH_EVERY = 3.0
 
-FAN = f"""
-with DAG("fault_fan", schedule=None, max_active_runs=50):
-    @task(retries=3)
-    def step(context):
-        work(context)
-
-    root = step.override(task_id="root")()
-    first = [step.override(task_id=f"a{{i:02}}")() for i in range({WIDTH})]
-    join = step.override(task_id="join")()
-    second = [step.override(task_id=f"b{{i:02}}")() for i in range({WIDTH})]
-    end = step.override(task_id="end")()
-    root >> first
-    first >> join
-    join >> second
-    second >> end
-"""
+FAN = FAN_DAG.format(dag_id="fault_fan", width=WIDTH)
 
 TICKING = """
 with DAG("fault_tick", schedule=timedelta(seconds=1), start_date="2026-01-01", catchup=False,

@@ -73,22 +73,23 @@ def work(context):
         note("end", context)
 """
 
-FAN = """
-with DAG("soak_fan", schedule=None, max_active_runs=50):
+FAN_DAG = """
+with DAG("{dag_id}", schedule=None, max_active_runs=50):
     @task(retries=3)
     def step(context):
         work(context)
 
     root = step.override(task_id="root")()
-    first = [step.override(task_id=f"a{i:02}")() for i in range(16)]
+    first = [step.override(task_id=f"a{{i:02}}")() for i in range({width})]
     join = step.override(task_id="join")()
-    second = [step.override(task_id=f"b{i:02}")() for i in range(16)]
+    second = [step.override(task_id=f"b{{i:02}}")() for i in range({width})]
     end = step.override(task_id="end")()
     root >> first
     first >> join
     join >> second
     second >> end
 """
+FAN = FAN_DAG.format(dag_id="soak_fan", width=16)
 
 SCHEDULED = """
 for i in range({ticking}):

@@ -13,14 +13,13 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.support.pg import find_pg_bin
+from tests.support.pg import find_pg_bin, run_pg
 from tests.support.ports import free_port
 
 COMMON = "-c listen_addresses=127.0.0.1 -c max_connections=300"
@@ -93,12 +92,7 @@ class ReplicatedPostgres:
         self.primary, self.standby = self.nodes[0], self.nodes[-1]
 
     def run(self, *args: str) -> None:
-        cmd = [str(self.bin_dir / args[0]), *args[1:]]
-        if self.as_root:  # PostgreSQL refuses to run as root
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}")
+        run_pg(self.bin_dir, *args)
 
     def start(self) -> ReplicatedPostgres:
         if self.as_root:
