@@ -26,11 +26,18 @@ WORKER_MODES: dict[str, tuple[str, ...]] = {
 
 @contextmanager
 def cluster(
-    home: Path, workers: int, worker_args: tuple[str, ...] = (), **env: str
+    home: Path,
+    workers: int,
+    worker_args: tuple[str, ...] = (),
+    database_url: str | None = None,
+    **env: str,
 ) -> Iterator[Cluster]:
-    """API server, one scheduler and `workers` RQ workers on SQLite, always stopped."""
+    """API server, one scheduler and `workers` RQ workers on SQLite (or `database_url`),
+    always stopped."""
     home.mkdir(parents=True, exist_ok=True)
-    running = Cluster(home, f"sqlite:///{home}/pinflow.db", "sqlite", **env)
+    url = database_url or f"sqlite:///{home}/pinflow.db"
+    backend = "postgresql" if url.startswith("postgresql") else "sqlite"
+    running = Cluster(home, url, backend, **env)
     running.worker_args = list(worker_args)
     try:
         running.start(schedulers=1, workers=workers)

@@ -11,6 +11,8 @@ is RQ by itself (`bench._rqalone`): as many no-op jobs through as many RQ worker
 kind, no pinflow code.
 
 Run: `.venv/bin/python -m bench.throughput` (or `make bench`); `--no-profile` skips py-spy.
+`--database postgresql` runs it on one PostgreSQL, `--database replicated` on a primary with a
+synchronous hot standby (issue 26: the cost of synchronous replication), both with fsync on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from bench._profile import IDLE, Sampler, categorize, cpu_seconds, read_raw, tab
 from bench._rqalone import rq_alone
 from bench._stats import Goal
 from tests.support.cluster import Cluster
+from tests.support.pg_ha import ReplicatedPostgres
 
 TASKS = 1000
 WORKERS = 2
@@ -171,10 +175,33 @@ class Result:
         return TASKS / self.wall
 
 
+DATABASES = ("sqlite", "postgresql", "replicated")
+
+
+@contextmanager
+def database(kind: str) -> Iterator[str | None]:
+    """A database URL of that kind (None: the cluster's own SQLite), dropped afterwards."""
+    if kind == "sqlite":
+        yield None
+        return
+    pg = ReplicatedPostgres(replicated=kind == "replicated", durable=True).start()
+    try:
+        yield pg.create_database("bench")
+    finally:
+        pg.stop()
+
+
 def measure(
-    mode: str, args: tuple[str, ...], folder: Path, profile: bool, keep: Path | None
+    mode: str,
+    args: tuple[str, ...],
+    folder: Path,
+    profile: bool,
+    keep: Path | None,
+    database_url: str | None = None,
 ) -> Result:
-    with cluster(folder / "home", workers=WORKERS, worker_args=args) as running:
+    with cluster(
+        folder / "home", workers=WORKERS, worker_args=args, database_url=database_url
+    ) as running:
         publish(running, folder / "fanout", "dags/fanout.py", fanout_dag("fanout"))
         run, wall, cpu = measured_run(running)
         result = Result(mode, wall, leaves_rate(run), cpu)
@@ -207,13 +234,23 @@ def main(argv: Sequence[str] = ()) -> list[Goal]:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput")
     parser.add_argument("--no-profile", action="store_true", help="skip the runs under py-spy")
     parser.add_argument("--save-profile", type=Path, help="keep py-spy's raw files here")
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="SQLite; one PostgreSQL; or a primary with a synchronous standby",
+    )
     args = parser.parse_args(list(argv))
     console = Console(width=120)
+    console.print(f"database: {args.database}")
     results = []
     for mode, worker_args in WORKER_MODES.items():
-        with tempfile.TemporaryDirectory(prefix="pinflow-bench-throughput-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="pinflow-bench-throughput-") as tmp,
+            database(args.database) as url,
+        ):
             results.append(
-                measure(mode, worker_args, Path(tmp), not args.no_profile, args.save_profile)
+                measure(mode, worker_args, Path(tmp), not args.no_profile, args.save_profile, url)
             )
     for result in results:
         print_result(console, result)

@@ -7,6 +7,16 @@ SQLite (default) and PostgreSQL behave alike here on purpose:
 - Read-only sessions keep SQLite's deferred BEGIN so readers never queue behind writers.
 - `db_now()` is the database's clock, so machines whose clocks drift still agree.
 
+PostgreSQL may fail over (issue 26): the URL may name several hosts in libpq's form
+(`?host=H1:P1&host=H2:P2&target_session_attrs=read-write`), so a new connection goes to
+whichever host is primary now. A pooled connection to an old primary that came back as a
+standby still answers `SELECT 1` (so `pool_pre_ping` keeps it) but refuses every write with
+SQLSTATE 25006; that answer, and a statement cut by its timeout, count as a lost connection
+(`_on_error`): the pool drops it and every connection as old, and the caller sees the same
+"database unavailable" as for a dropped connection (`database_unavailable`): the API answers
+503, the scheduler retries its tick. Connect and statement timeouts and TCP keepalives keep a
+dead or hung host from hanging anyone.
+
 Callers own transactions (`with db.write() as s:`); helpers take a session and never commit.
 """
 
@@ -18,7 +28,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.functions import FunctionElement
@@ -77,7 +88,89 @@ def make_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=PG_CONNECT_ARGS
+    )
+    event.listen(engine, "handle_error", _on_error)
+    return engine
+
+
+CONNECT_TIMEOUT = 5  # seconds to reach one host (libpq tries the next one after it)
+STATEMENT_TIMEOUT_MS = 60_000  # no statement of pinflow's takes near this; a hung one is cut
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    # A host that vanished without a word (power, network) is noticed in ~10 s, not hours.
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+# SQLSTATEs that mean "this connection can no longer serve pinflow": 25006, a read-only
+# transaction (a demoted primary, or a standby reached through a stale address); 57014, a
+# statement cut by its timeout (a host that hangs); 57P01-57P03, the server shutting down or
+# not accepting connections yet.
+LOST_SQLSTATES = frozenset({"25006", "57014", "57P01", "57P02", "57P03"})
+
+
+def _on_error(context: Any) -> None:
+    sqlstate = getattr(context.original_exception, "sqlstate", None)
+    if sqlstate in LOST_SQLSTATES:
+        context.is_disconnect = True
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database is away (down, failing over, read-only, hung) rather
+    than that the statement was wrong: the caller should answer 503 or retry later."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def database_down(exc: BaseException) -> bool:
+    """Narrower than `database_unavailable`, for a process that starts: the database cannot
+    be reached or is not primary yet (worth waiting for), not refusing who we are (a wrong
+    password or database name is an error to report, not to wait out)."""
+    if not database_unavailable(exc):
+        return False
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return sqlstate is None or sqlstate in LOST_SQLSTATES
+
+
+PG_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+
+
+def check_database_url(url: str) -> None:
+    """At start: a URL pinflow cannot use is a ValueError with one clear line (a malformed
+    URL, a `host=` that is not HOST[:PORT] or a socket folder, an unknown
+    target_session_attrs)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"PINFLOW_DATABASE_URL is not a database URL: {_redacted(url)}") from None
+    if parsed.get_backend_name() != "postgresql":
+        return
+    hosts = parsed.query.get("host", ())
+    for host in (hosts,) if isinstance(hosts, str) else hosts:
+        name, sep, port = host.rpartition(":")
+        if host.startswith("/"):
+            continue  # a Unix socket folder
+        if not name and sep or sep and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"PINFLOW_DATABASE_URL: host={host!r} is not HOST or HOST:PORT")
+    attrs = parsed.query.get("target_session_attrs")
+    if attrs is not None and attrs not in PG_SESSION_ATTRS:
+        raise ValueError(
+            f"PINFLOW_DATABASE_URL: target_session_attrs={attrs!r} is not one of "
+            f"{', '.join(PG_SESSION_ATTRS)}"
+        )
+    if parsed.port is not None and not isinstance(parsed.port, int):
+        raise ValueError("PINFLOW_DATABASE_URL: the port is not a number")
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}...@{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
 def _configure_sqlite(engine: Engine) -> None:

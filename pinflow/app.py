@@ -9,13 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError
 
 import pinflow
 from dagstore.api import healthz
 from dagstore.api import router as store_router
 from dagstore.api.archive_http import ArchiveFastPath
 from dagstore.context import StoreContext
+from dagstore.db import database_unavailable
 from dagstore.errors import PinflowError
 from dagstore.githttp import make_git_app
 from dagstore.settings import Settings
@@ -55,10 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The database refused a value the request carried (a number too large, say).
         return JSONResponse({"detail": "a value in the request is out of range"}, status_code=400)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
+    @app.exception_handler(DBAPIError)
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # The database restarted or is unreachable: the client should retry, not give up.
+        # The database restarted, is unreachable, fails over or answers read-only (a demoted
+        # primary): the client should retry, not give up. Anything else is a bug: a 500.
+        if not database_unavailable(exc):
+            raise exc
         return JSONResponse(
             {"detail": "database unavailable, retry shortly"},
             status_code=503,

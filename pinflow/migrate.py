@@ -53,6 +53,9 @@ def upgrade(db: Database, revision: str = "head") -> None:
             command.upgrade(config, revision)
         return
     with db.engine.connect() as conn:
+        # A migration (and the wait for another process's) may take longer than the
+        # statement timeout every other statement has (dagstore.db): none here.
+        conn.execute(text("SET statement_timeout = 0"))
         conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
         conn.commit()
         try:
@@ -61,6 +64,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
             conn.commit()
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _ADVISORY_LOCK_ID})
+            conn.execute(text("RESET statement_timeout"))
             conn.commit()
 
 

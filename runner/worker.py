@@ -4,8 +4,10 @@ RQ's default worker forks a fresh work horse per job, so one task's imports and 
 leak into the next. SIGTERM asks for a warm shutdown (the current task finishes); a second
 SIGTERM stops it at once, and the scheduler's heartbeat check retries that task.
 
-RQ's worker gives up when Redis goes away; this one reconnects with backoff instead, so a
-Redis restart never leaves a host without workers. The RQ-side name carries the process id:
+RQ's worker gives up when Redis goes away, loses a job's hash or turns replica; this one
+skips RQ's bookkeeping while Redis is at fault (`runner.bookkeeping`) and reconnects with
+backoff, so no Redis fault leaves a host without workers (issue 26). The RQ-side name carries
+the process id:
 a worker restarted under the same `--name` (by `pinflow up`, say) never collides with the
 registration its killed predecessor left behind.
 """
@@ -18,19 +20,20 @@ import os
 import socket
 import time
 
-from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from dagstore.errors import PinflowError
+from dagstore.outage import Outage
 from dagstore.prctl import make_undumpable
 from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
+from dagstore.redisconn import connect, forget_primary
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
+from runner.bookkeeping import MAX_DELAY, BookkeptJob, SurvivesRedis
 from runner.claim import CLAIMS, token_refused
 from runner.horse import LightHorse
 from runner.job import run_task, send_handed_over
@@ -107,7 +110,7 @@ def refusal_of(job: Job) -> str | None:
     return None
 
 
-class PinflowWorker(_Warming, LightHorse, Worker):
+class PinflowWorker(_Warming, SurvivesRedis, LightHorse, Worker):
     """RQ's forking worker, warming the job's DAG file in the parent before each fork, with
     a work horse that runs the task and nothing else (`runner.horse`)."""
 
@@ -120,7 +123,7 @@ class PinflowWorker(_Warming, LightHorse, Worker):
             log.error("could not send the report of job %s: %s", job.id, exc.detail)
 
 
-class NoForkWorker(_Warming, SimpleWorker):
+class NoForkWorker(_Warming, SurvivesRedis, SimpleWorker):
     """Runs each task in the worker process itself (`pinflow worker --no-fork`).
 
     RQ's fork per task costs ~20 ms of CPU on a 2-core machine (page-table copy, copy-on-write
@@ -138,8 +141,12 @@ def make_worker(
 ) -> Worker:
     # Every forked horse opens its own connection (redis-py's pool resets after a fork): not
     # announcing the client library (CLIENT SETINFO) saves two round trips per task start.
-    connection = Redis.from_url(
-        redis_url, health_check_interval=30, lib_name=None, lib_version=None
+    connection = connect(
+        redis_url,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        lib_name=None,
+        lib_version=None,
     )
     rq_queues = [
         Queue(queue_name(q), connection=connection, serializer=JSONSerializer)
@@ -147,7 +154,11 @@ def make_worker(
     ]
     worker_class = PinflowWorker if fork else NoForkWorker
     return worker_class(
-        rq_queues, connection=connection, name=rq_name(name), serializer=JSONSerializer
+        rq_queues,
+        connection=connection,
+        name=rq_name(name),
+        serializer=JSONSerializer,
+        job_class=BookkeptJob,
     )
 
 
@@ -194,18 +205,29 @@ def run_worker(
     # The name tasks record as their worker; set here so a forked horse reports its parent.
     os.environ.setdefault("PINFLOW_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
     warm_up()
-    delay = 0.5
+    outage = Outage("Redis", log, cap=MAX_DELAY)
     while True:
         worker = None
         try:
             worker = make_worker(redis_url, queues, name, fork)  # asks Redis for its version
             if worker.connection.exists(worker.key):
                 worker.register_death()  # our own earlier incarnation, cut off from Redis
+            outage.ended()
             worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
-            return  # burst done, or a requested shutdown
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if burst or worker._stop_requested:  # noqa: SLF001 - done, or asked to stop
+                return
+            # RQ's loop ends itself on what it cannot handle ("unhandled exception, quitting"):
+            # a worker never does, it starts the loop again.
+            delay = outage.failed("running RQ's work loop", RuntimeError("the loop ended"))
+        except StopRequested:  # SIGTERM while (re)starting: RQ's handler says stop
+            return
+        except Exception as exc:  # noqa: BLE001 - Redis down, READONLY, keys gone: carry on
             if worker is not None and worker._stop_requested:  # noqa: SLF001 - shutting down
                 return
-            log.warning("Redis unreachable (%s); reconnecting in %.1f s", exc, delay)
+            delay = outage.failed("starting RQ's work loop", exc)
+        if worker is not None:
+            forget_primary(worker.connection)
+        try:
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        except StopRequested:
+            return

@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from redis import Redis
-from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.scripts import _build_hset_args, get_unique_enqueue_script
@@ -24,7 +22,9 @@ from sqlalchemy.orm import Session
 
 from dagstore.db import as_utc
 from dagstore.models import Repo
+from dagstore.outage import Outage
 from dagstore.protocol import JOB_FUNCTION, JobPayload, job_id, queue_name
+from dagstore.redisconn import REDIS_FAULTS, connect, forget_primary
 from scheduler.models import DagRun, TaskInstance
 from scheduler.taskstate import payload
 
@@ -49,9 +49,19 @@ def job_options(p: JobPayload) -> dict[str, Any]:
 
 
 class Enqueuer:
+    """RQ's queues as the scheduler and the API servers fill them. Redis faults never escape:
+    what could not be enqueued waits in the database (`requeue_lost`); an outage is logged
+    when it starts and ends, and every fault drops the pooled connections so the next call
+    connects afresh (with Sentinel: to whichever Redis is primary now)."""
+
     def __init__(self, redis_url: str) -> None:
-        self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.redis = connect(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self._queues: dict[str, Queue] = {}
+        self.outage = Outage("Redis", log)
+
+    def fault(self, what: str, exc: Exception) -> None:
+        self.outage.failed(what, exc)
+        forget_primary(self.redis)
 
     def queue(self, name: str) -> Queue:
         if name not in self._queues:
@@ -87,9 +97,10 @@ class Enqueuer:
                 args = [job.id, PUSH_BACK, ttl, *_build_hset_args(job)]
                 script(keys=[job.key, queue.key], args=args, client=pipe)
             results = pipe.execute()
-        except RedisError as exc:
-            log.warning("Redis unavailable, queued tasks wait for recovery: %s", exc)
+        except REDIS_FAULTS as exc:
+            self.fault("enqueueing (queued tasks wait in the database)", exc)
             return 0
+        self.outage.ended()
         return sum(1 for pushed in results[len(queues) :] if pushed == 1)
 
     def missing(
@@ -149,8 +160,8 @@ def requeue_lost(session: Session, enqueuer: Enqueuer, now: datetime, grace: flo
     queued_at = {ti.id: ti.queued_at or now for ti, _, _ in rows}
     try:
         lost = enqueuer.missing(payloads, now - timedelta(seconds=grace), queued_at)
-    except RedisError as exc:
-        log.warning("Redis unavailable, cannot check queued tasks: %s", exc)
+    except REDIS_FAULTS as exc:
+        enqueuer.fault("checking queued tasks", exc)
         return 0
     if lost:
         log.warning("re-enqueueing %d queued task(s) missing from Redis", len(lost))

@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from dagstore.db import Database
+from dagstore.db import Database, database_unavailable
 
 
 class WriteHealth:
@@ -37,8 +36,9 @@ class WriteHealth:
         try:
             with self.db.write() as session:
                 yield session
-        except (OperationalError, InterfaceError):
-            self.last_stall = time.monotonic()
+        except Exception as exc:
+            if database_unavailable(exc):
+                self.last_stall = time.monotonic()
             raise
         if time.monotonic() - started > self.stall_after:
             self.last_stall = time.monotonic()

@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
-from dagstore.db import Database, db_time
+from dagstore.db import Database, database_unavailable, db_time
+from dagstore.outage import Outage
 from scheduler.backfill import release_held
 from scheduler.batch import FAILED_BACKOFF, schedule_batch
 from scheduler.enqueue import Enqueuer, requeue_lost
@@ -55,6 +54,7 @@ class Scheduler:
         self._stop = False
         self._last_recover = 0.0
         self.health = WriteHealth(db, config.heartbeat_timeout)
+        self.db_outage = Outage("the database", log, first=0.25, cap=2.0)
 
     def stop(self, *_: object) -> None:
         self._stop = True
@@ -66,10 +66,15 @@ class Scheduler:
         while not self._stop:
             try:
                 busy = self.tick()
-            except Exception:  # the database or Redis went away: wait, reconnect, go on
-                log.exception("scheduler tick failed; retrying")
+            except Exception as exc:  # noqa: BLE001 - a scheduler never exits of a failure
                 busy = False
+                if database_unavailable(exc):  # said once per outage, retried soon
+                    time.sleep(self.db_outage.failed("scheduling", exc))
+                    continue
+                log.exception("scheduler tick failed; retrying")
                 time.sleep(1.0)
+                continue
+            self.db_outage.ended()
             if not busy:
                 time.sleep(self.config.poll_interval)
         log.info("scheduler %s stopped", self.config.name)
@@ -101,9 +106,9 @@ class Scheduler:
         try:
             with self.health.write() as session:
                 outcome = schedule_batch(session, leases, db_time(session), self.config.name)
-        except (OperationalError, InterfaceError):
-            raise  # the database went away: the whole tick waits, the leases expire
-        except Exception:  # noqa: BLE001 - one DAG must not stop the others
+        except Exception as exc:  # noqa: BLE001 - one DAG must not stop the others
+            if database_unavailable(exc):
+                raise  # the database went away: the whole tick waits, the leases expire
             if len(leases) > 1:
                 log.warning("a batch of %d DAGs failed; scheduling them one by one",
                             len(leases), exc_info=True)  # fmt: skip

@@ -26,7 +26,8 @@ def test_valid_against_the_compose_specification():
 
 
 def test_topology():
-    assert {"postgres", "redis", "migrate", "lb"} <= set(SERVICES)
+    assert {"postgres-a", "postgres-b", "redis-a", "redis-b", "migrate", "lb"} <= set(SERVICES)
+    assert {"sentinel1", "sentinel2", "sentinel3"} <= set(SERVICES)  # issue 26: HA
     by_command: dict[str, list[str]] = {}
     for name, service in SERVICES.items():
         if "build" in service:

@@ -13,6 +13,22 @@ from pinflow.cli.options import DatabaseUrl, Home
 db_app = typer.Typer(help="The database schema.")
 
 
+def check_urls(settings: Settings, database: bool = True, redis: bool = True) -> None:
+    """At start, before anything connects: a database or Redis URL pinflow cannot use (a
+    malformed multi-host or Sentinel URL, a Sentinel that names no primary for the service)
+    is one clear line and a non-zero exit, never a traceback (issue 26)."""
+    from dagstore.db import check_database_url
+    from dagstore.redisconn import check_redis_url
+
+    if database:
+        try:
+            check_database_url(settings.database_url)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    if redis and settings.redis_url:
+        check_redis_url(settings.redis_url)
+
+
 @db_app.command("upgrade")
 def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     """Bring the database schema up to date (safe to run from many processes at once)."""
@@ -21,6 +37,7 @@ def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     from pinflow.migrate import upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
+    check_urls(settings, redis=False)
     settings.make_home()
     store = StoreContext.from_settings(settings)
     upgrade(store.db)
@@ -57,6 +74,7 @@ def serve(
     from pinflow.startup import prepare
 
     settings = Settings.load(home=home, database_url=database_url)
+    check_urls(settings)
     prepare(settings)  # once, before any process answers
     if workers == 1:
         uvicorn.run(server_app(settings), host=host, port=port, log_level=log_level)
@@ -95,13 +113,15 @@ def scheduler(
 
     from dagstore.context import StoreContext
     from pinflow.migrate import upgrade
+    from pinflow.startup import until_database
     from scheduler.enqueue import Enqueuer
     from scheduler.loop import Scheduler, SchedulerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.load(home=home, database_url=database_url)
+    check_urls(settings)
     store = StoreContext.from_settings(settings)
-    upgrade(store.db)
+    until_database("bringing the schema up to date", lambda: upgrade(store.db))
     config = SchedulerConfig(
         lease_ttl=settings.lease_ttl, heartbeat_timeout=settings.heartbeat_timeout
     )
@@ -139,6 +159,7 @@ def worker(
         raise BadRequest("PINFLOW_REDIS_URL is not set: the worker takes its tasks from Redis")
     if not settings.token:
         raise BadRequest("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
+    check_urls(settings, database=False)  # a worker never opens the database
     # Becomes the token agent (same process, token out of its environment), which starts the
     # RQ worker without the token: task code never sees it (runner/agent.py, SECURITY.md).
     launch(WorkerOptions(queue, burst, name, fork), settings.token)

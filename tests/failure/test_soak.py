@@ -73,22 +73,23 @@ def work(context):
         note("end", context)
 """
 
-FAN = """
-with DAG("soak_fan", schedule=None, max_active_runs=50):
+FAN_DAG = """
+with DAG("{dag_id}", schedule=None, max_active_runs=50):
     @task(retries=3)
     def step(context):
         work(context)
 
     root = step.override(task_id="root")()
-    first = [step.override(task_id=f"a{i:02}")() for i in range(16)]
+    first = [step.override(task_id=f"a{{i:02}}")() for i in range({width})]
     join = step.override(task_id="join")()
-    second = [step.override(task_id=f"b{i:02}")() for i in range(16)]
+    second = [step.override(task_id=f"b{{i:02}}")() for i in range({width})]
     end = step.override(task_id="end")()
     root >> first
     first >> join
     join >> second
     second >> end
 """
+FAN = FAN_DAG.format(dag_id="soak_fan", width=16)
 
 SCHEDULED = """
 for i in range({ticking}):
@@ -221,6 +222,25 @@ class Soak:
         return found
 
 
+def ledger_faults(
+    executions: dict[tuple[str, str, int], list[dict[str, Any]]],
+) -> tuple[int, int, int]:
+    """What the ledger says went wrong: (tries executed more than once, pairs of executions
+    of one task that overlapped in time, executions with no end that no kill explains)."""
+    duplicates = sum(len(e) - 1 for e in executions.values())
+    by_task: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for (run_id, task_id, _try), entries in executions.items():
+        by_task[(run_id, task_id)].extend(entries)
+    unaccounted = sum(e["end"] is None for entries in by_task.values() for e in entries)
+    overlaps = 0
+    for entries in by_task.values():
+        entries.sort(key=lambda e: e["start"])
+        for before, after in zip(entries, entries[1:], strict=False):
+            if before["end"] is None or before["end"] > after["start"]:
+                overlaps += 1
+    return duplicates, overlaps, unaccounted
+
+
 def final_states(db: Database) -> tuple[int, int]:
     """(runs, runs not final yet)."""
     with db.read() as session:
@@ -332,17 +352,7 @@ def test_ha_soak(soak: Soak, tmp_path: Path):
         db.dispose()
 
     executions = soak.executions()
-    duplicates = sum(len(e) - 1 for e in executions.values())
-    by_task: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for (run_id, task_id, _try), entries in executions.items():
-        by_task[(run_id, task_id)].extend(entries)
-    unaccounted = sum(e["end"] is None for entries in by_task.values() for e in entries)
-    overlaps = 0
-    for entries in by_task.values():
-        entries.sort(key=lambda e: e["start"])
-        for before, after in zip(entries, entries[1:], strict=False):
-            if before["end"] is None or before["end"] > after["start"]:
-                overlaps += 1
+    duplicates, overlaps, unaccounted = ledger_faults(executions)
     ran = set(executions)
     recorded = {(run_id, task_id, try_number) for run_id, task_id, try_number in tries}
     unknown_to_pinflow = len(ran - recorded)

@@ -24,6 +24,17 @@ def find_pg_bin() -> Path | None:
     return Path(initdb).resolve().parent if initdb else None
 
 
+def run_pg(bin_dir: Path, *args: str) -> None:
+    """One of PostgreSQL's programs (initdb, pg_ctl, ...), as user postgres when we are root:
+    PostgreSQL refuses to run as root."""
+    cmd = [str(bin_dir / args[0]), *args[1:]]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}")
+
+
 class PostgresCluster:
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir
@@ -35,17 +46,16 @@ class PostgresCluster:
         self.as_root = os.geteuid() == 0
 
     def _run(self, *args: str) -> None:
-        cmd = [str(self.bin_dir / args[0]), *args[1:]]
-        if self.as_root:  # PostgreSQL refuses to run as root
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:1])} failed: {result.stderr.strip()}")
+        run_pg(self.bin_dir, *args)
 
     def start(self) -> None:
         if self.as_root:
             shutil.chown(self.base, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt`), on its port."""
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
         options += " -c max_connections=300 -c synchronous_commit=off -c full_page_writes=off"
         self._run(
@@ -59,6 +69,10 @@ class PostgresCluster:
             "-w",
             "start",
         )
+
+    def halt(self) -> None:
+        """Stop the server (fast: open connections are cut) until `resume`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def restart(self) -> None:
         """A fast restart: every open connection is cut, as when a database fails over."""
