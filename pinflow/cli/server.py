@@ -132,16 +132,19 @@ def worker(
     ] = True,
 ) -> None:
     """Run one worker: takes tasks from Redis, fetches versions and reports over HTTP."""
-    from runner.agent import WorkerOptions, launch
+    from runner.agent import WorkerOptions, WorkerSecrets, launch
 
     settings = Settings.load()
     if not settings.redis_url:
         raise BadRequest("PINFLOW_REDIS_URL is not set: the worker takes its tasks from Redis")
     if not settings.token:
         raise BadRequest("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
-    # Becomes the token agent (same process, token out of its environment), which starts the
-    # RQ worker without the token: task code never sees it (runner/agent.py, SECURITY.md).
-    launch(WorkerOptions(queue, burst, name, fork), settings.token)
+    # Becomes the token agent (same process, token and Redis URL out of its environment),
+    # which starts the RQ worker with neither: task code never sees them (runner/agent.py,
+    # SECURITY.md).
+    launch(
+        WorkerOptions(queue, burst, name, fork), WorkerSecrets(settings.token, settings.redis_url)
+    )
 
 
 def up(
