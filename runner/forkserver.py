@@ -86,8 +86,12 @@ class ForkServer:
         """Whether the server imported its DAG file and takes tries. Never waits."""
         if self.state == "starting" and _readable(self.sock, 0):
             message = self._receive(STATUS_WAIT)
-            self.state = "ready" if message and message.get("ready") is True else "dead"
-            if self.state == "dead":
+            repo, sha = self.key
+            if message and message.get("ready") is True:
+                self.state = "ready"
+                log.info("horses of %s@%s now fork from a warm fork server", repo, sha[:12])
+            else:
+                log.info("no warm fork server for %s@%s: its DAG file failed", repo, sha[:12])
                 self.stop()
         return self.state == "ready"
 
@@ -219,6 +223,8 @@ def _serve(sock: socket.socket, worker: Any, root: Path, spec: TaskSpec) -> NoRe
         if failed is None:
             while (request := frames.receive(sock)) is not None:
                 _fork_horse(sock, worker, root, request)
+    except (OSError, PinflowError):
+        pass  # the RQ worker has gone (or stopped this server)
     except BaseException:  # noqa: BLE001 - said in the worker's log; the RQ worker goes on
         traceback.print_exc()
     finally:
