@@ -47,6 +47,21 @@ def serve(
             "token cache and archive memory",
         ),
     ] = 1,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where users reach this server, e.g. https://pinflow.example.com "
+            "[env: PINFLOW_PUBLIC_URL]; https makes the UI's session cookie Secure"
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated addresses or networks of proxies whose X-Forwarded-Proto and "
+            "X-Forwarded-For are believed; * for any [env: PINFLOW_FORWARDED_ALLOW_IPS; "
+            "default 127.0.0.1]"
+        ),
+    ] = None,
 ) -> None:
     """Run an API server (DAG store, git remote, runs API); run many behind a load balancer."""
     import os
@@ -56,15 +71,25 @@ def serve(
     from pinflow.app import server_app
     from pinflow.startup import prepare
 
-    settings = Settings.load(home=home, database_url=database_url)
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise BadRequest(f"--public-url must be an http:// or https:// URL, not {public_url!r}")
+    settings = Settings.load(
+        home=home,
+        database_url=database_url,
+        public_url=public_url.rstrip("/") if public_url else None,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
     prepare(settings)  # once, before any process answers
+    proxy = {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
     if workers == 1:
-        uvicorn.run(server_app(settings), host=host, port=port, log_level=log_level)
+        uvicorn.run(server_app(settings), host=host, port=port, log_level=log_level, **proxy)
         return
     # uvicorn's workers are fresh interpreters (spawned): they load their settings from the
     # environment, so what the flags said must be there.
     os.environ["PINFLOW_HOME"] = str(settings.home)
     os.environ["PINFLOW_DATABASE_URL"] = settings.database_url
+    if settings.public_url:
+        os.environ["PINFLOW_PUBLIC_URL"] = settings.public_url
     uvicorn.run(
         "pinflow.app:server_app",
         factory=True,
@@ -72,6 +97,7 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        **proxy,
     )
 
 
