@@ -6,6 +6,7 @@ watching costs the API server next to nothing; the run with its tasks is read on
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +29,12 @@ WORKER_MODES: dict[str, tuple[str, ...]] = {
 def cluster(
     home: Path, workers: int, worker_args: tuple[str, ...] = (), **env: str
 ) -> Iterator[Cluster]:
-    """API server, one scheduler and `workers` RQ workers on SQLite, always stopped."""
+    """API server, one scheduler and `workers` RQ workers on SQLite, always stopped.
+    PINFLOW_WARM_DAGS in the benchmark's own environment reaches the workers (to measure
+    what warming buys: `PINFLOW_WARM_DAGS=0 python -m bench throughput`)."""
     home.mkdir(parents=True, exist_ok=True)
+    if "PINFLOW_WARM_DAGS" in os.environ:
+        env.setdefault("PINFLOW_WARM_DAGS", os.environ["PINFLOW_WARM_DAGS"])
     running = Cluster(home, f"sqlite:///{home}/pinflow.db", "sqlite", **env)
     running.worker_args = list(worker_args)
     try:
