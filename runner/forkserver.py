@@ -132,7 +132,7 @@ class ForkServer:
         if self._status is None and self.state == "dead":
             self._status = (pid, None)
         if self._status is None:
-            select.select([self.sock], [], [])  # an alarm's exception leaves no trace here
+            _readable(self.sock, None)  # an alarm's exception here leaves no trace
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, _MONITOR_SIGNALS)
             try:
                 message = self._receive(STATUS_WAIT)
@@ -203,11 +203,15 @@ class WarmServers:
         self.failed = [*self.failed[-(REMEMBER_FAILED - 1) :], key]
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
+def _readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Whether `sock` has something to read (or was closed), waiting up to `timeout`
+    seconds (None: until it has)."""
+    poller = select.poll()
     try:
-        return bool(select.select([sock], [], [], timeout)[0])
+        poller.register(sock, select.POLLIN)
     except (OSError, ValueError):
         return True  # closed: the read that follows finds out
+    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
 
 
 def _serve(sock: socket.socket, worker: Any, root: Path, spec: TaskSpec) -> NoReturn:

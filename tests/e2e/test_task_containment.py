@@ -22,6 +22,7 @@ from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from tests.conftest import cluster_for
 from tests.e2e.test_partitions import push_quick, take_job
 from tests.support.cluster import Cluster
+from tests.support.dags import HELD_SOCKETS
 
 HOSTILE_DAG = r'''
 import gc, glob, os, re
@@ -235,7 +236,7 @@ def test_rq_jobs_other_than_pinflows_task_are_refused(
 # --- warming (issue 25): a DAG file's top level never runs where claims are made ------------
 
 THIEF_DAG = r'''
-import inspect, json, os, socket, stat, struct
+import inspect, json, os, socket, struct
 from pinflow import DAG, task
 
 LEDGER = {ledger!r}
@@ -245,27 +246,20 @@ ATTACK = {attack!r}
 def try_every_unix_socket():
     """Speak the token agent's protocol on every Unix socket this process holds."""
     answers = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not stat.S_ISSOCK(os.fstat(int(fd)).st_mode):
-                continue
-            s = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
+    for s in held_sockets():
+        if s.family != socket.AF_UNIX:
             continue
-        with s:
-            if s.family != socket.AF_UNIX:
-                continue
-            s.settimeout(0.5)
-            for ti in range(1, 40):
-                body = json.dumps({{"ti_id": ti, "try_number": 1, "worker": "thief",
-                                   "attempt": "t" * 32}}).encode()
-                try:
-                    s.sendall(struct.pack("!I", len(body)) + body)
-                    head = s.recv(4)
-                    answers.append(s.recv(struct.unpack("!I", head)[0]).decode()[:200])
-                except (OSError, struct.error) as exc:
-                    answers.append(type(exc).__name__)
-                    break
+        s.settimeout(0.5)
+        for ti in range(1, 40):
+            body = json.dumps({{"ti_id": ti, "try_number": 1, "worker": "thief",
+                               "attempt": "t" * 32}}).encode()
+            try:
+                s.sendall(struct.pack("!I", len(body)) + body)
+                head = s.recv(4)
+                answers.append(s.recv(struct.unpack("!I", head)[0]).decode()[:200])
+            except (OSError, struct.error) as exc:
+                answers.append(type(exc).__name__)
+                break
     return answers
 
 
@@ -312,6 +306,10 @@ with DAG("{dag_id}", schedule=None):
 """
 
 
+def thief_source(ledger: Path, attack: bool, dag_id: str) -> str:
+    return HELD_SOCKETS + THIEF_DAG.format(ledger=str(ledger), attack=attack, dag_id=dag_id)
+
+
 def ledger_of(path: Path) -> list[dict]:
     import json
 
@@ -327,7 +325,7 @@ def test_warming_runs_no_dag_code_where_tries_are_claimed(
     victim = cluster.repo(f"victim{uid}", tmp_path / "v")
     cluster.push(victim, "v", **{"dags/v.py": VICTIM_DAG.format(dag_id=f"victim_{uid}")})
     thief = cluster.repo(f"thief{uid}", tmp_path / "t")
-    thief_dag = THIEF_DAG.format(ledger=str(ledger), attack=True, dag_id=f"thief_{uid}")
+    thief_dag = thief_source(ledger, True, f"thief_{uid}")
     cluster.push(thief, "t", **{"dags/t.py": thief_dag})
     victim_run = cluster.trigger(f"victim_{uid}")
     for _ in range(3):  # the first caches the version; later ones find it warm
@@ -354,8 +352,7 @@ def test_warming_imports_the_claimed_version_not_the_one_the_redis_job_names(
     version's DAG file: that file is never imported for it; the claimed try runs as claimed."""
     ledger = tmp_path / "ledger"
     thief = cluster.repo(f"named{uid}", tmp_path / "t")
-    named = cluster.push(thief, "t", **{"dags/t.py": THIEF_DAG.format(
-        ledger=str(ledger), attack=False, dag_id=f"named_{uid}")})  # fmt: skip
+    named = cluster.push(thief, "t", **{"dags/t.py": thief_source(ledger, False, f"named_{uid}")})
     assert cluster.wait(cluster.trigger(f"named_{uid}")["run_id"])["state"] == "success"
     ledger.unlink()  # its version is in the workers' cache now
     for worker in list(cluster.workers):  # the job must stay on the queue for take_job

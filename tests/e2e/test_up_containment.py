@@ -26,13 +26,13 @@ import pytest
 
 from pinflow.supervise import descendants
 from pinflow.upbox import WorkerBox, worker_box
-from tests.e2e.test_up import wait_for
+from tests.e2e.test_up import end_up, start_up, wait_for
+from tests.support.dags import HELD_SOCKETS
 from tests.support.git import Git
 from tests.support.ports import free_port
-from tests.support.server import PINFLOW
 
 HOSTILE = r'''
-import glob, os, socket, stat, sys
+import glob, os, socket
 from pinflow import DAG, task
 
 HALVES = {halves!r}
@@ -77,21 +77,14 @@ def memory_of(pid):
 def inherited_redis():
     """Sockets this process holds that are connected to Redis' port and answer PING."""
     answering = []
-    for fd in os.listdir("/proc/self/fd"):
+    for s in held_sockets():
         try:
-            if not stat.S_ISSOCK(os.fstat(int(fd)).st_mode):
-                continue
-            s = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
-        with s:
-            try:
-                if s.family == socket.AF_INET and s.getpeername()[1] == REDIS_PORT:
-                    s.settimeout(2)
-                    s.sendall(b"PING\r\n")
-                    answering.append(s.recv(64).decode(errors="replace"))
-            except OSError as exc:
-                answering.append(type(exc).__name__)
+            if s.family == socket.AF_INET and s.getpeername()[1] == REDIS_PORT:
+                s.settimeout(2)
+                s.sendall(b"PING\r\n")
+                answering.append(s.recv(64).decode(errors="replace"))
+        except OSError as exc:
+            answering.append(type(exc).__name__)
     return answering
 
 
@@ -166,25 +159,16 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, int]]:
     home, port = tmp_path / "home", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
     with (tmp_path / "up.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [PINFLOW, "up", "--port", str(port), "--workers", "1", "--home", str(home)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_up(home, port, env, log, demo=False)
     try:
         wait_for(lambda: "pinflow is up" in (tmp_path / "up.log").read_text())
         yield proc, home, port
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in descendants(proc.pid):
-                    os.kill(pid, signal.SIGKILL)
-                proc.kill()
-                proc.wait()
+        end_up(proc)
 
 
 def test_under_up_a_task_finds_no_token_no_home_no_database_and_no_redis(up, tmp_path):
@@ -204,7 +188,7 @@ def test_under_up_a_task_finds_no_token_no_home_no_database_and_no_redis(up, tmp
     try:
         assert admin.post("/repos", json={"name": "hostile"}).status_code == 201
         work = Git(tmp_path / "work").init()
-        source = HOSTILE.format(halves=halves, home=str(home), redis_port=redis_port,
+        source = HELD_SOCKETS + HOSTILE.format(halves=halves, home=str(home), redis_port=redis_port,
                                 plant=plant, dag_id="snoop")  # fmt: skip
         work.write("dags/snoop.py", source)
         work.commit("hostile")
@@ -267,12 +251,7 @@ def test_without_bubblewrap_up_starts_and_says_tasks_are_not_boxed(tmp_path):
     env["PATH"] = f"{Path(sys.executable).parent}:{bin_dir}"
     log = tmp_path / "up.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [PINFLOW, "up", "--port", str(port), "--workers", "1", "--home", str(home)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_up(home, port, env, out, demo=False)
     try:
         wait_for(lambda: "pinflow is up" in log.read_text())
         text = log.read_text()
@@ -283,10 +262,7 @@ def test_without_bubblewrap_up_starts_and_says_tasks_are_not_boxed(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            for pid in descendants(proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            proc.kill()
+        end_up(proc)
 
 
 def test_a_box_bubblewrap_cannot_build_is_announced(tmp_path, monkeypatch):
