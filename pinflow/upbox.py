@@ -15,7 +15,7 @@ tokens). A task runs as that same user, so unboxed it could read all of it and a
   any capability, so they cannot remount, unmount or look past what the box shows; a new
   session, so there is no terminal to push keystrokes into;
 - the network is shared: tasks reach the API server (with their try credential only), Redis'
-  port (without its password: `runner.redisconn`) and the outside world.
+  port (without its password: `runner.agentconn`) and the outside world.
 
 The worker's token and Redis URL come through a pipe, never its environment: bubblewrap's
 own process is inside the box and its environment can be read there.

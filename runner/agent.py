@@ -17,7 +17,7 @@ worker's token therefore lives in neither. `pinflow worker` is three processes:
    memory are then root's: no other process of the same user can read or ptrace it) and
    starts the RQ worker with one end of a socketpair, no token and no Redis password.
 3. The RQ worker's Redis connections are opened by the agent, which authenticates them and
-   passes the connected socket over (`AgentClient.redis_socket`, `runner.redisconn`): the
+   passes the connected socket over (`AgentClient.redis_socket`, `runner.agentconn`): the
    password is never in the RQ worker's memory, so a work horse forked from it cannot find
    it, and the horse closes the sockets it inherited before any task code runs.
 4. Before each fork the RQ worker asks the agent to claim the try (`AgentClient.claim`); the
@@ -52,7 +52,7 @@ from runner import frames
 log = logging.getLogger("pinflow.worker")
 SECRETS_FD_ENV = "PINFLOW_AGENT_SECRETS_FD"  # the pipe the agent reads its secrets from
 AGENT_FD_ENV = "PINFLOW_AGENT_FD"  # the RQ worker's end of the socketpair
-# Set for the RQ worker when its Redis connections come from the agent (`runner.redisconn`).
+# Set for the RQ worker when its Redis connections come from the agent (`runner.agentconn`).
 REDIS_VIA_AGENT_ENV = "PINFLOW_REDIS_VIA_AGENT"
 SECRET_VARIABLES = ("PINFLOW_TOKEN", "PINFLOW_REDIS_URL")  # never in a process's environment
 

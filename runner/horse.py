@@ -36,9 +36,9 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from dagstore.protocol import JobPayload
+from runner.agentconn import close_inherited
 from runner.claim import CLAIMS
 from runner.handover import HANDOVER
-from runner.redisconn import close_inherited
 
 if TYPE_CHECKING:
     from runner.forkserver import ForkServer

@@ -30,11 +30,11 @@ from dagstore.prctl import make_undumpable
 from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
+from runner.agentconn import worker_redis
 from runner.claim import CLAIMS, token_refused
 from runner.forkserver import WARM_SERVERS, ForkServer
 from runner.horse import LightHorse
 from runner.job import run_task, send_handed_over
-from runner.redisconn import worker_redis
 
 log = logging.getLogger("pinflow.worker")
 REFUSED_FIRST_WAIT = 1.0  # seconds before the next job once the token is refused
@@ -196,7 +196,7 @@ def worker_main(options: WorkerOptions) -> int:
     settings = Settings.load()
     if options.name:
         os.environ["PINFLOW_WORKER_NAME"] = options.name
-    # Redis comes through the agent (runner.redisconn); a TLS Redis URL is in the environment.
+    # Redis comes through the agent (runner.agentconn); a TLS Redis URL is in the environment.
     run_worker(settings.redis_url or "", options.queues, options.burst, options.name, options.fork)
     return 0
 
