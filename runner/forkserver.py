@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dagstore.errors import PinflowError
-from dagstore.prctl import die_with_parent
+from dagstore.prctl import die_with_parent, name, set_name
 from dagstore.protocol import TaskSpec
 from runner import frames
 from runner.claim import CLAIMS, Claimed
@@ -54,6 +54,7 @@ log = logging.getLogger("pinflow.worker")
 FORK_WAIT = IMPORT_TIMEOUT + 5.0  # a server importing another DAG file of its version first
 STATUS_WAIT = 5.0  # the rest of a status message once its first byte is there
 REMEMBER_FAILED = 64  # versions whose server failed, not tried again
+SERVER_NAME = "pinflow-warm"  # how `ps` shows a fork server (its horses get the usual name)
 # Where a version's files are, or None while it is not (completely) in the local cache.
 Locate = Callable[[str, str], Path | None]
 # What RQ's monitor loop may raise from while it waits (its job alarm, a shutdown request).
@@ -218,6 +219,8 @@ def _serve(sock: socket.socket, worker: Any, root: Path, spec: TaskSpec) -> NoRe
     """The fork server (a forked copy of the RQ worker). Never returns."""
     try:
         die_with_parent()
+        horse_name = name()
+        set_name(SERVER_NAME)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         worker.drop_channels()  # before any DAG code: no agent, no Redis
@@ -226,7 +229,7 @@ def _serve(sock: socket.socket, worker: Any, root: Path, spec: TaskSpec) -> NoRe
         frames.send(sock, {"ready": failed is None})
         if failed is None:
             while (request := frames.receive(sock)) is not None:
-                _fork_horse(sock, worker, root, request)
+                _fork_horse(sock, worker, root, request, horse_name)
     except (OSError, PinflowError):
         pass  # the RQ worker has gone (or stopped this server)
     except BaseException:  # noqa: BLE001 - said in the worker's log; the RQ worker goes on
@@ -235,7 +238,9 @@ def _serve(sock: socket.socket, worker: Any, root: Path, spec: TaskSpec) -> NoRe
         os._exit(0)
 
 
-def _fork_horse(sock: socket.socket, worker: Any, root: Path, request: dict[str, Any]) -> None:
+def _fork_horse(
+    sock: socket.socket, worker: Any, root: Path, request: dict[str, Any], horse_name: str
+) -> None:
     fds = frames.receive_fds(sock, 2)
     spec = TaskSpec.model_validate(request["spec"])
     WARM.load(root, spec.fileloc, spec.sha)  # another file of this version: warm it too
@@ -243,6 +248,7 @@ def _fork_horse(sock: socket.socket, worker: Any, root: Path, request: dict[str,
     if pid == 0:
         sock.close()
         os.setpgid(0, 0)  # as RQ's horses: its own group, which the RQ worker kills
+        set_name(horse_name)
         _horse(worker, request, spec, fds)
     with contextlib.suppress(OSError):
         os.setpgid(pid, pid)  # the same, before the RQ worker could act on it
