@@ -6,6 +6,7 @@ watching costs the API server next to nothing; the run with its tasks is read on
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,8 +34,11 @@ def cluster(
     **env: str,
 ) -> Iterator[Cluster]:
     """API server, one scheduler and `workers` RQ workers on SQLite (or `database_url`),
-    always stopped."""
+    always stopped. PINFLOW_WARM_DAGS in the benchmark's own environment reaches the workers
+    (to measure what warming buys: `PINFLOW_WARM_DAGS=0 python -m bench throughput`)."""
     home.mkdir(parents=True, exist_ok=True)
+    if "PINFLOW_WARM_DAGS" in os.environ:
+        env.setdefault("PINFLOW_WARM_DAGS", os.environ["PINFLOW_WARM_DAGS"])
     url = database_url or f"sqlite:///{home}/pinflow.db"
     backend = "postgresql" if url.startswith("postgresql") else "sqlite"
     running = Cluster(home, url, backend, **env)

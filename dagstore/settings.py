@@ -23,6 +23,13 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"pinflow: {name} must be a number, got {raw!r}") from None
 
 
+def _env_url(name: str) -> str | None:
+    raw = (os.environ.get(name) or "").strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise SystemExit(f"pinflow: {name} must be an http:// or https:// URL, got {raw!r}")
+    return raw or None
+
+
 def normalise_database_url(url: str) -> str:
     """Let users write the URL they know (`postgresql://...`) and still get psycopg 3."""
     for prefix in ("postgresql://", "postgres://"):
@@ -49,6 +56,10 @@ class Settings:
     max_object_mb: int = 100
     max_push_inflated_mb: int = 1024
     parse_sandbox: str = "on"
+    # Where users reach the server (behind a proxy); an https one makes the UI's cookie Secure.
+    public_url: str | None = None
+    # Proxies whose X-Forwarded-Proto/-For the server believes (uvicorn's forwarded_allow_ips).
+    forwarded_allow_ips: str = "127.0.0.1"
 
     def make_home(self) -> None:
         """PINFLOW_HOME and the SQLite file are this user's alone (0700, 0600): they hold the
@@ -96,6 +107,8 @@ class Settings:
             max_object_mb=int(_env_float("PINFLOW_MAX_OBJECT_MB", 100)),
             max_push_inflated_mb=int(_env_float("PINFLOW_MAX_PUSH_INFLATED_MB", 1024)),
             parse_sandbox=os.environ.get("PINFLOW_PARSE_SANDBOX") or "on",
+            public_url=_env_url("PINFLOW_PUBLIC_URL"),
+            forwarded_allow_ips=os.environ.get("PINFLOW_FORWARDED_ALLOW_IPS") or "127.0.0.1",
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

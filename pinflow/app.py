@@ -20,6 +20,7 @@ from dagstore.db import database_unavailable
 from dagstore.errors import PinflowError
 from dagstore.githttp import make_git_app
 from dagstore.settings import Settings
+from pinflow.headers import SecurityHeaders
 from pinflow.metrics import router as metrics_router
 from pinflow.metrics import watch as watch_system
 from pinflow.openapi import install as install_openapi
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)  # the errors operations answer (pinflow.openapi), after every route
     # Ahead of routing: the cached archive GET, answered from memory (dagstore.api.archive_http).
     app.add_middleware(ArchiveFastPath, store=store)  # type: ignore[arg-type]
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer (pinflow.headers)
     return app
 
 

@@ -2,7 +2,9 @@
 
 Each child gets PR_SET_PDEATHSIG, so even a `kill -9` of `pinflow up` takes its children
 down with it; a normal stop sends SIGTERM (workers finish their task: warm shutdown), waits,
-then kills whatever is left, work horses included.
+then kills whatever is left, work horses included. A child in a bubblewrap box
+(`pinflow.upbox`) is signalled inside it: bubblewrap passes no signal on. A child's secret
+reaches it through a pipe, new at each start, never its command line or environment.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagstore.prctl import die_with_parent
+from runner.agent import pipe_holding
 
 
 def descendants(pid: int) -> list[int]:
@@ -36,6 +39,19 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def inside_box(pid: int) -> int | None:
+    """The first process below `pid` that is not bubblewrap's own (bwrap, then its init in
+    the box): the one to signal."""
+    for child in descendants(pid):  # a chain: parents come before their children
+        try:
+            comm = Path(f"/proc/{child}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm != "bwrap":
+            return child
+    return None
+
+
 @dataclass
 class Child:
     name: str
@@ -49,6 +65,9 @@ class Child:
     # Log lines holding one of these are said on the console too: what the person running
     # `pinflow up` must see (a worker whose token is refused), not only its log file.
     shout: tuple[str, ...] = ()
+    # (the variable naming the descriptor, the bytes): read by the child from a pipe.
+    secret: tuple[str, bytes] | None = None
+    boxed: bool = False  # started under bubblewrap (`pinflow.upbox`)
     _log_read: int = 0
 
     def loud_lines(self) -> list[str]:
@@ -70,16 +89,26 @@ class Child:
         if self._log_read == 0 and self.log_path is not None and self.log_path.exists():
             self._log_read = self.log_path.stat().st_size  # an earlier start's lines are old
         out = self.log_path.open("ab") if self.log_path else None
-        self.proc = subprocess.Popen(
-            self.args,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads here
-        )
-        if out:
-            out.close()
+        env, fds = self.env, ()
+        if self.secret is not None:
+            variable, data = self.secret
+            fds = (pipe_holding(data),)
+            env = {**self.env, variable: str(fds[0])}
+        try:
+            self.proc = subprocess.Popen(
+                self.args,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                stdin=subprocess.DEVNULL,
+                pass_fds=fds,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads here
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if out:
+                out.close()
         self.started_at = time.monotonic()
 
     @property
@@ -91,7 +120,12 @@ class Child:
             return
         kids = descendants(self.proc.pid)
         if self.proc.poll() is None:
-            self.proc.terminate()
+            inside = inside_box(self.proc.pid) if self.boxed else None
+            if inside is None:
+                self.proc.terminate()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(inside, signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:

@@ -7,6 +7,12 @@ them in PINFLOW_HOME/up-tokens.json (0600), so a restart reuses the data and the
 admin token is printed on that first start only. Its Redis has a password (a new one per
 start, given in a 0600 config file, never on a command line) so no other local user can
 enqueue or read jobs. No token is ever put on a command line or in a git remote URL.
+
+Task code runs as the user running `pinflow up`, so each worker runs in a bubblewrap box that
+hides PINFLOW_HOME and every other process (`pinflow.upbox`), and gets only what a worker
+needs: the API URL and its version cache in its environment; its token and the Redis URL
+through a pipe, to the token agent alone (`runner.agent`). Where the box cannot be built, the
+banner says so.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from dagstore.token import create_token, is_live
 from pinflow.gitauth import CREDENTIAL_HELPER, git_auth_env
 from pinflow.migrate import upgrade
 from pinflow.supervise import Child, Supervisor
+from pinflow.upbox import WorkerBox, worker_box
+from runner.agent import SECRETS_FD_ENV, WorkerOptions, WorkerSecrets, agent_command
 
 PINFLOW = str(Path(sys.executable).with_name("pinflow"))
 DEMO_REPO = "demo"
@@ -72,13 +80,37 @@ def tokens_path(settings: Settings) -> Path:
     return settings.home / "up-tokens.json"
 
 
+# Redis commands that reach past the queue: writing files as the Redis server's user (CONFIG
+# SET dir + SAVE), loading code (MODULE), following another server (REPLICAOF), stopping it.
+# Nothing in pinflow or RQ uses them; whoever holds the password cannot either.
+REDIS_DENIED = [
+    "config",
+    "module",
+    "debug",
+    "save",
+    "bgsave",
+    "bgrewriteaof",
+    "replicaof",
+    "slaveof",
+    "sync",
+    "psync",
+    "shutdown",
+    "acl",
+    "failover",
+    "migrate",
+    "monitor",
+]
+
+
 def redis_config(folder: Path) -> tuple[Path, str]:
-    """A config file (0600) with a fresh password: on the command line anyone could read it."""
+    """A config file (0600) with a fresh password (on the command line anyone could read it)
+    for the one user, which may not run REDIS_DENIED."""
     password = secrets.token_urlsafe(24)
     path = folder / "redis.conf"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    denied = " ".join(f"-{command}" for command in REDIS_DENIED)
     with os.fdopen(fd, "w") as f:
-        f.write(f"requirepass {password}\n")
+        f.write(f"user default on >{password} ~* &* +@all {denied}\n")
     return path, password
 
 
@@ -158,7 +190,10 @@ def push_examples(api: str, admin: str, push: str) -> str:
         return git("rev-parse", "HEAD").stdout.strip()
 
 
-def banner(api: str, tokens: dict[str, str], new: bool, kept: Path) -> None:
+def banner(
+    api: str, tokens: dict[str, str], new: bool, kept: Path, box: WorkerBox | None = None
+) -> None:
+    tasks = f"\n  tasks       {box.describe()}" if box is not None else ""
     if new:
         admin = f"{tokens['admin']}   (new: printed this once; kept in {kept})"
     else:
@@ -169,7 +204,7 @@ pinflow is up.
   UI          {api}/   (log in with a token)
   API         {api}   (docs: {api}/docs)
   admin token {admin}
-  git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept})
+  git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept}){tasks}
 
 Next (the tokens stay out of command lines, remote URLs and .git/config):
   export PATH="{Path(sys.executable).parent}:$PATH"   # the `pinflow` command
@@ -214,6 +249,10 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
     tokens, new = load_tokens(settings, db)
     db.dispose()
     api = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    cache = settings.home / "cache" / "versions"
+    box = worker_box(settings, cache)
+    if not box.boxed:
+        say(f"WARNING: workers run unboxed: {box.describe()}")
 
     stopping = False
 
@@ -281,17 +320,25 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
                 logs / "scheduler.log",
             )
         )
+        # Only what a worker needs: no home, no database URL; the token and the Redis URL
+        # reach its token agent alone, through a pipe.
+        worker_env = {k: v for k, v in base_env.items() if not k.startswith("PINFLOW_")}
+        worker_env.update(PINFLOW_API_URL=api, PINFLOW_CACHE_DIR=str(cache))
+        secret = (SECRETS_FD_ENV, WorkerSecrets(tokens["worker"], redis_url).dumps())
         for i in range(workers):
+            options = WorkerOptions(None, False, f"up-worker-{i + 1}", True)
             supervisor.add(
                 Child(
                     f"worker-{i + 1}",
-                    [PINFLOW, "worker", "--name", f"up-worker-{i + 1}"],
-                    {**base_env, "PINFLOW_TOKEN": tokens["worker"]},
+                    box.wrap(agent_command(options)),
+                    worker_env,
                     logs / f"worker-{i + 1}.log",
                     shout=("TOKEN REFUSED",),
+                    secret=secret,
+                    boxed=box.boxed,
                 )
             )
-        banner(api, tokens, new, tokens_path(settings))
+        banner(api, tokens, new, tokens_path(settings), box)
         if demo:
             start_demo(api, tokens, first_start=new)
         say(f"logs in {logs}")

@@ -9,20 +9,25 @@ worker's token therefore lives in neither. `pinflow worker` is three processes:
                                                     before each fork                with its try
                                                                                     credential
 
-1. `pinflow worker` starts with PINFLOW_TOKEN in its environment. It writes the token into a
-   pipe and re-executes itself without it (`launch`): the kernel shows every process's
-   *initial* environment in /proc, so removing the variable in place would not be enough.
-2. The agent reads the token from the pipe, makes itself non-dumpable (its /proc files and
+1. `pinflow worker` starts with PINFLOW_TOKEN and PINFLOW_REDIS_URL in its environment (or,
+   started by `pinflow up`, with neither: both come through a pipe, `secrets_pipe`). It writes
+   them into a pipe and re-executes itself without them (`launch`): the kernel shows every
+   process's *initial* environment in /proc, so removing a variable in place is not enough.
+2. The agent reads them from the pipe, makes itself non-dumpable (its /proc files and
    memory are then root's: no other process of the same user can read or ptrace it) and
-   starts the RQ worker with one end of a socketpair and no token.
-3. Before each fork the RQ worker asks the agent to claim the try (`AgentClient.claim`); the
+   starts the RQ worker with one end of a socketpair, no token and no Redis password.
+3. The RQ worker's Redis connections are opened by the agent, which authenticates them and
+   passes the connected socket over (`AgentClient.redis_socket`, `runner.agentconn`): the
+   password is never in the RQ worker's memory, so a work horse forked from it cannot find
+   it, and the horse closes the sockets it inherited before any task code runs.
+4. Before each fork the RQ worker asks the agent to claim the try (`AgentClient.claim`); the
    answer carries a credential bound to that try (`dagstore.grant`). The work horse closes
    its copy of the agent's socket before any task code runs and uses only that credential.
 
-What this does not cover (SECURITY.md): a worker running as root (root reads any process's
-memory); `--no-fork`, where tasks run in the RQ worker itself and can ask the agent to claim
-other tries (never to reveal the token); a DAG file's top level imported in the RQ worker to
-warm it (`runner.warm`), which can do the same.
+What this does not cover (SECURITY.md): a worker running as root outside `pinflow up`'s box
+(root reads any process's memory); `--no-fork`, where tasks run in the RQ worker itself and
+can ask the agent to claim other tries (never to reveal the token); a TLS Redis URL
+(`rediss://`), whose connections cannot be handed over, so the RQ worker gets the URL.
 """
 
 from __future__ import annotations
@@ -32,21 +37,24 @@ import logging
 import os
 import signal
 import socket
-import struct
+import ssl
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
 from dagstore.errors import PinflowError, error_for
 from dagstore.prctl import die_with_parent, make_undumpable
 from dagstore.protocol import TaskSpec
+from runner import frames
 
 log = logging.getLogger("pinflow.worker")
-TOKEN_FD_ENV = "PINFLOW_TOKEN_FD"  # the pipe the re-executed agent reads its token from
+SECRETS_FD_ENV = "PINFLOW_AGENT_SECRETS_FD"  # the pipe the agent reads its secrets from
 AGENT_FD_ENV = "PINFLOW_AGENT_FD"  # the RQ worker's end of the socketpair
-MAX_FRAME = 64 * 1024 * 1024  # a claim answer carries upstream results: generous, bounded
-_FRAME = struct.Struct("!I")
+# Set for the RQ worker when its Redis connections come from the agent (`runner.agentconn`).
+REDIS_VIA_AGENT_ENV = "PINFLOW_REDIS_VIA_AGENT"
+SECRET_VARIABLES = ("PINFLOW_TOKEN", "PINFLOW_REDIS_URL")  # never in a process's environment
 
 
 @dataclass(frozen=True)
@@ -66,70 +74,70 @@ class WorkerOptions:
         return cls(**json.loads(text))
 
 
-def launch(options: WorkerOptions, token: str) -> NoReturn:
-    """Become the agent: the same process (pid, parent, signals) without the token in its
-    environment. The token goes through a pipe the new image reads first."""
+@dataclass(frozen=True)
+class WorkerSecrets:
+    """What only the agent may hold: the worker's token and the Redis URL (its password)."""
+
+    token: str
+    redis_url: str
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode("utf-8")
+
+    @classmethod
+    def loads(cls, data: bytes) -> WorkerSecrets:
+        fields = json.loads(data)
+        return cls(str(fields["token"]), str(fields["redis_url"]))
+
+
+def pipe_holding(data: bytes) -> int:
+    """The read end of a pipe holding `data`, inheritable: how a secret reaches a new
+    process with none on a command line or in an environment."""
     read_end, write_end = os.pipe()
-    os.write(write_end, token.encode("utf-8"))  # far below a pipe's buffer: no deadlock
+    os.write(write_end, data)  # far below a pipe's buffer: no deadlock
     os.close(write_end)
     os.set_inheritable(read_end, True)
-    env = {k: v for k, v in os.environ.items() if k != "PINFLOW_TOKEN"}
-    env[TOKEN_FD_ENV] = str(read_end)
+    return read_end
+
+
+def agent_command(options: WorkerOptions) -> list[str]:
+    """The agent's command line; its environment names the secrets pipe (SECRETS_FD_ENV)."""
+    return [sys.executable, "-m", "runner", "agent", options.dumps()]
+
+
+def launch(options: WorkerOptions, secrets: WorkerSecrets) -> NoReturn:
+    """Become the agent: the same process (pid, parent, signals) without the token and the
+    Redis URL in its environment. They go through a pipe the new image reads first."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env[SECRETS_FD_ENV] = str(pipe_holding(secrets.dumps()))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "runner", "agent", options.dumps()], env)
+    command = agent_command(options)
+    os.execve(command[0], command, env)
 
 
-def _read_token() -> str:
-    fd = int(os.environ.pop(TOKEN_FD_ENV))
+def _read_secrets() -> WorkerSecrets:
+    fd = int(os.environ.pop(SECRETS_FD_ENV))
     with os.fdopen(fd, "rb") as pipe:
-        return pipe.read().decode("utf-8").strip()
-
-
-def _send(sock: socket.socket, message: dict[str, Any]) -> None:
-    data = json.dumps(message).encode("utf-8")
-    sock.sendall(_FRAME.pack(len(data)) + data)
-
-
-def _receive(sock: socket.socket) -> dict[str, Any] | None:
-    """One message, or None when the other end has gone."""
-    head = _read_exactly(sock, _FRAME.size)
-    if head is None:
-        return None
-    (size,) = _FRAME.unpack(head)
-    if size > MAX_FRAME:
-        raise PinflowError(f"agent message of {size} bytes refused")
-    body = _read_exactly(sock, size)
-    if body is None:
-        return None
-    message = json.loads(body)
-    if not isinstance(message, dict):
-        raise PinflowError("agent message is not an object")
-    return message
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
-    parts, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            return None
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
+        return WorkerSecrets.loads(pipe.read())
 
 
 def agent_main(options: WorkerOptions) -> int:
-    """The agent: start the RQ worker, answer its claims, end with it."""
+    """The agent: start the RQ worker, answer its claims and its requests for Redis
+    connections, end with it."""
     from dagstore.settings import Settings
     from runner.client import WorkerClient
 
-    token = _read_token()
+    secrets = _read_secrets()
     make_undumpable()
     settings = Settings.load()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    env = {k: v for k, v in os.environ.items() if k != "PINFLOW_TOKEN"}
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
     env[AGENT_FD_ENV] = str(theirs.fileno())
+    if handed_over(secrets.redis_url):
+        env[REDIS_VIA_AGENT_ENV] = "1"
+    else:  # a TLS connection cannot change process: the RQ worker connects itself
+        env["PINFLOW_REDIS_URL"] = secrets.redis_url
     worker = subprocess.Popen(
         [sys.executable, "-m", "runner", "worker", options.dumps()],
         env=env,
@@ -141,10 +149,14 @@ def agent_main(options: WorkerOptions) -> int:
     # each on. SIGINT from a terminal reaches the whole process group: the worker has it.
     signal.signal(signal.SIGTERM, lambda signum, _frame: worker.send_signal(signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    client = WorkerClient(settings.api_url, token)
+    client = WorkerClient(settings.api_url, secrets.token)
+    redis_pool = _redis_pool(secrets.redis_url)
     try:
-        while (request := _receive(ours)) is not None:
-            _send(ours, _answer(client, request))
+        while (request := frames.receive(ours)) is not None:
+            if request.get("op") == "redis":
+                _hand_redis_connection(ours, redis_pool)
+            else:
+                frames.send(ours, _answer(client, request))
     except (OSError, PinflowError, ValueError) as exc:
         log.error("agent: the RQ worker's channel broke (%s): stopping it", exc)
         worker.terminate()
@@ -154,8 +166,49 @@ def agent_main(options: WorkerOptions) -> int:
     return worker.wait()
 
 
+def handed_over(redis_url: str) -> bool:
+    """Whether the RQ worker's Redis connections can be opened here and passed over: a plain
+    or Unix-socket connection can, a TLS one (its state lives in this process) cannot."""
+    return not redis_url.startswith("rediss://")
+
+
+def _redis_pool(redis_url: str) -> Any:
+    """Plain or Sentinel (`dagstore.redisconn`): with Sentinel each new connection asks where
+    the primary is now, so a worker follows a failover by asking the agent again."""
+    from dagstore.redisconn import connect
+
+    # No CLIENT SETINFO: two round trips saved per connection (runner.worker.make_worker).
+    client = connect(redis_url, lib_name=None, lib_version=None, socket_connect_timeout=5)
+    return client.connection_pool
+
+
+def _hand_redis_connection(sock: socket.socket, pool: Any) -> None:
+    """Open and authenticate a Redis connection, pass its socket to the RQ worker and forget
+    it: the RQ worker talks on it without ever holding the password. A failure (Redis down)
+    is answered as an error, which the RQ worker raises as Redis' ConnectionError."""
+    import redis
+
+    connection = pool.make_connection()
+    try:
+        connection.connect()
+    except redis.RedisError as exc:
+        frames.send(sock, {"error": str(exc), "status": 503})
+        return
+    conn_sock = connection._sock  # noqa: SLF001 - taken over: redis-py must not close it
+    connection._sock = None  # noqa: SLF001 - so no shutdown(2) reaches the socket passed on
+    connection.disconnect()
+    try:
+        if isinstance(conn_sock, ssl.SSLSocket):
+            frames.send(sock, {"error": "a TLS connection cannot be handed over", "status": 500})
+            return
+        frames.send(sock, {"fd": 1})
+        frames.send_fds(sock, [conn_sock.fileno()])
+    finally:
+        conn_sock.close()  # the RQ worker holds its own copy now
+
+
 def _answer(client: Any, request: dict[str, Any]) -> dict[str, Any]:
-    """Claim one try with the worker's token: the only thing the agent does for anyone."""
+    """Claim one try with the worker's token."""
     try:
         spec, sent = client.claim(
             int(request["ti_id"]),
@@ -171,31 +224,52 @@ def _answer(client: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 class AgentClient:
-    """The RQ worker's side: claims go to the agent, which holds the token."""
+    """The RQ worker's side: claims and Redis connections go through the agent, which holds
+    the token and the Redis password. One request at a time (RQ's pubsub thread reconnects
+    while the main thread claims)."""
 
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.owner = os.getpid()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> AgentClient | None:
         fd = os.environ.pop(AGENT_FD_ENV, None)
         return cls(int(fd)) if fd is not None else None
 
+    def _ask(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        with self._lock:
+            frames.send(self.sock, request)
+            answer = frames.receive(self.sock)
+            if answer is None:
+                raise PinflowError("the worker's token agent has gone")
+            fds = frames.receive_fds(self.sock, 1) if "fd" in answer else []
+        if "error" in answer:
+            for fd in fds:
+                os.close(fd)
+            raise error_for(int(answer.get("status") or 500), str(answer["error"]))
+        return answer, fds
+
     def claim(
         self, ti_id: int, try_number: int, worker: str, attempt: str
     ) -> tuple[TaskSpec, float]:
         """As `WorkerClient.claim`; the answer's credential is for this try alone."""
         request = {"ti_id": ti_id, "try_number": try_number, "worker": worker}
-        _send(self.sock, {**request, "attempt": attempt})
-        answer = _receive(self.sock)
-        if answer is None:
-            raise PinflowError("the worker's token agent has gone")
-        if "error" in answer:
-            raise error_for(int(answer.get("status") or 500), str(answer["error"]))
+        answer, _ = self._ask({**request, "attempt": attempt})
         return TaskSpec.model_validate(answer["spec"]), float(answer["sent"])
 
-    def forget_in_child(self) -> None:
-        """In a forked work horse, before any task code: drop the way to the agent."""
-        if os.getpid() != self.owner:
-            self.sock.close()
+    def redis_socket(self) -> socket.socket:
+        """A connected, authenticated socket to Redis, opened by the agent."""
+        _, fds = self._ask({"op": "redis"})
+        if not fds:
+            raise PinflowError("the token agent sent no Redis connection")
+        return socket.socket(fileno=fds[0])
+
+    def forget_in_child(self) -> bool:
+        """In a forked process, before any task code: drop the way to the agent. True when
+        dropped (False in the RQ worker itself: a --no-fork worker's tasks run there)."""
+        if os.getpid() == self.owner:
+            return False
+        self.sock.close()
+        return True

@@ -69,8 +69,18 @@ class PendingClaims:
 
     def forget_in_child(self) -> None:
         """In a forked horse, before any task code: no way back to the token agent."""
-        if self.agent is not None:
-            self.agent.forget_in_child()
+        if self.agent is not None and self.agent.forget_in_child():
+            self.agent = None
+
+    def drop_all(self) -> None:
+        """In a forked process that must claim nothing and hold no try's credential (a warm
+        fork server, `runner.forkserver`): no agent, no claims."""
+        self.forget_in_child()
+        self._pending.clear()
+
+    def hand(self, claimed: Claimed) -> None:
+        """In a horse forked by a warm fork server: the claim its RQ worker made and sent."""
+        self._pending = {(claimed.spec.ti_id, claimed.spec.try_number): claimed}
 
     def prepare(self, payload: Any, worker: str) -> Claimed | Dropped | Exception | None:
         """In the RQ worker, before the fork: the claim's outcome (None when nothing was

@@ -6,8 +6,9 @@ worker keeps one connection for its whole life, so the horse writes the report (
 result, error, log) into memory it shares with the worker and exits; the worker sends it with
 that try's credential (`runner.claim`, `dagstore.grant`), never with a token.
 
-The memory is a fresh anonymous shared mapping per task: a process that one task left behind
-(a daemon it forked) keeps only its own task's mapping and cannot write into the next task's
+The memory is a fresh shared mapping per task (a memfd, so that a horse forked by a warm fork
+server, `runner.forkserver`, can be handed it too): a process that one task left behind (a
+daemon it forked) keeps only its own task's mapping and cannot write into the next task's
 report. The worker takes from it only the report's body: which try it is for is what the
 worker claimed, so a task cannot report for another try. A report too large for the mapping is
 sent by the horse itself, as before.
@@ -19,6 +20,7 @@ the way of any try whose worker died: declared lost after the heartbeat timeout,
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 
 SIZE = 4 * 1024 * 1024  # the log is capped at 1 MiB (2 MiB as JSON); results are small
@@ -31,11 +33,24 @@ class Handover:
 
     def __init__(self) -> None:
         self._map: mmap.mmap | None = None
+        self._fd: int | None = None
 
     def open(self) -> None:
         """In the worker, before the fork."""
         self.close()
-        self._map = mmap.mmap(-1, SIZE)  # shared with the horse, zero-filled: no report
+        self._fd = os.memfd_create("pinflow-handover", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, SIZE)  # zero-filled: no report
+        self._map = mmap.mmap(self._fd, SIZE)  # shared with the horse
+
+    def fileno(self) -> int | None:
+        """The mapping's file, for a horse that is not forked from this process."""
+        return self._fd
+
+    def adopt(self, fd: int) -> None:
+        """In a horse forked elsewhere: map the file the worker made for this task."""
+        self.close()
+        self._map = mmap.mmap(fd, SIZE)
+        os.close(fd)
 
     def put(self, data: bytes) -> bool:
         """In the horse: hand `data` over; False when there is no mapping or it is too big."""
@@ -58,6 +73,9 @@ class Handover:
         if self._map is not None:
             self._map.close()
             self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 HANDOVER = Handover()

@@ -14,6 +14,11 @@ send (`runner.handover`). A failing horse sends its traceback through
 a pipe, so RQ's failed-job record still says why. What RQ does around the horse is unchanged:
 the worker's monitor loop heartbeats, enforces the hard timeout, honours `stop-job` commands,
 and records a horse that died of a signal as failed.
+
+A horse may also be forked by the warm fork server of its version (`runner.forkserver`):
+then the worker waits for it through the server. Either way, before any task code the horse
+closes what it inherited that reaches past its own try: the token agent's socket and the
+worker's Redis connections (`drop_channels`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import random
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -30,7 +35,13 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from dagstore.protocol import JobPayload
+from runner.agentconn import close_inherited
+from runner.claim import CLAIMS
 from runner.handover import HANDOVER
+
+if TYPE_CHECKING:
+    from runner.forkserver import ForkServer
 
 MAX_TRACEBACK = 32 * 1024  # well under a pipe's buffer: the horse's write never blocks
 
@@ -45,6 +56,26 @@ class LightHorse:
     _horse_status: int | None = None
     _horse_error: str = ""
     _error_pipe: tuple[int, int] | None = None
+    _via: ForkServer | None = None  # the fork server that forked the current horse
+
+    def horse_server(self, job: Job) -> ForkServer | None:
+        """The warm fork server to fork this job's horse, if any (`runner.forkserver`)."""
+        return None
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self._via = None
+        server = self.horse_server(job)
+        if server is not None:
+            assert self._error_pipe is not None
+            handover = HANDOVER.fileno()
+            assert handover is not None
+            fds = [handover, self._error_pipe[1]]
+            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+            pid = server.fork(job.kwargs, server_claim(job), timeout, job.id, fds)
+            if pid is not None:
+                self._horse_pid, self._via = pid, server
+                return
+        super().fork_work_horse(job, queue)  # type: ignore[misc]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self._horse_status, self._horse_error = None, ""
@@ -81,32 +112,49 @@ class LightHorse:
         """What the horse left in `runner.handover` for the worker to do (send it)."""
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
+        """The horse forked by the worker itself."""
+        assert self._error_pipe is not None
+        os.close(self._error_pipe[0])
+        timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+        self.run_horse(job.kwargs, timeout, job.id, self._error_pipe[1])
+
+    def run_horse(
+        self, kwargs: dict[str, Any], timeout: int, job_id: str, error_pipe: int
+    ) -> NoReturn:
         """The horse: the task under RQ's timeout, then out by exit status. No Redis."""
         random.seed()
         self.setup_work_horse_signals()  # type: ignore[attr-defined]
         self._is_horse = True
-        assert self._error_pipe is not None
-        os.close(self._error_pipe[0])
-        timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT  # type: ignore[attr-defined]
+        self.drop_channels()
         try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):  # type: ignore[attr-defined]
-                self.run(**job.kwargs)
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job_id):  # type: ignore[attr-defined]
+                self.run(**kwargs)
         except BaseException:  # noqa: BLE001 - reported to the worker, which records it
             text = traceback.format_exc()
             sys.stderr.write(text)
             sys.stderr.flush()
             try:
-                os.write(self._error_pipe[1], text.encode("utf-8", "replace")[-MAX_TRACEBACK:])
+                os.write(error_pipe, text.encode("utf-8", "replace")[-MAX_TRACEBACK:])
             finally:
                 os._exit(1)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(os.EX_OK)
 
+    def drop_channels(self) -> None:
+        """In a forked process, before any task or DAG code: close the token agent's socket
+        and the worker's Redis connections, which it inherited and must not use."""
+        CLAIMS.forget_in_child()
+        close_inherited(self.connection)  # type: ignore[attr-defined]
+
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
-        pid, status, rusage = super().wait_for_horse()  # type: ignore[misc]
+        if self._via is not None:
+            pid, status = self._via.wait(self.horse_pid)  # type: ignore[attr-defined]
+            rusage = None
+        else:
+            pid, status, rusage = super().wait_for_horse()  # type: ignore[misc]
         if pid is not None and status is not None:
-            self._horse_status = os.waitstatus_to_exitcode(status)
+            self._horse_status = _exit_code(status)
             if self._horse_status != os.EX_OK and self._error_pipe is not None:
                 self._horse_error = _read_all(self._error_pipe[0])
         return pid, status, rusage
@@ -117,6 +165,20 @@ class LightHorse:
         if self._horse_error:
             exc_string = f"{self._horse_error}\n{exc_string}"
         super().handle_job_failure(job, queue, started_job_registry, exc_string)  # type: ignore[misc]
+
+
+def server_claim(job: Job) -> Any:
+    """The claim the worker made for `job` (`runner.claim`), for a fork server's horse."""
+    return CLAIMS.claimed(JobPayload.model_validate(job.kwargs["payload"]))
+
+
+def _exit_code(status: int) -> int | None:
+    """As os.waitstatus_to_exitcode; None for a status no wait could give (a fork server
+    runs DAG code: what it says may be anything)."""
+    try:
+        return os.waitstatus_to_exitcode(status)
+    except ValueError:
+        return None
 
 
 def _read_all(fd: int) -> str:

@@ -1,21 +1,17 @@
-"""DAG files imported once in the worker parent, so every forked work horse starts warm.
+"""The DAG files a process has imported, one version at a time, and importing one safely.
 
-RQ forks a fresh work horse per task, so one task's globals never leak into the next. Without
-this module each horse imports the task's DAG file again: for a DAG of 1,000 tasks that is
-~40 ms per task, more than everything else at task start put together. Before forking, the
-worker parent imports the job's DAG file (when its version is already in the local cache)
-and the horse inherits the imported DAGs through fork. That is the same as a fresh import as
-long as the parent never runs task code, and it never does: only the file's top level.
+RQ forks a fresh work horse per task, so one task's globals never leak into the next. A horse
+that imports the task's DAG file itself pays for it at every task: for a DAG of 1,000 tasks
+~40 ms, more than everything else at task start put together (and a DAG file that imports
+pandas, far more). A warm fork server (`runner.forkserver`) imports it once with `load` and
+forks the horses of that version's tries, which find it here with `get`; a --no-fork worker
+keeps what its tasks imported the same way. Never the RQ worker of a forking worker: it holds
+the token agent's socket, and a DAG file's top level is task code.
 
-One version at a time per worker process: the sibling modules of DAG files (`helpers`,
+One version at a time per process: the sibling modules of DAG files (`helpers`,
 `common.util`) are imported under their plain names, so two versions cannot share a process.
 Switching to another version first drops every module loaded from the version cache and the
 old version's folders from `sys.path`.
-
-The DAG file's top level thus runs in the worker parent, as application code does under
-gunicorn's `--preload` or Airflow's forking task runner. A file that fails or takes longer
-than `IMPORT_TIMEOUT` at import is not warmed (the horse imports it and reports the error as
-before), and `PINFLOW_WARM_DAGS=0` turns warming off.
 """
 
 from __future__ import annotations
@@ -26,24 +22,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagstore.loader import import_dag_file, put_version_on_path
-from dagstore.protocol import JobPayload
 
 if TYPE_CHECKING:
     from dagstore.dag import DAG
 
 log = logging.getLogger("pinflow.worker")
 IMPORT_TIMEOUT = 10.0
-# Where a version's files are, or None while it is not (completely) in the local cache.
-Locate = Callable[[str, str], Path | None]
 
 
 class _ImportTimeout(BaseException):
-    """Raised by SIGALRM in a DAG file's top level that runs too long in the worker parent."""
+    """Raised by SIGALRM in a DAG file's top level that runs too long in a fork server."""
 
 
 def _on_alarm(_signum: int, _frame: Any) -> None:
@@ -52,41 +44,35 @@ def _on_alarm(_signum: int, _frame: Any) -> None:
 
 class WarmDags:
     def __init__(self) -> None:
-        self.locate: Locate | None = None
         self.root: Path | None = None  # the version whose modules are loaded in this process
         self.sha = ""
         self.dags: dict[str, list[DAG]] = {}  # fileloc → DAGs, for `root`
         self.failed: set[str] = set()  # filelocs of `root` not to try again
 
-    def enable(self, locate: Locate) -> None:
-        self.locate = locate
-
-    def prepare(self, payload: Any) -> None:
-        """In the worker parent, before the fork: import the job's DAG file if we can.
-
-        Never raises: whatever goes wrong here, the horse imports the file itself.
-        """
-        if self.locate is None:
-            return
+    def load(self, root: Path, fileloc: str, sha: str) -> str | None:
+        """Import `fileloc` of the version at `root` ahead of its tasks, within
+        IMPORT_TIMEOUT: None when it is imported, else why not (then the horse imports it
+        itself and reports the error as its task's). Never raises."""
+        if root != self.root or sha != self.sha:
+            self._switch(root, sha)
+        if fileloc in self.dags:
+            return None
+        if fileloc in self.failed:
+            return f"{fileloc} at {sha[:12]} failed before"
         try:
-            job = JobPayload.model_validate(payload)
-            root = self.locate(job.repo, job.sha)
-            if root is None or job.fileloc in self.failed:
-                return
-            if root != self.root:
-                self._switch(root, job.sha)
-            if job.fileloc not in self.dags:
-                self.dags[job.fileloc] = self._import(root, job.fileloc, job.sha)
-                gc.freeze()  # kept until the version changes: out of the collector's sight
+            self.dags[fileloc] = self._import(root, fileloc, sha)
         except Exception as exc:  # noqa: BLE001 - the DAG file's top level may raise anything
-            log.info("not warming %s: %s", payload, exc)
+            log.info("not warming %s: %s", fileloc, exc)
+            return str(exc)
+        gc.freeze()  # kept until the version changes: out of the collector's sight
+        return None
 
     def get(self, root: Path, fileloc: str, sha: str) -> list[DAG]:
         """Where the task runs: the DAGs of `fileloc` at `sha`, warm if imported before.
 
-        A forked horse finds what its parent imported. A --no-fork worker runs every task
-        here, so a task of another version first drops the previous version's modules, or
-        its `helpers` would be found in `sys.modules` and used by the wrong version.
+        A horse forked by a fork server finds what the server imported. A --no-fork worker
+        runs every task here, so a task of another version first drops the previous version's
+        modules, or its `helpers` would be found in `sys.modules` and used by the wrong one.
         """
         if root != self.root or sha != self.sha:
             self._switch(root, sha)

@@ -30,14 +30,15 @@ from dagstore.errors import PinflowError
 from dagstore.outage import Outage
 from dagstore.prctl import make_undumpable
 from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
-from dagstore.redisconn import connect, forget_primary
+from dagstore.redisconn import forget_primary
 from dagstore.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
+from runner.agentconn import worker_redis
 from runner.bookkeeping import MAX_DELAY, BookkeptJob, SurvivesRedis
 from runner.claim import CLAIMS, token_refused
+from runner.forkserver import WARM_SERVERS, ForkServer
 from runner.horse import LightHorse
 from runner.job import run_task, send_handed_over
-from runner.warm import WARM
 
 log = logging.getLogger("pinflow.worker")
 REFUSED_FIRST_WAIT = 1.0  # seconds before the next job once the token is refused
@@ -48,10 +49,10 @@ def rq_name(name: str | None) -> str:
     return f"{name or socket.gethostname()}.{os.getpid()}"
 
 
-class _Warming:
+class _Claiming:
     """Before RQ executes a job: refuse anything but pinflow's task entry point, claim the
-    try through the token agent (`runner.claim`), import the job's DAG file (`runner.warm`).
-    """
+    try through the token agent (`runner.claim`). No DAG code ever runs here before the fork
+    (`runner.forkserver`)."""
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         refusal = refusal_of(job)
@@ -67,8 +68,11 @@ class _Warming:
             self._give_back(job, queue, outcome)  # type: ignore[arg-type]
             return
         self._refused_for = 0.0
-        WARM.prepare(payload)
+        self.claimed(outcome)
         super().execute_job(job, queue)  # type: ignore[misc]
+
+    def claimed(self, outcome: object) -> None:
+        """The claim's outcome, before the fork."""
 
     _refused_for = 0.0  # seconds waited since the token was first refused, 0 while it works
 
@@ -110,11 +114,20 @@ def refusal_of(job: Job) -> str | None:
     return None
 
 
-class PinflowWorker(_Warming, SurvivesRedis, LightHorse, Worker):
-    """RQ's forking worker, warming the job's DAG file in the parent before each fork, with
-    a work horse that runs the task and nothing else (`runner.horse`)."""
+class PinflowWorker(_Claiming, SurvivesRedis, LightHorse, Worker):
+    """RQ's forking worker, with a work horse that runs the task and nothing else
+    (`runner.horse`), forked by the warm fork server of the try's version when there is one
+    (`runner.forkserver`); Redis faults in RQ's bookkeeping never end it (`runner.bookkeeping`)."""
 
     run = staticmethod(run_task)
+    _server: ForkServer | None = None
+
+    def claimed(self, outcome: object) -> None:
+        # Before the task's handover mapping exists: a server forked now never holds it.
+        self._server = WARM_SERVERS.for_claim(self, outcome)
+
+    def horse_server(self, job: Job) -> ForkServer | None:
+        return self._server
 
     def handed_over(self, job: Job, report: bytes) -> None:
         try:
@@ -123,7 +136,7 @@ class PinflowWorker(_Warming, SurvivesRedis, LightHorse, Worker):
             log.error("could not send the report of job %s: %s", job.id, exc.detail)
 
 
-class NoForkWorker(_Warming, SurvivesRedis, SimpleWorker):
+class NoForkWorker(_Claiming, SurvivesRedis, SimpleWorker):
     """Runs each task in the worker process itself (`pinflow worker --no-fork`).
 
     RQ's fork per task costs ~20 ms of CPU on a 2-core machine (page-table copy, copy-on-write
@@ -132,17 +145,19 @@ class NoForkWorker(_Warming, SurvivesRedis, SimpleWorker):
     changes are seen by the next task of the same version, and a task that crashes the
     interpreter (os._exit, a segfault) takes the worker with it; the scheduler's heartbeat
     check then retries it. Versions still never mix: `runner.warm` drops one version's modules
-    before importing another's.
+    before importing another's. The DAG file is imported by the first task that needs it,
+    in this process, which holds the token agent's socket: trusted code only (SECURITY.md).
     """
 
 
 def make_worker(
     redis_url: str, queues: list[str] | None = None, name: str | None = None, fork: bool = True
 ) -> Worker:
-    # Every forked horse opens its own connection (redis-py's pool resets after a fork): not
-    # announcing the client library (CLIENT SETINFO) saves two round trips per task start.
-    connection = connect(
+    # Every connection comes from the token agent (no password here); not announcing the client
+    # library (CLIENT SETINFO) saves two round trips per connection.
+    connection = worker_redis(
         redis_url,
+        CLAIMS.agent,
         health_check_interval=30,
         socket_connect_timeout=5,
         lib_name=None,
@@ -181,7 +196,7 @@ def warm_up() -> None:
     gc.freeze()  # all of it lives as long as the worker: no full collection walks it again
     if os.environ.get("PINFLOW_WARM_DAGS", "1") != "0":
         root = cache_dir(Settings.load())
-        WARM.enable(lambda repo, sha: ready_version(root, repo, sha))
+        WARM_SERVERS.enable(lambda repo, sha: ready_version(root, repo, sha))
 
 
 def worker_main(options: WorkerOptions) -> int:
@@ -195,6 +210,7 @@ def worker_main(options: WorkerOptions) -> int:
     settings = Settings.load()
     if options.name:
         os.environ["PINFLOW_WORKER_NAME"] = options.name
+    # Redis comes through the agent (runner.agentconn); a TLS Redis URL is in the environment.
     run_worker(settings.redis_url or "", options.queues, options.burst, options.name, options.fork)
     return 0
 

@@ -64,6 +64,21 @@ def serve(
             "token cache and archive memory",
         ),
     ] = 1,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where users reach this server, e.g. https://pinflow.example.com "
+            "[env: PINFLOW_PUBLIC_URL]; https makes the UI's session cookie Secure"
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated addresses or networks of proxies whose X-Forwarded-Proto and "
+            "X-Forwarded-For are believed; * for any [env: PINFLOW_FORWARDED_ALLOW_IPS; "
+            "default 127.0.0.1]"
+        ),
+    ] = None,
 ) -> None:
     """Run an API server (DAG store, git remote, runs API); run many behind a load balancer."""
     import os
@@ -73,16 +88,26 @@ def serve(
     from pinflow.app import server_app
     from pinflow.startup import prepare
 
-    settings = Settings.load(home=home, database_url=database_url)
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        raise BadRequest(f"--public-url must be an http:// or https:// URL, not {public_url!r}")
+    settings = Settings.load(
+        home=home,
+        database_url=database_url,
+        public_url=public_url.rstrip("/") if public_url else None,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
     check_urls(settings)
     prepare(settings)  # once, before any process answers
+    proxy = {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
     if workers == 1:
-        uvicorn.run(server_app(settings), host=host, port=port, log_level=log_level)
+        uvicorn.run(server_app(settings), host=host, port=port, log_level=log_level, **proxy)
         return
     # uvicorn's workers are fresh interpreters (spawned): they load their settings from the
     # environment, so what the flags said must be there.
     os.environ["PINFLOW_HOME"] = str(settings.home)
     os.environ["PINFLOW_DATABASE_URL"] = settings.database_url
+    if settings.public_url:
+        os.environ["PINFLOW_PUBLIC_URL"] = settings.public_url
     uvicorn.run(
         "pinflow.app:server_app",
         factory=True,
@@ -90,6 +115,7 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        **proxy,
     )
 
 
@@ -152,7 +178,7 @@ def worker(
     ] = True,
 ) -> None:
     """Run one worker: takes tasks from Redis, fetches versions and reports over HTTP."""
-    from runner.agent import WorkerOptions, launch
+    from runner.agent import WorkerOptions, WorkerSecrets, launch
 
     settings = Settings.load()
     if not settings.redis_url:
@@ -160,9 +186,12 @@ def worker(
     if not settings.token:
         raise BadRequest("PINFLOW_TOKEN is not set: the worker needs a worker-scope token")
     check_urls(settings, database=False)  # a worker never opens the database
-    # Becomes the token agent (same process, token out of its environment), which starts the
-    # RQ worker without the token: task code never sees it (runner/agent.py, SECURITY.md).
-    launch(WorkerOptions(queue, burst, name, fork), settings.token)
+    # Becomes the token agent (same process, token and Redis URL out of its environment),
+    # which starts the RQ worker with neither: task code never sees them (runner/agent.py,
+    # SECURITY.md).
+    launch(
+        WorkerOptions(queue, burst, name, fork), WorkerSecrets(settings.token, settings.redis_url)
+    )
 
 
 def up(

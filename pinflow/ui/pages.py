@@ -56,7 +56,7 @@ def login(
         token.strip(),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_https(request, store.settings.public_url),
         path="/",
     )
     return response
@@ -68,6 +68,13 @@ def logout(viewer: ViewerDep, csrf: Annotated[str, Form()]) -> Response:
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
+
+
+def _https(request: Request, public_url: str | None) -> bool:
+    """Whether browsers reach this server over TLS: it says so itself (PINFLOW_PUBLIC_URL),
+    or the request came over https, directly or through a proxy the server believes
+    (PINFLOW_FORWARDED_ALLOW_IPS; uvicorn then takes its X-Forwarded-Proto)."""
+    return request.url.scheme == "https" or (public_url or "").startswith("https://")
 
 
 def _local(target: str) -> str:

@@ -22,6 +22,7 @@ from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from tests.conftest import cluster_for
 from tests.e2e.test_partitions import push_quick, take_job
 from tests.support.cluster import Cluster
+from tests.support.dags import HELD_SOCKETS
 
 HOSTILE_DAG = r'''
 import gc, glob, os, re
@@ -230,3 +231,150 @@ def test_rq_jobs_other_than_pinflows_task_are_refused(
     assert not marker.exists()
     fetched = Job.fetch(job.id, connection=queue.connection, serializer=JSONSerializer)
     assert "refused by pinflow" in (fetched.latest_result().exc_string or "")
+
+
+# --- warming (issue 25): a DAG file's top level never runs where claims are made ------------
+
+THIEF_DAG = r'''
+import inspect, json, os, socket, struct
+from pinflow import DAG, task
+
+LEDGER = {ledger!r}
+ATTACK = {attack!r}
+
+
+def try_every_unix_socket():
+    """Speak the token agent's protocol on every Unix socket this process holds."""
+    answers = []
+    for s in held_sockets():
+        if s.family != socket.AF_UNIX:
+            continue
+        s.settimeout(0.5)
+        for ti in range(1, 40):
+            body = json.dumps({{"ti_id": ti, "try_number": 1, "worker": "thief",
+                               "attempt": "t" * 32}}).encode()
+            try:
+                s.sendall(struct.pack("!I", len(body)) + body)
+                head = s.recv(4)
+                answers.append(s.recv(struct.unpack("!I", head)[0]).decode()[:200])
+            except (OSError, struct.error) as exc:
+                answers.append(type(exc).__name__)
+                break
+    return answers
+
+
+def snoop_where_imported():
+    try:
+        from runner.claim import CLAIMS
+    except ImportError:
+        return
+    stack = [f"{{os.path.basename(f.filename)[:-3]}}/{{f.function}}" for f in inspect.stack()]
+    agent, claimed = CLAIMS.agent, []
+    if agent is not None and ATTACK:
+        for ti in range(1, 40):
+            try:
+                spec, _ = agent.claim(ti, 1, "thief", "u" * 32)
+            except Exception:
+                continue  # refused, or no way through
+            claimed.append(spec.dag_id)
+    with open(LEDGER, "a") as f:  # before the probe below, which may get this process killed
+        f.write(json.dumps({{"stack": stack, "agent": repr(agent), "claimed": claimed}}) + "\n")
+    if ATTACK:
+        with open(LEDGER, "a") as f:
+            f.write(json.dumps({{"sockets": try_every_unix_socket()}}) + "\n")
+
+
+snoop_where_imported()
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def noop():
+        return "ok"
+
+    noop()
+'''
+
+VICTIM_DAG = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task(queue="nobody_listens")
+    def pay():
+        return "paid"
+
+    pay()
+"""
+
+
+def thief_source(ledger: Path, attack: bool, dag_id: str) -> str:
+    return HELD_SOCKETS + THIEF_DAG.format(ledger=str(ledger), attack=attack, dag_id=dag_id)
+
+
+def ledger_of(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_warming_runs_no_dag_code_where_tries_are_claimed(
+    cluster: Cluster, tmp_path: Path, uid: str
+):
+    """A DAG file's top level, warmed for the next tasks of its version, runs in a fork
+    server that has no way to the token agent: another repo's queued try stays queued."""
+    ledger = tmp_path / "ledger"
+    victim = cluster.repo(f"victim{uid}", tmp_path / "v")
+    cluster.push(victim, "v", **{"dags/v.py": VICTIM_DAG.format(dag_id=f"victim_{uid}")})
+    thief = cluster.repo(f"thief{uid}", tmp_path / "t")
+    thief_dag = thief_source(ledger, True, f"thief_{uid}")
+    cluster.push(thief, "t", **{"dags/t.py": thief_dag})
+    victim_run = cluster.trigger(f"victim_{uid}")
+    for _ in range(3):  # the first caches the version; later ones find it warm
+        cluster.wait(cluster.trigger(f"thief_{uid}")["run_id"])
+
+    def no_claim_anywhere() -> None:
+        for record in ledger_of(ledger):
+            assert record.get("claimed", []) == [], record
+            assert all("spec" not in answer for answer in record.get("sockets", [])), record
+        assert cluster.run(victim_run["run_id"])["tasks"][0]["state"] == "queued"
+
+    no_claim_anywhere()
+    deadline = time.monotonic() + 30  # the fork server imports alongside the task
+    while not any("forkserver/_serve" in r.get("stack", []) for r in ledger_of(ledger)):
+        assert time.monotonic() < deadline, f"never warmed: {ledger_of(ledger)}"
+        time.sleep(0.1)
+    no_claim_anywhere()
+
+
+def test_warming_imports_the_claimed_version_not_the_one_the_redis_job_names(
+    cluster: Cluster, tmp_path: Path, uid: str
+):
+    """Whoever can write to Redis can enqueue a real try's job naming another (cached)
+    version's DAG file: that file is never imported for it; the claimed try runs as claimed."""
+    ledger = tmp_path / "ledger"
+    thief = cluster.repo(f"named{uid}", tmp_path / "t")
+    named = cluster.push(thief, "t", **{"dags/t.py": thief_source(ledger, False, f"named_{uid}")})
+    assert cluster.wait(cluster.trigger(f"named_{uid}")["run_id"])["state"] == "success"
+    ledger.unlink()  # its version is in the workers' cache now
+    for worker in list(cluster.workers):  # the job must stay on the queue for take_job
+        worker.stop()
+    cluster.workers.clear()
+    try:
+        dag_id = push_quick(cluster, tmp_path, f"claimed_{uid}")
+        run = cluster.trigger(dag_id)
+        job = take_job(cluster, run["run_id"])
+        forged = job.model_copy(
+            update={"repo": f"named{uid}", "sha": named, "fileloc": "dags/t.py"}
+        ).model_dump()
+        Queue(
+            queue_name(DEFAULT_QUEUE),
+            connection=Redis.from_url(cluster.redis.url),
+            serializer=JSONSerializer,
+        ).enqueue(JOB_FUNCTION, payload=forged)
+        cluster.add_worker(f"forged{uid}")
+        done = cluster.wait(run["run_id"])
+    finally:
+        if not cluster.workers:
+            cluster.add_worker(f"forged{uid}")
+        cluster.add_worker(f"again3{uid}")
+    assert done["state"] == "success" and done["sha"] != named
+    assert ledger_of(ledger) == [], "the DAG file the Redis job named was imported"

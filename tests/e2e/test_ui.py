@@ -288,3 +288,71 @@ def test_api_docs_render_with_no_internet(cluster: Cluster, browser):
     ui.wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".opblock"), "the operations")
     assert "/api/v1/dags/{dag_id}/runs" in ui.text()
     ui.check("api-docs")
+
+
+MARKUP = '</pre><img src=x onerror="window.pwned=1"><script>window.pwned=2</script><svg onload="window.pwned=3">'  # noqa: E501
+
+MARKUP_DAG = """
+from pinflow import DAG, task
+
+MARKUP = {markup!r}
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def shout(context):
+        print(MARKUP)
+        return {{"note": MARKUP, "conf": context["conf"]}}
+
+    @task
+    def fail():
+        raise ValueError(MARKUP)
+
+    shout()
+    fail()
+"""
+
+
+def test_markup_from_task_code_is_shown_as_text_never_run(
+    cluster: Cluster, browser, tmp_path: Path, uid: str
+):
+    """Issue 25's untried list: HTML and script in a task's log, its result, its error, the
+    run's conf and an import error reach the page as text; none of it runs in the browser."""
+    import httpx
+
+    assert cluster.server is not None
+    dag_id = f"markup_{uid}"
+    work = cluster.repo(f"markup{uid}", tmp_path / "w")
+    cluster.push(
+        work,
+        "markup",
+        **{
+            "dags/m.py": MARKUP_DAG.format(markup=MARKUP, dag_id=dag_id),
+            "dags/broken.py": f"from pinflow import DAG\nraise ValueError({MARKUP!r})\n",
+        },
+    )
+    run = cluster.trigger(dag_id, conf={"note": MARKUP})
+    cluster.wait(run["run_id"])
+    ui = Pages(browser, cluster.server.url)
+    ui.login(cluster.tokens["read"])
+    for path, shows in (
+        (f"/runs/{run['run_id']}?task=shout&try=1", "log"),  # the log; the conf; the result
+        (f"/runs/{run['run_id']}?task=fail&try=1", "error"),  # the error in log and table
+        ("/", "import-error"),
+    ):
+        ui.open(path, f"markup-{shows}")
+        ui.wait(lambda: 'onerror="window.pwned=1"' in ui.text(), f"the markup as text on {path}")
+        assert browser.execute_script("return window.pwned") is None, path
+        planted = "img[src=x], script:not([src]):not([type]), svg[onload]"
+        assert browser.execute_script(
+            f"return [...document.querySelectorAll('{planted}')]"
+            ".filter(e => (e.outerHTML || '').includes('pwned')).length"
+        ) == 0, path  # fmt: skip
+    with cluster.server.api("read") as api:
+        raw = api.get(f"/runs/{run['run_id']}/tasks/shout/logs", params={"try": 1})
+    assert MARKUP in raw.text and raw.headers["content-type"].startswith("text/plain")
+    assert raw.headers["x-content-type-options"] == "nosniff"
+    fragment = httpx.get(
+        f"{cluster.server.url}/runs/{run['run_id']}/tasks/shout/log?try=1",
+        cookies={"pinflow_session": cluster.tokens["read"]},
+    )
+    assert "&lt;script&gt;" in fragment.text and "<script>window.pwned" not in fragment.text

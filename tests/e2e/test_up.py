@@ -118,14 +118,24 @@ def test_up_replaces_its_own_tokens_once_revoked(tmp_path, capsys):
     assert json.loads(tokens_path(settings).read_text()) == third
 
 
-def start_up(home: Path, port: int, env: dict[str, str], log) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    """`pinflow up --demo` with one worker, its output into `log`."""
+def start_up(home: Path, port: int, env: dict[str, str], log, demo: bool = True):  # type: ignore[no-untyped-def]
+    """`pinflow up [--demo]` with one worker, its output into `log`."""
     return subprocess.Popen(
-        [PINFLOW, "up", "--demo", "--port", str(port), "--workers", "1", "--home", str(home)],
+        [PINFLOW, "up", *(["--demo"] if demo else []), "--port", str(port), "--workers", "1",
+         "--home", str(home)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
-    )
+    )  # fmt: skip
+
+
+def end_up(proc: subprocess.Popen) -> None:
+    """A test's `pinflow up` that is still running: gone, with every process below it."""
+    if proc.poll() is None:
+        for pid in descendants(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
 
 
 def test_up_demo(tmp_path: Path):
@@ -208,10 +218,7 @@ def test_up_demo(tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            for pid in descendants(proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            proc.kill()
+        end_up(proc)
         log.close()
 
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from pinflow.supervise import descendants
+from runner.forkserver import SERVER_NAME
 from tests.support.server import PINFLOW, pinflow_env
 
 
@@ -40,10 +41,11 @@ class PinflowProcess:
 
     def horses(self) -> list[int]:
         """A worker's work horses: below its RQ worker, which is below the token agent
-        (runner/agent.py) that `pinflow worker` becomes."""
+        (runner/agent.py) that `pinflow worker` becomes; not its warm fork server
+        (runner/forkserver.py), which waits there between tasks."""
         assert self.proc is not None
         rq = [pid for pid in descendants(self.proc.pid) if _parent(pid) == self.proc.pid]
-        return [horse for pid in rq for horse in descendants(pid)]
+        return [h for pid in rq for h in descendants(pid) if _comm(h) != SERVER_NAME]
 
     def kill9(self) -> list[int]:
         """Kill the process and all its descendants at once (RQ's work horse has its own
@@ -74,6 +76,13 @@ class PinflowProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _parent(pid: int) -> int | None:
