@@ -29,6 +29,7 @@ test-failure: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Benchmarks print figures, they do not pass or fail (BENCHMARKS.md). Archive serving needs
 # Debian's wrk and nginx: `apt-get install -y wrk nginx-light` (bench/serve.py says so).

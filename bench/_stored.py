@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from dagstore.db import Database
-from dagstore.gitmodels import GitPack
-from dagstore.models import Repo as RepoRow
+from dagstore.core.db import Database
+from dagstore.core.models import Repo as RepoRow
+from dagstore.git.models import GitPack
 
 
 def stored_bytes(database_url: str, repo: str) -> int:

@@ -32,7 +32,7 @@ from rq.serializers import JSONSerializer
 from bench._cluster import cluster, publish
 from bench._profile import Sampler, cpu_seconds, read_raw, top_frames
 from bench._stats import Goal
-from dagstore.protocol import job_id, queue_name
+from dagstore.core.protocol import job_id, queue_name
 from tests.support.cluster import Cluster
 
 LEAVES = 499

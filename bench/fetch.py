@@ -55,7 +55,7 @@ from rich.table import Table
 from bench._repo import COMMIT_DATE, FILE_COUNT, repo_files
 from bench._stats import Goal, Measure, kib, ms, repeat, summary_cells, timed
 from bench._stored import stored_bytes
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
+from dagstore.core.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
 from runner.cache import VersionCache
 from runner.client import WorkerClient
 from tests.support.git import Git, git_env
@@ -111,10 +111,10 @@ def unparsed_copy(git: Git) -> str:
 
 def choose_unpacker() -> tuple[str, Unpacker]:
     """The store's own safe unpacker when present (what workers run), else tarfile's."""
-    if importlib.util.find_spec("dagstore.unpack") is not None:
-        module = importlib.import_module("dagstore.unpack")
+    if importlib.util.find_spec("dagstore.git.unpack") is not None:
+        module = importlib.import_module("dagstore.git.unpack")
         if hasattr(module, "unpack_archive"):
-            return "dagstore.unpack.unpack_archive", module.unpack_archive
+            return "dagstore.git.unpack.unpack_archive", module.unpack_archive
     return "tarfile (filter='data')", tarfile_unpack
 
 
@@ -345,7 +345,7 @@ def measure_alternating(
             "download + sha256 + unpack",
         ),
         Measure("  of which download + sha256", fetches),
-        Measure(UNPACK, unpacks, "dagstore.unpack.unpack_archive"),
+        Measure(UNPACK, unpacks, "dagstore.git.unpack.unpack_archive"),
         Measure(WORKER, [s.wall for s in samples[WORKER]], "ensure(): + staging, rename, evict"),
         Measure(TAR, [s.wall for s in samples[TAR]], "GNU tar from stdin, incl. its exec"),
         Measure(CLONE, [s.wall for s in samples[CLONE]], "same commit, same server, fresh folder"),

@@ -55,7 +55,7 @@ def visible(client: httpx.Client, sha: str) -> bool:
 
 def main(argv: list[str] | None = None) -> list[Goal]:
     """`--process-only [REPS]`: only the parse process measures (quick; run it at two commits
-    to compare them: it touches nothing but `dagstore.parse`)."""
+    to compare them: it touches nothing but `dagstore.parsing.parser`)."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--process-only"]:
         parse_process(int(args[1]) if len(args) > 1 else 20)
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> list[Goal]:
 def parse_process(reps: int = 20) -> None:
     """What one parse process costs, boxed and not: one small DAG file, and the 100 files of
     a push (no server, no git: `parse_version` of an unpacked version, as a push runs it)."""
-    from dagstore.parse import ParseLimits, parse_version
-    from dagstore.sandbox import SandboxProbe
+    from dagstore.parsing.parser import ParseLimits, parse_version
+    from dagstore.parsing.sandbox import SandboxProbe
 
     boxed = SandboxProbe("on").sandbox
     timings = {}

@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy import text
 
 from bench._stats import Goal
-from dagstore.db import Database
+from dagstore.core.db import Database
 from tests.support.pg_ha import ReplicatedPostgres
 
 COMMITS = 1000

@@ -28,8 +28,8 @@ from rich.table import Table
 from sqlalchemy import func, select, text
 
 from bench._stats import Goal
-from dagstore.db import Database
-from dagstore.models import Dag
+from dagstore.core.db import Database
+from dagstore.core.models import Dag
 from pinflow.migrate import upgrade
 from scheduler.models import DagRun
 from tests.support.pg import PostgresCluster, create_database, find_pg_bin

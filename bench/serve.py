@@ -33,9 +33,9 @@ from rich.table import Table
 
 from bench._stats import Goal
 from bench.fetch import REPO, build_repo, publish
-from dagstore.archive import ArchiveCache
-from dagstore.diskcache import DiskCache
-from dagstore.settings import Settings
+from dagstore.core.settings import Settings
+from dagstore.git.archive import ArchiveCache
+from dagstore.git.diskcache import DiskCache
 from tests.support.nginx import Nginx, deploy_conf, nginx_binary
 from tests.support.server import ServerProcess, start_server
 

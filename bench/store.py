@@ -8,7 +8,7 @@ The same generated repository (500 files, ~2 MB; `bench/_repo.py`) is served thr
 
 Measured: `git clone --depth 1` (warm: the server has read the packs before; cold: its cache
 was just deleted), `git fetch` of a one-line change, a cold archive build of the 500-file
-commit (in process, `dagstore.archive.write_archive`, from disk against from the database
+commit (in process, `dagstore.git.archive.write_archive`, from disk against from the database
 with an empty pack cache), the database bytes after 100 pushes of a one-line change against
 the same history after `git gc`, and the server's peak RSS growth over a 50 MB push and a
 clone of it (`VmHWM`, reset through /proc/PID/clear_refs).
@@ -35,10 +35,10 @@ from rich.table import Table
 from bench._stats import Goal, Measure, summary_cells, timed
 from bench._stored import stored_bytes
 from bench.fetch import build_repo
-from dagstore.archive import write_archive
-from dagstore.db import Database
-from dagstore.diskcache import DiskCache
-from dagstore.gitrepo import RepoStorage
+from dagstore.core.db import Database
+from dagstore.git.archive import write_archive
+from dagstore.git.diskcache import DiskCache
+from dagstore.git.repo import RepoStorage
 from tests.support.git import Git
 from tests.support.pg import PostgresCluster, create_database, find_pg_bin
 from tests.support.ports import free_port

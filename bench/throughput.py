@@ -50,11 +50,11 @@ RATE = 100  # py-spy samples per second and process
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("fork a work horse", ("fork_work_horse (",)),
     ("version cache (fetch, unpack, lock)", ("runner/cache.py",)),
-    ("import the DAG file", ("dagstore/loader.py", "runner/warm.py", "<frozen importlib")),
+    ("import the DAG file", ("dagstore/parsing/loader.py", "runner/warm.py", "<frozen importlib")),
     ("HTTP client (claim, heartbeat, finish)", ("runner/client.py", "httpx/", "httpcore/")),
     ("database (SQLAlchemy, SQLite)", ("sqlalchemy/", "sqlite3", "psycopg")),
     ("Redis (RQ bookkeeping, enqueue)", ("rq/", "redis/")),
-    ("auth, routing, validation", ("fastapi/", "starlette/", "pydantic", "dagstore/auth.py")),
+    ("auth, routing, validation", ("fastapi/", "starlette/", "pydantic", "dagstore/api/auth.py")),
     ("HTTP server (uvicorn, asyncio)", ("uvicorn/", "asyncio/", "anyio/")),
     ("pinflow's own code", ("scheduler/", "dagstore/", "runner/")),
 ]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from dagstore.context import StoreContext
-from dagstore.current import pending_tip, publish
-from dagstore.packstore import discard_stale_quarantine
-from dagstore.parse import parse_commit
-from dagstore.repos import list_repos
-from dagstore.version import reconcile
+from dagstore.git.packs import discard_stale_quarantine
+from dagstore.git.repos import list_repos
+from dagstore.git.versions import reconcile
+from dagstore.parsing.current import pending_tip, publish
+from dagstore.parsing.parser import parse_commit
+from dagstore.store import StoreContext
 
 log = logging.getLogger("pinflow.catchup")
 

@@ -20,8 +20,8 @@ from dulwich.repo import BaseRepo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagstore.gitrepo import get_commit
-from dagstore.models import Version, VersionDag
+from dagstore.core.models import Version, VersionDag
+from dagstore.git.repo import get_commit
 
 MAX_PATCH_BYTES = 256 * 1024
 MAX_FILES = 2000

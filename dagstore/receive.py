@@ -19,16 +19,16 @@ from dulwich.graph import can_fast_forward
 from dulwich.hooks import Hook
 from dulwich.repo import Repo
 
-from dagstore.context import StoreContext
-from dagstore.current import lock_repo, publish
-from dagstore.gitrepo import KEEP_PREFIX, ref_sha
-from dagstore.metrics import PUSHES
-from dagstore.parse import ParseResult, parse_commit
-from dagstore.repack import consolidate
-from dagstore.repos import get_repo
-from dagstore.sandbox import SandboxUnavailable
-from dagstore.terminal import printable
-from dagstore.version import ZERO_SHA, record_ref_update
+from dagstore.core.metrics import PUSHES
+from dagstore.core.terminal import printable
+from dagstore.git.repack import consolidate
+from dagstore.git.repo import KEEP_PREFIX, ref_sha
+from dagstore.git.repos import get_repo
+from dagstore.git.versions import ZERO_SHA, record_ref_update
+from dagstore.parsing.current import lock_repo, publish
+from dagstore.parsing.parser import ParseResult, parse_commit
+from dagstore.parsing.sandbox import SandboxUnavailable
+from dagstore.store import StoreContext
 
 log = logging.getLogger("pinflow.receive")
 PUSHABLE = (b"refs/heads/", b"refs/tags/")

@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "DAG":
-        from dagstore.dag import DAG
+        from dagstore.authoring.dag import DAG
 
         return DAG
     if name == "task":
-        from dagstore.task import task
+        from dagstore.authoring.task import task
 
         return task
     raise AttributeError(f"module 'pinflow' has no attribute {name!r}")

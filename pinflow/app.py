@@ -15,11 +15,11 @@ import pinflow
 from dagstore.api import healthz
 from dagstore.api import router as store_router
 from dagstore.api.archive_http import ArchiveFastPath
-from dagstore.context import StoreContext
-from dagstore.db import database_unavailable
-from dagstore.errors import PinflowError
-from dagstore.githttp import make_git_app
-from dagstore.settings import Settings
+from dagstore.api.git_http import make_git_app
+from dagstore.core.db import database_unavailable
+from dagstore.core.errors import PinflowError
+from dagstore.core.settings import Settings
+from dagstore.store import StoreContext
 from pinflow.headers import SecurityHeaders
 from pinflow.metrics import router as metrics_router
 from pinflow.metrics import watch as watch_system

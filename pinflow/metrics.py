@@ -1,6 +1,6 @@
 """Prometheus metrics of this process, and of the whole system as the database tells it.
 
-Events are counted where they happen (`dagstore.metrics`, `scheduler.metrics`): each API
+Events are counted where they happen (`dagstore.core.metrics`, `scheduler.metrics`): each API
 server counts its own requests, pushes and archives. What the database and Redis hold (runs
 and tasks by state, jobs waiting per queue) is read when Prometheus scrapes, so every API
 server answers the same for it, whichever one is scraped. The names are listed in README.
@@ -17,8 +17,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from dagstore.context import StoreContext
-from dagstore.protocol import QUEUE_PREFIX
+from dagstore.core.protocol import QUEUE_PREFIX
+from dagstore.store import StoreContext
 from scheduler.enqueue import Enqueuer
 from scheduler.models import DagRun, TaskInstance
 

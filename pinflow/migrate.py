@@ -17,7 +17,7 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from dagstore.db import Database
+from dagstore.core.db import Database
 
 _ADVISORY_LOCK_ID = 0x70696E666C6F77  # "pinflow"
 
@@ -54,7 +54,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
         return
     with db.engine.connect() as conn:
         # A migration (and the wait for another process's) may take longer than the
-        # statement timeout every other statement has (dagstore.db): none here.
+        # statement timeout every other statement has (dagstore.core.db): none here.
         conn.execute(text("SET statement_timeout = 0"))
         conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
         conn.commit()

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from dagstore.catchup import catch_up
-from dagstore.context import StoreContext
-from dagstore.db import database_down
-from dagstore.gitimport import import_disk_repositories
-from dagstore.outage import Outage
-from dagstore.settings import Settings
+from dagstore.core.db import database_down
+from dagstore.core.outage import Outage
+from dagstore.core.settings import Settings
+from dagstore.git.diskimport import import_disk_repositories
+from dagstore.store import StoreContext
 from pinflow.migrate import upgrade
 
 log = logging.getLogger("pinflow.startup")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagstore.prctl import die_with_parent
+from dagstore.core.prctl import die_with_parent
 from runner.agent import pipe_holding
 
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import httpx
 import redis
 
-from dagstore.db import Database
-from dagstore.errors import PinflowError, VersionUnavailable
-from dagstore.settings import Settings
-from dagstore.token import create_token, is_live
+from dagstore.access.tokens import create_token, is_live
+from dagstore.core.db import Database
+from dagstore.core.errors import PinflowError, VersionUnavailable
+from dagstore.core.settings import Settings
 from pinflow.gitauth import CREDENTIAL_HELPER, git_auth_env
 from pinflow.migrate import upgrade
 from pinflow.supervise import Child, Supervisor

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagstore.settings import Settings
+from dagstore.core.settings import Settings
 
 SYSTEM_SCRATCH = ("/tmp", "/var/tmp", "/run", "/dev/shm")  # the box's own, empty
 

@@ -21,7 +21,7 @@ worker's token therefore lives in neither. `pinflow worker` is three processes:
    password is never in the RQ worker's memory, so a work horse forked from it cannot find
    it, and the horse closes the sockets it inherited before any task code runs.
 4. Before each fork the RQ worker asks the agent to claim the try (`AgentClient.claim`); the
-   answer carries a credential bound to that try (`dagstore.grant`). The work horse closes
+   answer carries a credential bound to that try (`dagstore.access.grants`). The work horse closes
    its copy of the agent's socket before any task code runs and uses only that credential.
 
 What this does not cover (SECURITY.md): a worker running as root outside `pinflow up`'s box
@@ -44,9 +44,9 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from dagstore.errors import PinflowError, error_for
-from dagstore.prctl import die_with_parent, make_undumpable
-from dagstore.protocol import TaskSpec
+from dagstore.core.errors import PinflowError, error_for
+from dagstore.core.prctl import die_with_parent, make_undumpable
+from dagstore.core.protocol import TaskSpec
 from runner import frames
 
 log = logging.getLogger("pinflow.worker")
@@ -125,7 +125,7 @@ def _read_secrets() -> WorkerSecrets:
 def agent_main(options: WorkerOptions) -> int:
     """The agent: start the RQ worker, answer its claims and its requests for Redis
     connections, end with it."""
-    from dagstore.settings import Settings
+    from dagstore.core.settings import Settings
     from runner.client import WorkerClient
 
     secrets = _read_secrets()
@@ -173,9 +173,9 @@ def handed_over(redis_url: str) -> bool:
 
 
 def _redis_pool(redis_url: str) -> Any:
-    """Plain or Sentinel (`dagstore.redisconn`): with Sentinel each new connection asks where
+    """Plain or Sentinel (`dagstore.core.redisconn`): with Sentinel each new connection asks where
     the primary is now, so a worker follows a failover by asking the agent again."""
-    from dagstore.redisconn import connect
+    from dagstore.core.redisconn import connect
 
     # No CLIENT SETINFO: two round trips saved per connection (runner.worker.make_worker).
     client = connect(redis_url, lib_name=None, lib_version=None, socket_connect_timeout=5)

@@ -23,8 +23,8 @@ from redis.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
-from dagstore.errors import PinflowError
-from dagstore.redisconn import connect
+from dagstore.core.errors import PinflowError
+from dagstore.core.redisconn import connect
 from runner.agent import REDIS_VIA_AGENT_ENV, AgentClient
 
 

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 from rq.job import Job, _job_stack
 from rq.queue import Queue
 
-from dagstore.outage import Outage
-from dagstore.redisconn import REDIS_FAULTS, forget_primary
+from dagstore.core.outage import Outage
+from dagstore.core.redisconn import REDIS_FAULTS, forget_primary
 
 log = logging.getLogger("pinflow.worker")
 

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagstore.errors import VersionUnavailable
-from dagstore.names import validate_full_sha, validate_repo_name
-from dagstore.unpack import unpack_archive, verify_digest
+from dagstore.core.errors import VersionUnavailable
+from dagstore.core.names import validate_full_sha, validate_repo_name
+from dagstore.git.unpack import unpack_archive, verify_digest
 from runner.client import WorkerClient
 
 READY = ".pinflow-ready"

@@ -17,8 +17,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dagstore.errors import Conflict, Forbidden, Unauthorized
-from dagstore.protocol import JobPayload, TaskSpec
+from dagstore.core.errors import Conflict, Forbidden, Unauthorized
+from dagstore.core.protocol import JobPayload, TaskSpec
 from runner.agent import AgentClient
 
 log = logging.getLogger("pinflow.worker")

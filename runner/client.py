@@ -16,9 +16,9 @@ from typing import Any
 import certifi
 import httpx
 
-from dagstore.errors import PinflowError, VersionUnavailable, error_for
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
-from dagstore.protocol import ClaimRequest, FinishRequest, Heartbeat, TaskSpec
+from dagstore.core.errors import PinflowError, VersionUnavailable, error_for
+from dagstore.core.protocol import ARCHIVE_DIGEST_HEADER as DIGEST_HEADER
+from dagstore.core.protocol import ClaimRequest, FinishRequest, Heartbeat, TaskSpec
 
 log = logging.getLogger("pinflow.worker")
 
@@ -59,7 +59,7 @@ class WorkerClient:
         self._http.close()
 
     def authorize(self, secret: str) -> None:
-        """Send `secret` from now on: a work horse's try credential (`dagstore.grant`)."""
+        """Send `secret` from now on: a work horse's try credential (`dagstore.access.grants`)."""
         self._http.headers["Authorization"] = f"Bearer {secret}"
 
     def _once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

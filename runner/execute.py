@@ -1,7 +1,8 @@
 """Running one try of a task in this process: import the pinned DAG file, call the task.
 
 The DAG file is imported from the version folder exactly as the parser imported it
-(`dagstore.loader`), or was imported so by the worker parent before the fork (`runner.warm`).
+(`dagstore.parsing.loader`), or was imported so by the worker parent before the fork
+(`runner.warm`).
 The task gets its upstream results and its context, and a timeout is enforced with SIGALRM
 (the job runs in RQ's forked work horse, on its main thread).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagstore.protocol import TaskSpec
+from dagstore.core.protocol import TaskSpec
 from runner.warm import WARM
 
 

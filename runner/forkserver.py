@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dagstore.errors import PinflowError
-from dagstore.prctl import die_with_parent, name, set_name
-from dagstore.protocol import TaskSpec
+from dagstore.core.errors import PinflowError
+from dagstore.core.prctl import die_with_parent, name, set_name
+from dagstore.core.protocol import TaskSpec
 from runner import frames
 from runner.claim import CLAIMS, Claimed
 from runner.handover import HANDOVER

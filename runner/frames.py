@@ -10,7 +10,7 @@ import socket
 import struct
 from typing import Any
 
-from dagstore.errors import PinflowError
+from dagstore.core.errors import PinflowError
 
 MAX_FRAME = 64 * 1024 * 1024  # a claim answer carries upstream results: generous, bounded
 _FRAME = struct.Struct("!I")

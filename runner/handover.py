@@ -4,7 +4,7 @@ A horse is a new process: reporting itself means a new TCP connection to the API
 a cold HTTP client in a process where every page it touches is copied, for each task. The
 worker keeps one connection for its whole life, so the horse writes the report (state,
 result, error, log) into memory it shares with the worker and exits; the worker sends it with
-that try's credential (`runner.claim`, `dagstore.grant`), never with a token.
+that try's credential (`runner.claim`, `dagstore.access.grants`), never with a token.
 
 The memory is a fresh shared mapping per task (a memfd, so that a horse forked by a warm fork
 server, `runner.forkserver`, can be handed it too): a process that one task left behind (a

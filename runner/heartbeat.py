@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any
 
-from dagstore.errors import Conflict, PinflowError
-from dagstore.protocol import TaskSpec
+from dagstore.core.errors import Conflict, PinflowError
+from dagstore.core.protocol import TaskSpec
 from runner.capture import CappedLog
 from runner.client import WorkerClient
 

@@ -35,7 +35,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from dagstore.protocol import JobPayload
+from dagstore.core.protocol import JobPayload
 from runner.agentconn import close_inherited
 from runner.claim import CLAIMS
 from runner.handover import HANDOVER

@@ -1,6 +1,6 @@
 """The RQ job: fetch the claimed try's version, run the task, report. Runs in the work horse.
 
-Enqueued by dotted path (`dagstore.protocol.JOB_FUNCTION`) with a JSON payload, so the
+Enqueued by dotted path (`dagstore.core.protocol.JOB_FUNCTION`) with a JSON payload, so the
 scheduler never imports this module and this module never opens the database. The RQ worker
 claimed the try before forking (`runner.claim`); the horse acts with that try's credential
 only, never with the worker's token (`runner.agent`).
@@ -18,9 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from dagstore.errors import Conflict, PinflowError
-from dagstore.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload, TaskSpec
-from dagstore.settings import Settings
+from dagstore.core.errors import Conflict, PinflowError
+from dagstore.core.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload, TaskSpec
+from dagstore.core.settings import Settings
 from runner.cache import VersionCache
 from runner.capture import CappedLog, capture
 from runner.claim import CLAIMS, Claimed, Dropped, claim_try

@@ -1,12 +1,12 @@
 """`pinflow dags test`: every task of one DAG, in order, in this process.
 
 What Airflow users know as `airflow dags test`: no scheduler, no Redis, no worker, no database.
-The DAG files come from a local checkout (found as the store finds them, `dagstore.loader`) or
-from one version the store keeps (fetched and verified as a worker fetches it). Each task runs
-through the worker's own code path (`runner.execute`: the same import, upstream results,
-context and timeout), its output captured as a worker captures it; a task whose upstream did
-not succeed is `upstream_failed`, as in a real run. Retries are not made: a test run shows the
-first try of each task.
+The DAG files come from a local checkout (found as the store finds them,
+`dagstore.parsing.loader`) or from one version the store keeps (fetched and verified as a
+worker fetches it). Each task runs through the worker's own code path (`runner.execute`: the
+same import, upstream results, context and timeout), its output captured as a worker captures
+it; a task whose upstream did not succeed is `upstream_failed`, as in a real run. Retries are
+not made: a test run shows the first try of each task.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dagstore.dag import DAG
-from dagstore.errors import NotFound
-from dagstore.loader import discover
-from dagstore.protocol import MAX_LOG_BYTES, TaskSpec
+from dagstore.authoring.dag import DAG
+from dagstore.core.errors import NotFound
+from dagstore.core.protocol import MAX_LOG_BYTES, TaskSpec
+from dagstore.parsing.loader import discover
 from runner.capture import CappedLog, capture
 from runner.execute import execute
 from runner.warm import WARM

@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagstore.loader import import_dag_file, put_version_on_path
+from dagstore.parsing.loader import import_dag_file, put_version_on_path
 
 if TYPE_CHECKING:
-    from dagstore.dag import DAG
+    from dagstore.authoring.dag import DAG
 
 log = logging.getLogger("pinflow.worker")
 IMPORT_TIMEOUT = 10.0

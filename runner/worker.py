@@ -26,12 +26,12 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from dagstore.errors import PinflowError
-from dagstore.outage import Outage
-from dagstore.prctl import make_undumpable
-from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
-from dagstore.redisconn import forget_primary
-from dagstore.settings import Settings
+from dagstore.core.errors import PinflowError
+from dagstore.core.outage import Outage
+from dagstore.core.prctl import make_undumpable
+from dagstore.core.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
+from dagstore.core.redisconn import forget_primary
+from dagstore.core.settings import Settings
 from runner.agent import AgentClient, WorkerOptions
 from runner.agentconn import worker_redis
 from runner.bookkeeping import MAX_DELAY, BookkeptJob, SurvivesRedis
@@ -182,11 +182,11 @@ def warm_up() -> None:
 
     Every horse inherits the parent's memory, so what is imported here is free at task start:
     the job's code (pydantic, the loader), the DAG authoring API that DAG files import
-    (`dagstore.dag`, ~12 ms), and httpx's transport, which httpx imports only when the first
-    client is built (httpcore, h11: ~30 ms). Building one client (no connection is made) is
-    the way to get exactly what httpx loads lazily, whatever its version.
+    (`dagstore.authoring.dag`, ~12 ms), and httpx's transport, which httpx imports only when
+    the first client is built (httpcore, h11: ~30 ms). Building one client (no connection is
+    made) is the way to get exactly what httpx loads lazily, whatever its version.
     """
-    import dagstore.dag  # noqa: F401
+    import dagstore.authoring.dag  # noqa: F401
     from runner.cache import ready_version
     from runner.client import WorkerClient
     from runner.job import cache_dir

@@ -10,13 +10,12 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 
-from dagstore.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
-from dagstore.dags import get_dag
-from dagstore.db import as_utc, db_time, iso
-from dagstore.errors import NotFound
-from dagstore.grant import issue_grant
-from dagstore.models import Dag
-from dagstore.protocol import (
+from dagstore.access.grants import issue_grant
+from dagstore.api.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
+from dagstore.core.db import as_utc, db_time, iso
+from dagstore.core.errors import NotFound
+from dagstore.core.models import Dag
+from dagstore.core.protocol import (
     MAX_DB_INT,
     ClaimRequest,
     FinishRequest,
@@ -24,6 +23,7 @@ from dagstore.protocol import (
     JobPayload,
     TaskSpec,
 )
+from dagstore.parsing.dags import get_dag
 from scheduler import shapes
 from scheduler.backfill import backfill_json, create_backfill, release_held
 from scheduler.cancel import cancel

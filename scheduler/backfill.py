@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.db import iso
-from dagstore.errors import BadRequest
-from dagstore.models import Dag
+from dagstore.core.db import iso
+from dagstore.core.errors import BadRequest
+from dagstore.core.models import Dag
 from scheduler.models import Backfill, DagRun
 from scheduler.runs import ACTIVE_RUN_STATES, create_run, taken_ticks
 from scheduler.taskstate import schedule_ready

@@ -32,8 +32,8 @@ from typing import Any
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.models import Dag, Repo
-from dagstore.protocol import JobPayload
+from dagstore.core.models import Dag, Repo
+from dagstore.core.protocol import JobPayload
 from scheduler.lease import Lease, holds
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import active_runs_of, run_row, taken_ticks_of, task_rows

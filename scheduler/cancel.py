@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from dagstore.errors import Conflict
+from dagstore.core.errors import Conflict
 from scheduler.locks import lock_tasks
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.runs import ACTIVE_RUN_STATES

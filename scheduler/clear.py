@@ -27,9 +27,9 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from dagstore.dags import get_dag
-from dagstore.errors import Conflict, NotFound
-from dagstore.models import Dag
+from dagstore.core.errors import Conflict, NotFound
+from dagstore.core.models import Dag
+from dagstore.parsing.dags import get_dag
 from scheduler.backfill import wait_again
 from scheduler.locks import lock_backfill_of, lock_tasks
 from scheduler.models import DagRun, TaskInstance

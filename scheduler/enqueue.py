@@ -20,11 +20,11 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagstore.db import as_utc
-from dagstore.models import Repo
-from dagstore.outage import Outage
-from dagstore.protocol import JOB_FUNCTION, JobPayload, job_id, queue_name
-from dagstore.redisconn import REDIS_FAULTS, connect, forget_primary
+from dagstore.core.db import as_utc
+from dagstore.core.models import Repo
+from dagstore.core.outage import Outage
+from dagstore.core.protocol import JOB_FUNCTION, JobPayload, job_id, queue_name
+from dagstore.core.redisconn import REDIS_FAULTS, connect, forget_primary
 from scheduler.models import DagRun, TaskInstance
 from scheduler.taskstate import payload
 

@@ -1,4 +1,4 @@
-"""Whether a try credential (`dagstore.grant`) is live: the scheduler's side of the check.
+"""Whether a try credential (`dagstore.access.grants`) is live: the scheduler's side of the check.
 
 A credential works only for the try it names while that try is the task instance's current
 one and its hash is the stored one; the conditional updates of heartbeat and finish refuse
@@ -12,9 +12,9 @@ import hmac
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dagstore.errors import Forbidden
-from dagstore.grant import TryGrant
-from dagstore.models import Repo, Token
+from dagstore.access.grants import TryGrant
+from dagstore.core.errors import Forbidden
+from dagstore.core.models import Repo, Token
 from scheduler.models import DagRun, TaskInstance
 
 

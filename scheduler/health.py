@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from dagstore.db import Database, database_unavailable
+from dagstore.core.db import Database, database_unavailable
 
 
 class WriteHealth:

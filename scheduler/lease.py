@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Row, or_, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.models import Dag
+from dagstore.core.models import Dag
 from scheduler.metrics import LEASE_TAKEOVERS
 
 

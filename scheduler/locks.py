@@ -47,9 +47,9 @@ Who takes what, in order (keep this table true when a writer changes):
     queue_ready          tasks (scheduled, retrying)
     settle_stuck         runs (SKIP LOCKED) → their tasks in `none`
     pause, a push        dags only (a push locks its repo's row first, which nothing here
-                         takes: `dagstore.current`)
+                         takes: `dagstore.parsing.current`)
 
-SQLite has one writer at a time (`BEGIN IMMEDIATE`, `dagstore.db`): these locks are no-ops
+SQLite has one writer at a time (`BEGIN IMMEDIATE`, `dagstore.core.db`): these locks are no-ops
 there, and the interleaving tests (`tests/scheduler/test_operator_locks.py`,
 `test_run_locks.py`, `test_backfill_limits.py`) run on both.
 """
@@ -61,7 +61,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagstore.errors import NotFound
+from dagstore.core.errors import NotFound
 from scheduler.models import Backfill, DagRun, TaskInstance
 
 

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from dagstore.db import Database, database_unavailable, db_time
-from dagstore.outage import Outage
+from dagstore.core.db import Database, database_unavailable, db_time
+from dagstore.core.outage import Outage
 from scheduler.backfill import release_held
 from scheduler.batch import FAILED_BACKOFF, schedule_batch
 from scheduler.enqueue import Enqueuer, requeue_lost

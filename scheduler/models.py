@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dagstore.db import Base, db_now
+from dagstore.core.db import Base, db_now
 
 
 class DagRun(Base):
@@ -94,7 +94,7 @@ class TaskInstance(Base):
     # The claim's random id: the same worker asking again for the same try (its first
     # answer was lost) is recognised, anyone else is refused.
     attempt: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # sha256 of the try credential the claim handed out (`dagstore.grant`).
+    # sha256 of the try credential the claim handed out (`dagstore.access.grants`).
     grant_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result: Mapped[object | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.models import Repo
-from dagstore.protocol import JobPayload
+from dagstore.core.models import Repo
+from dagstore.core.protocol import JobPayload
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from dagstore.db import as_utc
-from dagstore.schedule import schedule_from_json
+from dagstore.authoring.schedule import schedule_from_json
+from dagstore.core.db import as_utc
 
 MAX_RUNS_PER_PASS = 500  # a long catchup is created over several passes, not in one transaction
 _EPSILON = timedelta(microseconds=1)

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.db import as_utc
-from dagstore.errors import Conflict, NotFound
-from dagstore.models import Repo
-from dagstore.protocol import MAX_LOG_BYTES
+from dagstore.core.db import as_utc
+from dagstore.core.errors import Conflict, NotFound
+from dagstore.core.models import Repo
+from dagstore.core.protocol import MAX_LOG_BYTES
 from scheduler.grants import explain_refusal
 from scheduler.metrics import TRIES_FINISHED
 from scheduler.models import DagRun, TaskInstance, TaskTry

@@ -7,14 +7,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagstore.context import StoreContext
-from dagstore.current import publish
-from dagstore.dags import get_dag, version_dag
-from dagstore.db import db_time
-from dagstore.errors import BadRequest, Conflict, NotFound
-from dagstore.gitrepo import SHORT_SHA_RE, resolve_commit
-from dagstore.models import Repo, Version, VersionDag, VersionError
-from dagstore.parse import parse_commit
+from dagstore.core.db import db_time
+from dagstore.core.errors import BadRequest, Conflict, NotFound
+from dagstore.core.models import Repo, Version, VersionDag, VersionError
+from dagstore.git.repo import SHORT_SHA_RE, resolve_commit
+from dagstore.parsing.current import publish
+from dagstore.parsing.dags import get_dag, version_dag
+from dagstore.parsing.parser import parse_commit
+from dagstore.store import StoreContext
 from scheduler.models import DagRun
 from scheduler.runs import create_run
 from scheduler.taskstate import schedule_ready

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dagstore.db import iso
-from dagstore.errors import NotFound
+from dagstore.core.db import iso
+from dagstore.core.errors import NotFound
 from scheduler.models import DagRun, TaskInstance, TaskTry
 
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dagstore.db import Database
-from dagstore.settings import normalise_database_url
+from dagstore.core.db import Database
+from dagstore.core.settings import normalise_database_url
 from pinflow.migrate import upgrade
 from tests.support.cluster import Cluster
 from tests.support.pg import PostgresCluster, find_pg_bin

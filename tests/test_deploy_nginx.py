@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dagstore.access.tokens import hash_token, issue_token, revoke_token
 from dagstore.api.archive_http import ARCHIVE_PATH
-from dagstore.db import Database
-from dagstore.models import Token
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER
-from dagstore.token import hash_token, issue_token, revoke_token
+from dagstore.core.db import Database
+from dagstore.core.models import Token
+from dagstore.core.protocol import ARCHIVE_DIGEST_HEADER
 from tests.support.git import Git
 from tests.support.nginx import DEPLOY_CONF, Nginx, deploy_conf, nginx_binary
 from tests.support.server import ServerProcess, start_server

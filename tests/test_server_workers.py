@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER
+from dagstore.core.protocol import ARCHIVE_DIGEST_HEADER
 from pinflow.supervise import descendants
 from tests.support.git import Git
 from tests.support.server import ServerProcess, make_tokens

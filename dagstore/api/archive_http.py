@@ -17,12 +17,12 @@ import re
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dagstore.archive import ArchiveFile
-from dagstore.auth import bearer_secret, known_version_reader
-from dagstore.context import StoreContext
-from dagstore.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
-from dagstore.names import FULL_SHA_RE, REPO_NAME_RE
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER
+from dagstore.api.auth import bearer_secret, known_version_reader
+from dagstore.core.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
+from dagstore.core.names import FULL_SHA_RE, REPO_NAME_RE
+from dagstore.core.protocol import ARCHIVE_DIGEST_HEADER
+from dagstore.git.archive import ArchiveFile
+from dagstore.store import StoreContext
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MEDIA_TYPE = "application/gzip"

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from dagstore.api import shapes
-from dagstore.auth import ReadToken, StoreDep
-from dagstore.dags import dag_json, get_dag, import_errors, list_dags, structure_history
-from dagstore.models import Repo
+from dagstore.api.auth import ReadToken, StoreDep
+from dagstore.core.models import Repo
+from dagstore.parsing.dags import dag_json, get_dag, import_errors, list_dags, structure_history
 
 router = APIRouter(tags=["dags"])
 

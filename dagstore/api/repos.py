@@ -12,16 +12,16 @@ from sqlalchemy import text
 
 from dagstore.api import shapes
 from dagstore.api.archive_http import IMMUTABLE, MEDIA_TYPE, archive_headers, not_modified
-from dagstore.auth import AdminToken, Credentials, ReadToken, StoreDep, VersionReader
-from dagstore.dags import version_contents
+from dagstore.api.auth import AdminToken, Credentials, ReadToken, StoreDep, VersionReader
+from dagstore.core.errors import BadRequest
+from dagstore.core.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
+from dagstore.core.models import Token
+from dagstore.core.names import validate_full_sha
 from dagstore.diff import diff_dags, diff_files
-from dagstore.errors import BadRequest
-from dagstore.gitrepo import DatabaseRepo, list_files, read_file, resolve_commit
-from dagstore.metrics import ARCHIVE_BYTES, ARCHIVE_REQUESTS
-from dagstore.models import Token
-from dagstore.names import validate_full_sha
-from dagstore.repos import create_repo, get_repo, list_repos, repo_json
-from dagstore.version import list_versions, version_json
+from dagstore.git.repo import DatabaseRepo, list_files, read_file, resolve_commit
+from dagstore.git.repos import create_repo, get_repo, list_repos, repo_json
+from dagstore.git.versions import list_versions, version_json
+from dagstore.parsing.dags import version_contents
 
 router = APIRouter()
 BYTES = {"schema": {"type": "string", "format": "binary"}}
@@ -129,7 +129,7 @@ def get_archive(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The commit's files; immutable, so caches may keep it forever. A read token, or the
-    credential of a try running this very version (`dagstore.grant`). The hot case is
+    credential of a try running this very version (`dagstore.access.grants`). The hot case is
     answered before this route by `archive_http.ArchiveFastPath`."""
     validate_full_sha(sha)
     # Repos are never deleted and an archive is only ever built from its repo's commit, so

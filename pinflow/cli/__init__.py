@@ -10,8 +10,8 @@ import sys
 
 import typer
 
-from dagstore.errors import PinflowError
-from dagstore.terminal import printable
+from dagstore.core.errors import PinflowError
+from dagstore.core.terminal import printable
 from pinflow.cli import dags, diff, runs, server, store
 from pinflow.cli.render import drop_stdout
 

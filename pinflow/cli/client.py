@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from dagstore import errors
-from dagstore.settings import Settings
+from dagstore.core import errors
+from dagstore.core.settings import Settings
 
 UNAVAILABLE_PATIENCE = 60.0  # seconds a read waits out a 503 (a database failing over)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dagstore.errors import BadRequest
+from dagstore.core.errors import BadRequest
 
 
 def parse_conf(text: str | None) -> dict[str, Any]:

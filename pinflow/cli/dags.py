@@ -10,9 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from dagstore.errors import BadRequest
-from dagstore.settings import Settings
-from dagstore.terminal import printable
+from dagstore.core.errors import BadRequest
+from dagstore.core.settings import Settings
+from dagstore.core.terminal import printable
 from pinflow.cli.client import ApiClient
 from pinflow.cli.conf import parse_conf
 from pinflow.cli.options import ApiUrl, Token, client_settings

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from dagstore.errors import BadRequest
-from dagstore.terminal import printable
+from dagstore.core.errors import BadRequest
+from dagstore.core.terminal import printable
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, Token, client_settings
 from pinflow.cli.render import console

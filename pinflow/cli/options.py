@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dagstore.settings import Settings
+from dagstore.core.settings import Settings
 
 ApiUrl = Annotated[
     str | None, typer.Option("--api-url", envvar="PINFLOW_API_URL", help="API server URL")

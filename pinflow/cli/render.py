@@ -4,7 +4,7 @@ Every listing prints in one of three ways (`--output`): a table for a terminal; 
 columns with nothing cut when stdout is a pipe or a file (rich would squeeze its table into 80
 columns and cut cells to `s…`, so nothing could be read or grepped); or JSON, the API's own
 items, for scripts. Table and plain cells show control characters written out (`\x1b`),
-never raw: much of what they show was written by whoever pushed (`dagstore.terminal`); JSON
+never raw: much of what they show was written by whoever pushed (`dagstore.core.terminal`); JSON
 escapes them itself.
 """
 
@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dagstore.terminal import printable
+from dagstore.core.terminal import printable
 
 console = Console()
 

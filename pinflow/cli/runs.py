@@ -12,7 +12,7 @@ import typer
 from rich.live import Live
 from rich.progress import Progress
 
-from dagstore.errors import BadRequest, NotFound
+from dagstore.core.errors import BadRequest, NotFound
 from pinflow.cli.client import ApiClient
 from pinflow.cli.conf import parse_conf
 from pinflow.cli.options import ApiUrl, Token, client_settings

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from dagstore.errors import BadRequest
-from dagstore.settings import Settings
+from dagstore.core.errors import BadRequest
+from dagstore.core.settings import Settings
 from pinflow.cli.options import DatabaseUrl, Home
 
 db_app = typer.Typer(help="The database schema.")
@@ -17,8 +17,8 @@ def check_urls(settings: Settings, database: bool = True, redis: bool = True) ->
     """At start, before anything connects: a database or Redis URL pinflow cannot use (a
     malformed multi-host or Sentinel URL, a Sentinel that names no primary for the service)
     is one clear line and a non-zero exit, never a traceback (issue 26)."""
-    from dagstore.db import check_database_url
-    from dagstore.redisconn import check_redis_url
+    from dagstore.core.db import check_database_url
+    from dagstore.core.redisconn import check_redis_url
 
     if database:
         try:
@@ -32,8 +32,8 @@ def check_urls(settings: Settings, database: bool = True, redis: bool = True) ->
 @db_app.command("upgrade")
 def db_upgrade(home: Home = None, database_url: DatabaseUrl = None) -> None:
     """Bring the database schema up to date (safe to run from many processes at once)."""
-    from dagstore.context import StoreContext
-    from dagstore.gitimport import import_disk_repositories
+    from dagstore.git.diskimport import import_disk_repositories
+    from dagstore.store import StoreContext
     from pinflow.migrate import upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
@@ -137,7 +137,7 @@ def scheduler(
     """Run one scheduler; run as many as you like, on any machines."""
     import logging
 
-    from dagstore.context import StoreContext
+    from dagstore.store import StoreContext
     from pinflow.migrate import upgrade
     from pinflow.startup import until_database
     from scheduler.enqueue import Enqueuer

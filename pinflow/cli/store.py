@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dagstore.errors import NotFound
-from dagstore.scopes import SCOPES
-from dagstore.settings import Settings
+from dagstore.access.scopes import SCOPES
+from dagstore.core.errors import NotFound
+from dagstore.core.settings import Settings
 from pinflow.cli.client import ApiClient
 from pinflow.cli.options import ApiUrl, DatabaseUrl, Home, Token, client_settings
 from pinflow.cli.render import Column, Output, short_time, show
 from pinflow.gitauth import push_recipe
 
 if TYPE_CHECKING:
-    from dagstore.db import Database
+    from dagstore.core.db import Database
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (reads and writes the database).")
 repo_app = typer.Typer(help="Repositories of the DAG store.")
@@ -26,7 +26,7 @@ def _database(home: str | None, database_url: str | None) -> Database:
     """The existing database, schema at head (SQLAlchemy and Alembic load only for these
     commands). Only `db upgrade`, `server`, `scheduler` and `up` create one: a token made in
     a database no server reads is a token every server refuses."""
-    from dagstore.db import Database
+    from dagstore.core.db import Database
     from pinflow.migrate import missing_database, upgrade
 
     settings = Settings.load(home=home, database_url=database_url)
@@ -50,7 +50,7 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print a new token on stdout (only its hash is stored)."""
-    from dagstore.token import check_scope_name, issue_token
+    from dagstore.access.tokens import check_scope_name, issue_token
 
     check_scope_name(scope)  # before the database: a typo needs none to be told
     db = _database(home, database_url)
@@ -64,8 +64,8 @@ def token_create(
 def token_list(output: Output = None, home: Home = None, database_url: DatabaseUrl = None) -> None:
     """Every token: id, name, scope, created, last used, revoked (never the secret: only its
     hash is stored). Last use is recorded to within a few minutes."""
-    from dagstore.db import iso
-    from dagstore.token import list_tokens
+    from dagstore.access.tokens import list_tokens
+    from dagstore.core.db import iso
 
     db = _database(home, database_url)
     with db.read() as session:
@@ -90,7 +90,7 @@ def token_revoke(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a token at once: every server stops accepting it."""
-    from dagstore.token import revoke_token
+    from dagstore.access.tokens import revoke_token
 
     db = _database(home, database_url)
     with db.write() as session:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from alembic import context
 
-import dagstore.gitmodels  # noqa: F401  (the git store's)
-import dagstore.models  # noqa: F401  (registers the store's tables)
+import dagstore.core.models  # noqa: F401  (registers the store's tables)
+import dagstore.git.models  # noqa: F401  (the git store's)
 import scheduler.models  # noqa: F401  (and the scheduler's)
-from dagstore.db import Base
+from dagstore.core.db import Base
 
 target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic` run by hand: build an engine from the ini URL
-    from dagstore.db import make_engine
+    from dagstore.core.db import make_engine
 
     connection = make_engine(context.config.get_main_option("sqlalchemy.url")).connect()
 

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 
 from dagstore.api import dags as dags_api
 from dagstore.api import repos as repos_api
-from dagstore.auth import StoreDep
-from dagstore.dags import current_versions, dag_json, get_dag
-from dagstore.errors import BadRequest, NotFound, PinflowError
-from dagstore.models import Repo
+from dagstore.api.auth import StoreDep
+from dagstore.core.errors import BadRequest, NotFound, PinflowError
+from dagstore.core.models import Repo
+from dagstore.parsing.dags import current_versions, dag_json, get_dag
 from pinflow.ui.render import error_page, page, url_part
 from pinflow.ui.session import COOKIE, Viewer, ViewerDep
 from scheduler import api as runs_api

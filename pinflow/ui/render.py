@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from dagstore.errors import PinflowError
+from dagstore.core.errors import PinflowError
 from pinflow.ui.session import Viewer
 
 HERE = Path(__file__).parent

@@ -14,8 +14,8 @@ from pygments.lexers import TextLexer, guess_lexer_for_filename
 from pygments.util import ClassNotFound
 
 from dagstore.api import repos as repos_api
-from dagstore.auth import StoreDep
-from dagstore.errors import PinflowError
+from dagstore.api.auth import StoreDep
+from dagstore.core.errors import PinflowError
 from pinflow.ui.render import error_page, page
 from pinflow.ui.session import ViewerDep
 

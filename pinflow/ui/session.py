@@ -18,10 +18,10 @@ from urllib.parse import quote
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from dagstore.auth import StoreDep
-from dagstore.errors import Forbidden, PinflowError
-from dagstore.models import Token
-from dagstore.scopes import grants
+from dagstore.access.scopes import grants
+from dagstore.api.auth import StoreDep
+from dagstore.core.errors import Forbidden, PinflowError
+from dagstore.core.models import Token
 
 COOKIE = "pinflow_session"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dulwich.repo import Repo
 
-from dagstore.archive import write_archive
+from dagstore.git.archive import write_archive
 from tests.support.git import Git, clone
 from tests.support.server import ServerProcess
 

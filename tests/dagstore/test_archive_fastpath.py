@@ -16,14 +16,14 @@ import httpx
 import pytest
 from dulwich.repo import Repo
 
+from dagstore.access.tokencache import TokenCache
+from dagstore.access.tokens import create_token
 from dagstore.api.archive_http import ArchiveFastPath
-from dagstore.archive import ArchiveCache
-from dagstore.db import Database
-from dagstore.diskcache import DiskCache
-from dagstore.errors import PinflowError
-from dagstore.protocol import ARCHIVE_DIGEST_HEADER
-from dagstore.token import create_token
-from dagstore.tokencache import TokenCache
+from dagstore.core.db import Database
+from dagstore.core.errors import PinflowError
+from dagstore.core.protocol import ARCHIVE_DIGEST_HEADER
+from dagstore.git.archive import ArchiveCache
+from dagstore.git.diskcache import DiskCache
 from pinflow.migrate import upgrade
 from tests.support.git import Git
 from tests.support.server import ServerProcess, start_server

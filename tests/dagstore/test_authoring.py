@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dagstore.dag import DAG, collecting
-from dagstore.errors import DagDefinitionError
-from dagstore.schedule import parse_schedule, schedule_from_json
-from dagstore.task import MissingUpstreamResult, TaskOutput, task
+from dagstore.authoring.dag import DAG, collecting
+from dagstore.authoring.schedule import parse_schedule, schedule_from_json
+from dagstore.authoring.task import MissingUpstreamResult, TaskOutput, task
+from dagstore.core.errors import DagDefinitionError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -644,7 +644,7 @@ def test_wiring_after_the_block_is_refused() -> None:
 
 def test_importing_the_authoring_api_stays_cheap() -> None:
     code = (
-        "import sys, dagstore.dag, dagstore.task, dagstore.schedule\n"
+        "import sys, dagstore.authoring.dag, dagstore.authoring.task, dagstore.authoring.schedule\n"
         "heavy = [m for m in ('fastapi', 'sqlalchemy', 'dulwich', 'croniter')\n"
         "         if any(n == m or n.startswith(m + '.') for n in sys.modules)]\n"
         "print(','.join(heavy))\n"

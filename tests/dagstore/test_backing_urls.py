@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dagstore.db import check_database_url
-from dagstore.errors import BadRequest
-from dagstore.redisconn import check_redis_url, parse_sentinel_url
+from dagstore.core.db import check_database_url
+from dagstore.core.errors import BadRequest
+from dagstore.core.redisconn import check_redis_url, parse_sentinel_url
 from tests.support.ports import free_port
 from tests.support.redis import redis_binary
 from tests.support.sentinel import wait_ping

@@ -19,13 +19,13 @@ from dulwich.objects import Blob
 from dulwich.pack import PackData
 from fastapi.testclient import TestClient
 
-from dagstore.db import Database
-from dagstore.diskcache import DiskCache
-from dagstore.gitrepo import RepoStorage
-from dagstore.packsend import stream_pack
-from dagstore.repos import create_repo
-from dagstore.settings import Settings
-from dagstore.token import create_token
+from dagstore.access.tokens import create_token
+from dagstore.core.db import Database
+from dagstore.core.settings import Settings
+from dagstore.git.diskcache import DiskCache
+from dagstore.git.packsend import stream_pack
+from dagstore.git.repo import RepoStorage
+from dagstore.git.repos import create_repo
 from pinflow.app import create_app
 from pinflow.migrate import upgrade
 from tests.support.git import Git
@@ -106,7 +106,7 @@ def test_a_pack_evicted_after_it_was_found_is_read(sqlite_db: Database, tmp_path
 
 
 def test_a_pack_evicted_while_a_clone_sends_it_is_sent(sqlite_db: Database, tmp_path: Path):
-    """upload-pack lists the packs, then `dagstore.packsend` copies entries out of them."""
+    """upload-pack lists the packs, then `dagstore.git.packsend` copies entries out of them."""
     with sqlite_db.write() as session:
         create_repo(session, storage_for(sqlite_db, tmp_path / "w"), "r")
     blob = Blob.from_string(b"y" * 20_000 + bytes(range(256)) * 40)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
-from dagstore.db import Database
-from dagstore.models import Token
-from dagstore.token import hash_token
+from dagstore.access.tokens import hash_token
+from dagstore.core.db import Database
+from dagstore.core.models import Token
 from pinflow.migrate import alembic_config
 from tests.support.git import Git
 from tests.support.ports import free_port

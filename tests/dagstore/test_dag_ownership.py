@@ -11,14 +11,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from dagstore.current import publish
-from dagstore.dag import DAG, collecting
-from dagstore.db import Database
-from dagstore.gitrepo import RepoStorage
-from dagstore.models import Dag, Repo, Version, VersionDag, VersionError
-from dagstore.parse import ParseResult
-from dagstore.repos import create_repo
-from dagstore.version import ZERO_SHA, record_ref_update
+from dagstore.authoring.dag import DAG, collecting
+from dagstore.core.db import Database
+from dagstore.core.models import Dag, Repo, Version, VersionDag, VersionError
+from dagstore.git.repo import RepoStorage
+from dagstore.git.repos import create_repo
+from dagstore.git.versions import ZERO_SHA, record_ref_update
+from dagstore.parsing.current import publish
+from dagstore.parsing.parser import ParseResult
 from tests.support.git import Git
 from tests.support.race import race
 from tests.support.store import storage_for, write_commits

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from dagstore.db import Database, database_unavailable
+from dagstore.core.db import Database, database_unavailable
 from tests.support.pg import create_database, drop_database
 
 

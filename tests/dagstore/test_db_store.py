@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from dagstore.db import Database
-from dagstore.gitmodels import GitPack
-from dagstore.models import Repo
-from dagstore.repack import MAX_PACKS
+from dagstore.core.db import Database
+from dagstore.core.models import Repo
+from dagstore.git.models import GitPack
+from dagstore.git.repack import MAX_PACKS
 from tests.conftest import BACKENDS, _database_for
 from tests.support.git import Git, clone, work_on_tip
 from tests.support.server import ServerProcess, make_tokens
@@ -199,7 +199,7 @@ def test_kill_9_mid_push_leaves_no_partial_ref(pair: Pair, repo_name, tmp_path):
 
 
 def test_clones_and_fetches_of_a_deltified_history_check_out_whole(pair: Pair, repo_name, tmp_path):
-    """Packs are sent by copying stored entries (dagstore.packsend): offset-deltas rewritten
+    """Packs are sent by copying stored entries (dagstore.git.packsend): offset-deltas rewritten
     as ref-deltas, deltas against objects a shallow clone lacks sent whole. git checks every
     object of what it receives."""
     pair.a.create_repo(repo_name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dagstore.diskcache import DiskCache
+from dagstore.git.diskcache import DiskCache
 
 
 def fill(size: int):

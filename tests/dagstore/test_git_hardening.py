@@ -18,8 +18,8 @@ import pytest
 from dulwich.protocol import pkt_line
 from sqlalchemy import func, select
 
-from dagstore.db import Database
-from dagstore.gitmodels import GitPack
+from dagstore.core.db import Database
+from dagstore.git.models import GitPack
 from tests.support.git import Git, pack_objects
 from tests.support.server import ServerProcess, start_server
 

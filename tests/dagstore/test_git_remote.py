@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from dagstore.db import Database
-from dagstore.gitmodels import GitPack
+from dagstore.core.db import Database
+from dagstore.git.models import GitPack
 from tests.support.git import Git, clone, race_pushes, work_on_tip
 from tests.support.server import ServerProcess, start_server
 

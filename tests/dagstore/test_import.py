@@ -8,8 +8,8 @@ from pathlib import Path
 
 from dulwich.repo import Repo as DiskRepo
 
-from dagstore.db import Database
-from dagstore.models import Repo
+from dagstore.core.db import Database
+from dagstore.core.models import Repo
 from pinflow.migrate import upgrade
 from tests.support.git import Git, clone
 from tests.support.server import PINFLOW, ServerProcess, make_tokens, pinflow_env

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from dagstore.db import Database, db_time
-from dagstore.gitmodels import GitPack
-from dagstore.gitrepo import DatabaseRepo, RepoStorage
-from dagstore.packstore import discard_stale_quarantine
-from dagstore.repos import create_repo
+from dagstore.core.db import Database, db_time
+from dagstore.git.models import GitPack
+from dagstore.git.packs import discard_stale_quarantine
+from dagstore.git.repo import DatabaseRepo, RepoStorage
+from dagstore.git.repos import create_repo
 from tests.support.git import Git, clone, pack_objects, receive_pack
 from tests.support.server import ServerProcess
 from tests.support.store import fsck, refs_of, storage_for, write_commits

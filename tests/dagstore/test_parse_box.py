@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dagstore.sandbox import TMP_BYTES
+from dagstore.parsing.sandbox import TMP_BYTES
 from tests.support.git import Git
 from tests.support.server import start_server
 
@@ -155,7 +155,7 @@ def test_a_parse_writes_only_its_capped_tmp_never_the_servers_disk(repo_name, tm
 BOXED_AS_NOBODY = """
 import json, os, subprocess, sys, tempfile
 from pathlib import Path
-from dagstore.sandbox import Sandbox
+from dagstore.parsing.sandbox import Sandbox
 root = Path(tempfile.mkdtemp()) / "version"
 root.mkdir()
 args, env = Sandbox("bwrap").wrap([sys.executable, "-c", sys.argv[1]], root)

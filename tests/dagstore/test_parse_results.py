@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dagstore.parse import MAX_RECORD_BYTES
+from dagstore.parsing.parser import MAX_RECORD_BYTES
 from tests.conftest import BACKENDS, serve
 from tests.support.git import Git
 from tests.support.server import PINFLOW, ServerProcess, pinflow_env

@@ -1,5 +1,5 @@
-"""The server's second look at parse results (`dagstore.parsed`), the results pipe's reader,
-and `printable`: in process, no server (issue 25)."""
+"""The server's second look at parse results (`dagstore.parsing.results`), the results pipe's
+reader, and `printable`: in process, no server (issue 25)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from datetime import timedelta
 
 import pytest
 
-from dagstore.dag import DAG, collecting
-from dagstore.parse import MAX_RECORD_BYTES, RecordTooLarge, Results
-from dagstore.parsed import InvalidDag, check_dag, check_file
-from dagstore.task import task
-from dagstore.terminal import printable
+from dagstore.authoring.dag import DAG, collecting
+from dagstore.authoring.task import task
+from dagstore.core.terminal import printable
+from dagstore.parsing.parser import MAX_RECORD_BYTES, RecordTooLarge, Results
+from dagstore.parsing.results import InvalidDag, check_dag, check_file
 
 
 def honest_dags() -> list[DAG]:
@@ -140,7 +140,7 @@ def _flood(fd: int) -> None:
 )
 def test_an_author_meets_the_stores_bounds_at_import(options, why):
     """The bounds the store checks again fail at import already, naming the DAG."""
-    from dagstore.errors import DagDefinitionError
+    from dagstore.core.errors import DagDefinitionError
 
     dag_options = {k: options.pop(k) for k in ("max_active_runs", "schedule") if k in options}
     with (

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dagstore.db import Database, as_utc
-from dagstore.models import Dag
+from dagstore.core.db import Database, as_utc
+from dagstore.core.models import Dag
 from scheduler.loop import Scheduler, SchedulerConfig
 from tests.conftest import BACKENDS, serve
 from tests.support.git import Git

@@ -9,10 +9,10 @@ from pathlib import Path
 from dulwich.objects import Blob, Commit, Tree
 from sqlalchemy import event, func, select
 
-from dagstore.db import Database
-from dagstore.gitmodels import PACK_CHUNK_BYTES, GitPack
-from dagstore.repack import MAX_PACKS, consolidate
-from dagstore.repos import create_repo
+from dagstore.core.db import Database
+from dagstore.git.models import PACK_CHUNK_BYTES, GitPack
+from dagstore.git.repack import MAX_PACKS, consolidate
+from dagstore.git.repos import create_repo
 from tests.support.store import fsck, storage_for
 
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from dagstore.db import Database
-from dagstore.models import Token
-from dagstore.token import create_token, hash_token, revoke_token
+from dagstore.access.tokens import create_token, hash_token, revoke_token
+from dagstore.core.db import Database
+from dagstore.core.models import Token
 from tests.conftest import BACKENDS, serve
 from tests.support.git import Git
 from tests.support.server import ServerProcess

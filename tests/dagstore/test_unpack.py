@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from dulwich.repo import Repo
 
-from dagstore.archive import write_archive
-from dagstore.unpack import (
+from dagstore.git.archive import write_archive
+from dagstore.git.unpack import (
     MAX_DEPTH,
     DigestMismatch,
     UnsafeArchive,

@@ -19,7 +19,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from dagstore.protocol import DEFAULT_QUEUE, JobPayload, queue_name
+from dagstore.core.protocol import DEFAULT_QUEUE, JobPayload, queue_name
 from runner.cache import VersionCache
 from runner.client import WorkerClient
 from runner.job import _run

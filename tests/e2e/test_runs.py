@@ -329,7 +329,7 @@ def test_worker_endpoints_refuse_stale_and_foreign_claims(cluster: Cluster, tmp_
     assert run["state"] == "success"
     from sqlalchemy import select
 
-    from dagstore.db import Database
+    from dagstore.core.db import Database
     from scheduler.models import DagRun, TaskInstance
 
     db = Database(cluster.database_url)

@@ -18,7 +18,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from dagstore.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
+from dagstore.core.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from tests.conftest import cluster_for
 from tests.e2e.test_partitions import push_quick, take_job
 from tests.support.cluster import Cluster

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from dagstore.db import Database
-from dagstore.models import Dag, Repo
+from dagstore.core.db import Database
+from dagstore.core.models import Dag, Repo
 from tests.support.git import Git
 from tests.support.server import ServerProcess, start_server
 

@@ -17,10 +17,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from dagstore.db import Database
-from dagstore.models import Token
-from dagstore.settings import Settings
-from dagstore.token import is_live, revoke_token
+from dagstore.access.tokens import is_live, revoke_token
+from dagstore.core.db import Database
+from dagstore.core.models import Token
+from dagstore.core.settings import Settings
 from pinflow.migrate import upgrade
 from pinflow.supervise import descendants
 from pinflow.up import banner, load_tokens, tokens_path

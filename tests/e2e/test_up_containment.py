@@ -275,7 +275,7 @@ def test_a_box_bubblewrap_cannot_build_is_announced(tmp_path, monkeypatch):
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    from dagstore.settings import Settings
+    from dagstore.core.settings import Settings
 
     settings = Settings.load(home=str(tmp_path / "home"))
     box = worker_box(settings, tmp_path / "home" / "cache" / "versions")

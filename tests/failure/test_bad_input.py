@@ -22,9 +22,9 @@ import pytest
 from dulwich.protocol import PktLineParser, pkt_line
 from sqlalchemy import select
 
-from dagstore.db import Database
-from dagstore.gitrepo import RepoStorage
-from dagstore.scopes import SCOPES, grants
+from dagstore.access.scopes import SCOPES, grants
+from dagstore.core.db import Database
+from dagstore.git.repo import RepoStorage
 from scheduler.models import DagRun, TaskInstance
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster

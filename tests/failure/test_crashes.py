@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from dagstore.db import Database, as_utc
+from dagstore.core.db import Database, as_utc
 from pinflow.migrate import upgrade
 from scheduler.models import DagRun
 from tests.conftest import BACKENDS, cluster_for

@@ -38,7 +38,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from dagstore.db import Database
+from dagstore.core.db import Database
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from tests.failure.test_crashes import report
 from tests.failure.test_soak import COMMON, FAN_DAG, Soak, ledger_faults

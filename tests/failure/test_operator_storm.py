@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 from sqlalchemy import func, select
 
-from dagstore.db import Database
-from dagstore.errors import Conflict
+from dagstore.core.db import Database
+from dagstore.core.errors import Conflict
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
 from tests.failure.test_crashes import report

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from dagstore.db import Database, as_utc
+from dagstore.core.db import Database, as_utc
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from tests.conftest import BACKENDS, _database_for
 from tests.failure.test_crashes import report

@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from dagstore.db import Database
-from dagstore.gitmodels import GitPack, GitRef
-from dagstore.repack import MAX_PACKS
+from dagstore.core.db import Database
+from dagstore.git.models import GitPack, GitRef
+from dagstore.git.repack import MAX_PACKS
 from tests.conftest import BACKENDS, _database_for
 from tests.support.git import Git, at_once, git_env
 from tests.support.server import ServerProcess, make_tokens

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dagstore.unpack import DigestMismatch
+from dagstore.git.unpack import DigestMismatch
 from runner.cache import VersionCache
 from runner.client import WorkerClient
 from tests.conftest import BACKENDS, serve

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dagstore.unpack import UnsafeArchive
+from dagstore.git.unpack import UnsafeArchive
 from runner.cache import READY, USED, VersionCache
 
 REPO = "demo"

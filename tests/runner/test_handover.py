@@ -85,7 +85,7 @@ def test_the_worker_parent_imports_no_database_or_git_library():
 def test_the_worker_sends_only_a_report_for_the_try_it_claimed(monkeypatch):
     """The report's body is the horse's; which try it finishes is the claim's. A report naming
     another try, or one that is not a report, is never sent."""
-    from dagstore.protocol import JobPayload, TaskSpec
+    from dagstore.core.protocol import JobPayload, TaskSpec
     from runner import job as job_module
     from runner.claim import CLAIMS, Claimed
 

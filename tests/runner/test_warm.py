@@ -63,7 +63,7 @@ def test_another_version_drops_the_first_ones_modules(dags, tmp_path):
 
 def test_no_fork_server_for_an_uncached_version_or_an_unclaimed_try(tmp_path):
     """Fork servers start for a claimed try whose version is in the local cache only."""
-    from dagstore.protocol import TaskSpec
+    from dagstore.core.protocol import TaskSpec
     from runner.claim import Claimed, Dropped
     from runner.forkserver import WarmServers
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from dagstore.db import Database, db_time
+from dagstore.core.db import Database, db_time
 from scheduler.backfill import backfill_json
 from scheduler.cancel import cancel
 from scheduler.models import Backfill, DagRun, TaskInstance

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from dagstore.db import Database, as_utc, db_time
-from dagstore.models import Dag, Repo
+from dagstore.core.db import Database, as_utc, db_time
+from dagstore.core.models import Dag, Repo
 from scheduler import batch
 from scheduler.backfill import create_backfill
 from scheduler.batch import schedule_batch

@@ -7,7 +7,7 @@ from rq.exceptions import DuplicateJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from dagstore.protocol import JOB_FUNCTION, JobPayload, job_id
+from dagstore.core.protocol import JOB_FUNCTION, JobPayload, job_id
 from scheduler.enqueue import Enqueuer, job_options
 
 # What a worker and recovery read of a job; enqueued_at and created_at differ by nature.

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from dagstore.db import Database, as_utc, db_time
-from dagstore.models import Dag
+from dagstore.core.db import Database, as_utc, db_time
+from dagstore.core.models import Dag
 from scheduler.lease import lease_due_dags
 from scheduler.loop import Scheduler, SchedulerConfig
 from scheduler.models import DagRun

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dagstore.db import Database, db_time
-from dagstore.errors import Conflict
-from dagstore.models import Repo
+from dagstore.core.db import Database, db_time
+from dagstore.core.errors import Conflict
+from dagstore.core.models import Repo
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.runs import ACTIVE_RUN_STATES, create_run
 from scheduler.taskstate import schedule_ready

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import text, update
 
-from dagstore.db import Database
+from dagstore.core.db import Database
 from scheduler.loop import Scheduler, SchedulerConfig
 from scheduler.models import TaskInstance
 from tests.support.seed import run_states, running_run, ti_id
@@ -59,7 +59,7 @@ def writes_blocked(db: Database, seconds: float) -> Iterator[None]:
 
     def hold() -> None:
         with db.engine.connect() as conn:
-            conn.begin()  # SQLite: BEGIN IMMEDIATE (dagstore.db), the write lock
+            conn.begin()  # SQLite: BEGIN IMMEDIATE (dagstore.core.db), the write lock
             if not db.is_sqlite:
                 conn.execute(
                     text("LOCK TABLE dags, dag_runs, task_instances IN ACCESS EXCLUSIVE MODE")

@@ -9,8 +9,8 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from sqlalchemy import update
 
-from dagstore.db import Database, db_time
-from dagstore.protocol import DEFAULT_QUEUE, job_id
+from dagstore.core.db import Database, db_time
+from dagstore.core.protocol import DEFAULT_QUEUE, job_id
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.models import DagRun, TaskInstance
 from scheduler.taskstate import payload

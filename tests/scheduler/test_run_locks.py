@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from dagstore.db import Database, db_time
+from dagstore.core.db import Database, db_time
 from scheduler.models import TaskInstance
 from scheduler.tries import fail_lost, finish
 from tests.support.race import race

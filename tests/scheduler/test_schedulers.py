@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from dagstore.db import Database, as_utc
-from dagstore.models import Dag
+from dagstore.core.db import Database, as_utc
+from dagstore.core.models import Dag
 from pinflow.migrate import upgrade
 from scheduler.models import DagRun
 from tests.support.procs import PinflowProcess

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from dagstore.db import Database
+from dagstore.core.db import Database
 
 WAIT = 10.0  # seconds a step may take to reach its lock wait (or its end)
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from dagstore.db import Database, db_time
-from dagstore.models import Dag, Repo
+from dagstore.core.db import Database, db_time
+from dagstore.core.models import Dag, Repo
 from scheduler.backfill import create_backfill
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import create_run

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from dagstore.db import Database
-from dagstore.token import SCOPES, create_token
+from dagstore.access.tokens import SCOPES, create_token
+from dagstore.core.db import Database
 from pinflow.migrate import upgrade
 from tests.support.ports import free_port
 
@@ -29,8 +29,8 @@ def make_tokens(database_url: str) -> dict[str, str]:
             tokens["revoked"] = create_token(session, "admin", "test-revoked")
         from sqlalchemy import update
 
-        from dagstore.models import Token
-        from dagstore.token import hash_token
+        from dagstore.access.tokens import hash_token
+        from dagstore.core.models import Token
 
         with db.write() as session:
             session.execute(

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dagstore.db import db_time
+from dagstore.core.db import db_time
 from scheduler.backfill import release_held
 from scheduler.cancel import cancel
 from scheduler.clear import ClearRequest, clear

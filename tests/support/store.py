@@ -7,11 +7,11 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from dagstore.db import Database
-from dagstore.diskcache import DiskCache
-from dagstore.gitimport import import_repository
-from dagstore.gitrepo import RepoStorage
-from dagstore.repack import verify_objects
+from dagstore.core.db import Database
+from dagstore.git.diskcache import DiskCache
+from dagstore.git.diskimport import import_repository
+from dagstore.git.repack import verify_objects
+from dagstore.git.repo import RepoStorage
 from tests.support.git import Git
 
 

@@ -1,12 +1,13 @@
-"""A live try credential (`dagstore.grant`) for a version, without a scheduler or a worker."""
+"""A live try credential (`dagstore.access.grants`) for a version, with no scheduler or
+worker."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from dagstore.db import Database, db_time
-from dagstore.grant import issue_grant
-from dagstore.models import Repo
+from dagstore.access.grants import issue_grant
+from dagstore.core.db import Database, db_time
+from dagstore.core.models import Repo
 from scheduler.runs import create_run
 from scheduler.taskstate import queue_ready, schedule_ready
 from scheduler.tries import claim

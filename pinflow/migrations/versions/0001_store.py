@@ -8,7 +8,7 @@ Create Date: 2026-11-23
 import sqlalchemy as sa
 from alembic import op
 
-from dagstore.db import db_now
+from dagstore.core.db import db_now
 
 revision = "0001"
 down_revision = None

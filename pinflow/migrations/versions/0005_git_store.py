@@ -8,7 +8,7 @@ Create Date: 2026-12-02
 import sqlalchemy as sa
 from alembic import op
 
-from dagstore.db import db_now
+from dagstore.core.db import db_now
 
 revision = "0005"
 down_revision = "0004"
@@ -54,7 +54,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["pack_id"], ["git_packs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("pack_id", "seq"),
     )
-    # Repositories still on disk are moved in by `pinflow db upgrade` (dagstore.gitimport),
+    # Repositories still on disk are moved in by `pinflow db upgrade` (dagstore.git.diskimport),
     # which needs git code and a cache: not a schema step.
 
 

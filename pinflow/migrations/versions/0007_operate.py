@@ -9,7 +9,7 @@ Create Date: 2026-12-02
 import sqlalchemy as sa
 from alembic import op
 
-from dagstore.db import db_now
+from dagstore.core.db import db_now
 
 revision = "0007"
 down_revision = "0006"

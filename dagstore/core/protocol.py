@@ -1,0 +1,91 @@
+"""What the scheduler and the runner agree on, written once: the RQ job and worker endpoints.
+
+The scheduler enqueues `JobPayload`s; a worker claims the task instance with `ClaimRequest`,
+gets a `TaskSpec`, heartbeats with `Heartbeat`, and reports with `FinishRequest`. Both sides
+import this module; neither writes these shapes by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JOB_FUNCTION = "runner.job.run_task"  # enqueued by dotted path: the scheduler never imports it
+DEFAULT_QUEUE = "default"
+QUEUE_PREFIX = "pinflow:"
+MAX_LOG_BYTES = 1024 * 1024
+MAX_DB_INT = 2**31 - 1  # INTEGER columns: larger ids or tries cannot exist
+ARCHIVE_DIGEST_HEADER = "X-Pinflow-Archive-Sha256"  # the archive's sha256, checked by workers
+
+
+def queue_name(queue: str) -> str:
+    """The Redis-side name of a pinflow queue (every queue name is built here)."""
+    return f"{QUEUE_PREFIX}{queue}"
+
+
+def job_id(ti_id: int, try_number: int) -> str:
+    """Deterministic: enqueueing the same try twice names the same job."""
+    return f"pinflow-ti-{ti_id}-try-{try_number}"
+
+
+class JobPayload(BaseModel):
+    ti_id: int
+    try_number: int
+    run_id: str
+    repo: str
+    sha: str
+    fileloc: str
+    dag_id: str
+    task_id: str
+    queue: str = DEFAULT_QUEUE
+    timeout: float | None = None
+
+
+class ClaimRequest(BaseModel):
+    try_number: int = Field(ge=1, le=MAX_DB_INT)
+    worker: str = Field(min_length=1, max_length=200)
+    # Random per job execution, the same on every retry of this claim: a claim whose answer
+    # was lost can be asked again. Without it a repeated claim is refused (409).
+    attempt: str | None = Field(default=None, min_length=8, max_length=64)
+
+
+class TaskSpec(BaseModel):
+    """Everything a worker needs to run one try, as the database knows it at claim time."""
+
+    ti_id: int
+    try_number: int
+    run_id: str
+    dag_id: str
+    task_id: str
+    repo: str
+    sha: str
+    fileloc: str
+    logical_date: str
+    conf: dict[str, Any]
+    timeout: float | None
+    upstream_results: dict[str, Any]
+    heartbeat_interval: float
+    # Seconds without a heartbeat after which the server declares the try lost and may run
+    # it again elsewhere: a worker that cannot heartbeat stops the task before then.
+    heartbeat_timeout: float | None = None
+    # Bound to this try (`dagstore.access.grants`): what the task's process uses instead of the
+    # worker's token for heartbeat, finish and this version's archive.
+    credential: str | None = None
+
+
+class Heartbeat(BaseModel):
+    try_number: int = Field(ge=1, le=MAX_DB_INT)
+    # The task's log so far is shipped in pieces with heartbeats, so it can be followed while
+    # the task runs: `log` is the text from byte `log_offset` on. The answer says how many
+    # bytes the server holds, which is where the next piece starts.
+    log_offset: int = Field(default=0, ge=0, le=MAX_LOG_BYTES * 2)
+    log: str | None = Field(default=None, max_length=MAX_LOG_BYTES * 2)
+
+
+class FinishRequest(BaseModel):
+    try_number: int = Field(ge=1, le=MAX_DB_INT)
+    state: Literal["success", "failed"]
+    result: Any = None
+    error: str | None = Field(default=None, max_length=200_000)
+    log: str = Field(default="", max_length=2 * MAX_LOG_BYTES)
