@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from dagstore.access.grants import issue_grant
 from dagstore.api.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
+from dagstore.authoring.mapping import map_call
 from dagstore.core.db import as_utc, db_time, iso
 from dagstore.core.errors import NotFound
 from dagstore.core.models import Dag
@@ -171,7 +172,7 @@ def get_backfill(backfill_id: TaskInstanceId, store: StoreDep, _: ReadToken) -> 
 
 
 class ClearBody(BaseModel):
-    task_ids: list[Annotated[str, Field(min_length=1, max_length=250)]] | None = Field(
+    task_ids: list[Annotated[str, Field(min_length=1, max_length=270)]] | None = Field(
         default=None, max_length=10_000
     )
     failed_only: bool = False
@@ -304,6 +305,7 @@ def post_claim(
             grant_hash=grant_hash,
         )
         upstream = upstream_results(session, row.run_pk, row.upstream or [])
+        map_values, map_positions = map_call(row.map_spec, row.map_index, upstream)
         timeout = store.settings.heartbeat_timeout
         queued = as_utc(row.queued_at)
         if queued is not None:
@@ -324,6 +326,10 @@ def post_claim(
             heartbeat_interval=max(1.0, timeout / 6),
             heartbeat_timeout=timeout,
             credential=credential,
+            map_index=row.map_index,
+            map_values=map_values,
+            map_positions=map_positions,
+            max_tries=row.max_tries,
         )
 
 

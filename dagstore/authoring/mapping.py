@@ -17,7 +17,8 @@ Stdlib only: every DAG file imports the authoring model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,3 +130,68 @@ def elements(mapped: Mapping[str, Any], call: MapCall, is_output: Callable[[Any]
                 )
             out[arg] = value[position]
     return out
+
+
+# --- a run's side, the same for the scheduler, the server and `pinflow dags test` ---
+
+
+def max_map() -> int:
+    """PINFLOW_MAX_MAP: instances one mapped task may have in a run."""
+    raw = os.environ.get("PINFLOW_MAX_MAP", "")
+    try:
+        value = int(raw) if raw.strip() else MAX_MAP_DEFAULT
+    except ValueError:
+        return MAX_MAP_DEFAULT
+    return max(value, 1)
+
+
+def collapse(rows: Iterable[tuple[str, int, Any]]) -> dict[str, Any]:
+    """task_id → result, a mapped task's as the list of its instances' results in order."""
+    single: dict[str, Any] = {}
+    mapped: dict[str, list[tuple[int, Any]]] = {}
+    for task_id, map_index, result in rows:
+        if map_index is not None and map_index >= 0:
+            mapped.setdefault(task_id, []).append((map_index, result))
+        else:
+            single[task_id] = result
+    for task_id, items in mapped.items():
+        single[task_id] = [result for _, result in sorted(items, key=lambda item: item[0])]
+    return single
+
+
+def lengths_of(spec: list[dict[str, Any]], results: dict[str, Any]) -> list[int] | str:
+    """How many elements each mapped argument has, or why it cannot be mapped over."""
+    lengths = []
+    for entry in spec:
+        if "task" not in entry:
+            lengths.append(int(entry.get("length") or 0))
+            continue
+        value = results.get(entry["task"])
+        if not isinstance(value, list):
+            return (
+                f"cannot map {entry['arg']!r} over the result of {entry['task']!r}: it returned "
+                f"{type(value).__name__}, not a list"
+            )
+        lengths.append(len(value))
+    return lengths
+
+
+def map_call(
+    spec: list[dict[str, Any]] | None, map_index: int, results: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """What instance `map_index` is called with: the element of each argument mapped over
+    an upstream result, and every argument's position (`dagstore.authoring.mapping.MapCall`).
+    Nothing when what it maps over no longer has that element (an upstream rerun after a
+    clear returned less): the worker then fails the try, saying so."""
+    if not spec or map_index < 0:
+        return {}, {}
+    lengths = lengths_of(spec, results)
+    if isinstance(lengths, str) or map_index >= instance_count(lengths):
+        return {}, {}
+    where = positions(lengths, map_index)
+    values = {
+        entry["arg"]: results[entry["task"]][position]
+        for entry, position in zip(spec, where, strict=True)
+        if "task" in entry
+    }
+    return values, {entry["arg"]: p for entry, p in zip(spec, where, strict=True)}
