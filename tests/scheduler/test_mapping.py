@@ -84,8 +84,11 @@ def test_more_than_max_map_fails_the_task_with_a_clear_error(db: Database, monke
     assert run_state == "failed"
     assert got == {"parts": "success", "load": "failed", "combine": "upstream_failed"}
     with db.read() as session:
-        error = session.scalar(select(TaskInstance.error).where(TaskInstance.task_id == "load",
-                                                                 TaskInstance.run_pk == pk))  # fmt: skip
+        error = session.scalar(
+            select(TaskInstance.error).where(
+                TaskInstance.task_id == "load", TaskInstance.run_pk == pk
+            )
+        )
     assert "4 mapped instances, more than PINFLOW_MAX_MAP (3)" in error
 
 
