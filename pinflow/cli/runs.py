@@ -46,7 +46,7 @@ def _result(task: dict[str, Any]) -> str:
 
 
 TASK_COLUMNS = [
-    Column("task", lambda t: t["task_id"], no_wrap=True),
+    Column("task", lambda t: task_label(t), no_wrap=True),
     Column("state", lambda t: t["state"]),
     Column("try", lambda t: f"{t['try_number']}/{t['max_tries']}"),
     Column(
@@ -189,9 +189,23 @@ def run(run_id: str, output: Output = None, api_url: ApiUrl = None, token: Token
     show(data.get("tasks", []), TASK_COLUMNS, output)
 
 
+def task_label(task: dict[str, Any]) -> str:
+    """`load` or, for a mapped instance, `load[2]`: how the CLI names a task instance."""
+    index = task.get("map_index", -1)
+    return task["task_id"] if index is None or index < 0 else f"{task['task_id']}[{index}]"
+
+
+def split_label(label: str) -> tuple[str, int]:
+    """`load[2]` → ("load", 2); `load` → ("load", -1)."""
+    task_id, bracket, rest = label.partition("[")
+    if bracket and rest.endswith("]") and rest[:-1].isdigit():
+        return task_id, int(rest[:-1])
+    return label, -1
+
+
 def logs(
     run_id: str,
-    task_id: str,
+    task_id: Annotated[str, typer.Argument(help="TASK, or TASK[i] for a mapped instance")],
     try_number: Annotated[
         int | None, typer.Option("--try", min=1, help="Which try (default: latest)")
     ] = None,
@@ -206,8 +220,11 @@ def logs(
 ) -> None:
     """A task's log; with --follow, while it runs."""
     client = _client(api_url, token)
+    task_id, map_index = split_label(task_id)
     path = f"/runs/{run_id}/tasks/{task_id}/logs"
     params: dict[str, Any] = {"try": try_number} if try_number else {}
+    if map_index >= 0:
+        params["map_index"] = map_index
     if not follow:
         text = client.get(path, params=params)
         print(on_screen(text), end="" if text.endswith("\n") or not text else "\n")

