@@ -30,6 +30,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from dagstore.authoring.mapping import instance_label
 from dagstore.core.errors import Conflict, NotFound
 from dagstore.core.models import Dag
 from dagstore.parsing.dags import get_dag
@@ -86,7 +87,7 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
 
 def label(ti: TaskInstance) -> str:
     """How a clear names a task instance: its task id, `load[2]` for a mapped instance."""
-    return ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+    return instance_label(ti.task_id, ti.map_index)
 
 
 def _select(tis: dict[str, TaskInstance], request: ClearRequest) -> set[str]:

@@ -195,3 +195,17 @@ def map_call(
         if "task" in entry
     }
     return values, {entry["arg"]: p for entry, p in zip(spec, where, strict=True)}
+
+
+def instance_label(task_id: str, map_index: int | None) -> str:
+    """How people name a task instance: `load`, or `load[2]` for a mapped instance (task ids
+    cannot hold `[`, so the name is never ambiguous). Clear, the CLI and the UI take it."""
+    return task_id if map_index is None or map_index < 0 else f"{task_id}[{map_index}]"
+
+
+def split_label(label: str) -> tuple[str, int]:
+    """`load[2]` → ("load", 2); `load` → ("load", -1)."""
+    task_id, bracket, rest = label.partition("[")
+    if bracket and rest.endswith("]") and rest[:-1].isdigit():
+        return task_id, int(rest[:-1])
+    return label, -1

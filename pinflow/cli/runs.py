@@ -12,6 +12,7 @@ import typer
 from rich.live import Live
 from rich.progress import Progress
 
+from dagstore.authoring.mapping import instance_label, split_label
 from dagstore.core.errors import BadRequest, NotFound
 from pinflow.cli.client import ApiClient
 from pinflow.cli.conf import parse_conf
@@ -46,7 +47,7 @@ def _result(task: dict[str, Any]) -> str:
 
 
 TASK_COLUMNS = [
-    Column("task", lambda t: task_label(t), no_wrap=True),
+    Column("task", lambda t: instance_label(t["task_id"], t.get("map_index")), no_wrap=True),
     Column("state", lambda t: t["state"]),
     Column("try", lambda t: f"{t['try_number']}/{t['max_tries']}"),
     Column(
@@ -187,20 +188,6 @@ def run(run_id: str, output: Output = None, api_url: ApiUrl = None, token: Token
         return
     say(_run_header(data), output)
     show(data.get("tasks", []), TASK_COLUMNS, output)
-
-
-def task_label(task: dict[str, Any]) -> str:
-    """`load` or, for a mapped instance, `load[2]`: how the CLI names a task instance."""
-    index = task.get("map_index", -1)
-    return task["task_id"] if index is None or index < 0 else f"{task['task_id']}[{index}]"
-
-
-def split_label(label: str) -> tuple[str, int]:
-    """`load[2]` → ("load", 2); `load` → ("load", -1)."""
-    task_id, bracket, rest = label.partition("[")
-    if bracket and rest.endswith("]") and rest[:-1].isdigit():
-        return task_id, int(rest[:-1])
-    return label, -1
 
 
 def logs(

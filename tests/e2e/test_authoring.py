@@ -227,3 +227,43 @@ def test_pool_cli(cluster: Cluster, uid):
     assert gone.returncode != 0 and "no pool" in gone.stderr and "Traceback" not in gone.stderr
     bad = pinflow("pool", "set", f"cli{uid}", "-2")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def ui_page(cluster: Cluster, path: str) -> str:
+    import httpx
+
+    assert cluster.server is not None
+    with httpx.Client(base_url=cluster.server.url, follow_redirects=True) as web:
+        assert web.post("/login", data={"token": cluster.tokens["read"], "next": "/"}).is_success
+        page = web.get(path)
+        assert page.status_code == 200, page.text
+        return page.text
+
+
+def test_the_ui_shows_skipped_and_mapped_instances(cluster: Cluster, tmp_path, uid):
+    dag_id = f"shown_{uid}"
+    work = cluster.repo(f"shown{uid}", tmp_path / "w")
+    source = MAPPED.format(dag_id=dag_id).replace("@task(retries=1)", "@task(retries=0)")
+    source += '''
+    @task.branch
+    def pick():
+        return None
+
+    @task
+    def never():
+        return 1
+
+    pick() >> never()
+'''
+    cluster.push(work, "shown", **{"dags/s.py": source})
+    run = cluster.wait(cluster.trigger(dag_id)["run_id"])
+    from urllib.parse import quote
+
+    page = ui_page(cluster, f"/runs/{quote(run['run_id'], safe='')}?task=load%5B2%5D")
+    assert 'class="state s-skipped"' in page  # `never`, skipped by the branch
+    assert ">load[0]<" in page and ">load[2]<" in page  # each instance on its row
+    assert "Log of load[2], try 1" in page
+    log = ui_page(cluster, f"/runs/{quote(run['run_id'], safe='')}/tasks/load%5B2%5D/log?try=1")
+    assert "loading c as instance 2" in log
+    grid = ui_page(cluster, f"/dags/{dag_id}")
+    assert "s-skipped" in grid and "s-failed" in grid  # load[1] failed: its cell says so
