@@ -267,3 +267,32 @@ def test_the_ui_shows_skipped_and_mapped_instances(cluster: Cluster, tmp_path, u
     assert "loading c as instance 2" in log
     grid = ui_page(cluster, f"/dags/{dag_id}")
     assert "s-skipped" in grid and "s-failed" in grid  # load[1] failed: its cell says so
+
+
+BAD_DAGS = {
+    "timezone": ('with DAG("{d}", schedule="@daily", start_date="2026-01-01", '
+                 'timezone="Mars/Olympus"):\n    pass\n', "unknown timezone 'Mars/Olympus'"),
+    "rule": ('with DAG("{d}"):\n    @task(trigger_rule="all_good")\n    def t(): pass\n    t()\n',
+             "unknown trigger_rule 'all_good'"),
+    "branch": ('with DAG("{d}"):\n    @task.branch\n    def b(): return "nope"\n'
+               '    @task\n    def a(): pass\n    b() >> a()\n', "returns 'nope', which is not"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_DAGS))
+def test_a_bad_authoring_choice_fails_the_push(cluster: Cluster, tmp_path, uid, kind):
+    """A strict repo refuses the push, naming what is wrong; a plain one records it as the
+    file's import error."""
+    from tests.support.git import Git
+
+    assert cluster.server is not None
+    name = f"bad{kind}{uid}"
+    cluster.server.create_repo(name, strict=True)
+    work = Git(tmp_path / "w").init()
+    body, message = BAD_DAGS[kind]
+    work.write("dags/bad.py", "from pinflow import DAG, task\n" + body.format(d=f"bad_{uid}"))
+    work.commit("bad")
+    pushed = work.run("push", cluster.server.git_url(name, cluster.tokens["push"]), "main",
+                      check=False)  # fmt: skip
+    assert pushed.returncode != 0, pushed.stderr
+    assert message in pushed.stderr
