@@ -10,7 +10,7 @@ names are fixed; new fields are welcome, declared here first.
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -87,6 +87,12 @@ class DagTask(Shape):
     retry_delay: float | None
     timeout: float | None
     queue: str | None
+    trigger_rule: str = "all_success"
+    pool: str | None = None
+    branch: bool = Field(default=False, description="a @task.branch task")
+    mapped: list[dict[str, Any]] | None = Field(
+        default=None, description="what expand() maps over: [{arg, task | length}]"
+    )
 
 
 class StructureChange(Shape):
@@ -111,6 +117,9 @@ class Dag(Shape):
     schedule_ended: bool = Field(description="no ticks left (@once done, past end_date)")
     description: str
     tags: list[str]
+    timezone: str = Field(default="UTC", description="the zone cron schedules tick in")
+    dagrun_timeout: float | None = None
+    max_active_tasks: int | None = None
     structure_hash: str
     tasks: list[DagTask]
     last_error: str | None
