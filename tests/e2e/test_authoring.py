@@ -296,3 +296,40 @@ def test_a_bad_authoring_choice_fails_the_push(cluster: Cluster, tmp_path, uid, 
                       check=False)  # fmt: skip
     assert pushed.returncode != 0, pushed.stderr
     assert message in pushed.stderr
+
+
+def test_a_zoned_schedule_runs_at_local_ticks_with_utc_dates(cluster: Cluster, tmp_path, uid):
+    """The scheduler creates the newest local tick's run and says when the next is due, both
+    as aware UTC instants, from the zone's wall clock."""
+    import time
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    dag_id = f"zoned_{uid}"
+    work = cluster.repo(f"zoned{uid}", tmp_path / "w")
+    source = (
+        "from pinflow import DAG, task\n"
+        f'with DAG("{dag_id}", schedule="15 3 * * *", start_date="2026-01-01", '
+        'timezone="America/New_York", catchup=False):\n'
+        "    @task\n    def t():\n        return 1\n    t()\n"
+    )
+    cluster.push(work, "zoned", **{"dags/z.py": source})
+    deadline = time.monotonic() + 60
+    dag: dict = {}
+    while time.monotonic() < deadline:
+        with cluster.api("read") as api:
+            dag = api.get(f"/dags/{dag_id}").json()
+            runs = api.get("/runs", params={"dag_id": dag_id}).json()["items"]
+        if dag.get("next_due_at") and runs:
+            break
+        time.sleep(0.2)
+    assert dag["timezone"] == "America/New_York"
+    now = datetime.now(ZoneInfo("America/New_York"))
+    ticks = croniter("15 3 * * *", now)
+    expected_next = ticks.get_next(datetime).astimezone(UTC)
+    latest = croniter("15 3 * * *", now).get_prev(datetime).astimezone(UTC)
+    assert datetime.fromisoformat(dag["next_due_at"].replace("Z", "+00:00")) == expected_next
+    logical = datetime.fromisoformat(runs[0]["logical_date"].replace("Z", "+00:00"))
+    assert logical == latest and logical.utcoffset().total_seconds() == 0
