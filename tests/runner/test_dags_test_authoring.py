@@ -81,3 +81,38 @@ def test_a_failed_instance_fails_the_test_run_and_calls_on_failure(tmp_path: Pat
     assert "ALERT for double map 1" in reports[("double", 1)]["log"]
     assert reports[("total", -1)]["state"] == "upstream_failed"
     assert reports[("cleanup", -1)]["state"] == "success"  # all_done runs after a failure
+
+
+RAISING_CALLBACK = """
+from pinflow import DAG, task
+
+def broken_alert(context):
+    raise RuntimeError("the pager is down too")
+
+with DAG("raising_callback", schedule=None):
+    @task(on_failure=broken_alert)
+    def fails():
+        raise ValueError("task broke")
+
+    @task(trigger_rule="all_done")
+    def after():
+        return "ran"
+
+    fails() >> after()
+"""
+
+
+def test_a_callback_that_raises_is_logged_and_changes_nothing(tmp_path: Path):
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "r.py").write_text(RAISING_CALLBACK)
+    env = {**os.environ, "PINFLOW_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [PINFLOW, "dags", "test", "raising_callback", "--path", str(tmp_path), "--output", "json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    reports = {r["task_id"]: r for r in json.loads(done.stdout)}
+    assert reports["fails"]["state"] == "failed"
+    assert "task broke" in reports["fails"]["error"]  # the task's own error, unchanged
+    assert "on_failure callback raised" in reports["fails"]["log"]
+    assert "the pager is down too" in reports["fails"]["log"]
+    assert reports["after"]["state"] == "success"
