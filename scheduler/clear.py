@@ -38,7 +38,8 @@ from scheduler.backfill import wait_again
 from scheduler.locks import lock_backfill_of, lock_tasks
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
-from scheduler.taskstate import FAILED, schedule_ready, transition
+from scheduler.taskstate import FAILED, schedule_ready
+from scheduler.transition import transition
 from scheduler.views import get_run
 
 NOT_CLEARABLE = ("queued", "running")

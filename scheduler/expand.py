@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from dagstore.authoring.mapping import collapse, instance_count, lengths_of, max_map
 from scheduler.models import TaskInstance
+from scheduler.transition import transition
 
 # The columns an instance copies from its placeholder (state, map_index and times are its own).
 _COPIED = ("run_pk", "task_id", "upstream", "try_number", "max_tries", "retry_delay", "timeout",
@@ -46,8 +47,6 @@ def expand(
 ) -> tuple[str, dict[int, str]]:
     """Expand the placeholder `ti_id` (in `none`, its run locked): returns the placeholder's
     new state and map_index → state of the instances made."""
-    from scheduler.taskstate import transition  # one module each way would be a cycle
-
     ti = session.get_one(TaskInstance, ti_id, populate_existing=True)
     results = results_of(session, ti.run_pk, sorted({e["task"] for e in spec if "task" in e}))
     lengths = lengths_of(spec, results)
@@ -74,8 +73,6 @@ def expand(
 def _end(
     session: Session, ti_id: int, state: str, now: datetime, error: str | None
 ) -> tuple[str, dict[int, str]]:
-    from scheduler.taskstate import transition
-
     if transition(session, ti_id, ("none",), state=state, ended_at=now, error=error):
         return state, {-1: state}
     return "none", {}

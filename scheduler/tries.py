@@ -27,9 +27,10 @@ from scheduler.expand import results_of
 from scheduler.grants import explain_refusal
 from scheduler.metrics import TRIES_FINISHED
 from scheduler.models import DagRun, TaskInstance, TaskTry
-from scheduler.taskstate import new_columns, new_values, schedule_ready, start_run, transition
+from scheduler.taskstate import schedule_ready, start_run
+from scheduler.transition import new_columns, new_values, transition
 
-# The statements of the claim and finish path, built once (see `taskstate._transition`).
+# The statements of the claim and finish path, built once (see `transition._transition`).
 _CLAIM_READ = (
     select(
         TaskInstance.task_id,
