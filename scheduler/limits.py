@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from dagstore.core.models import Dag, Repo
@@ -30,28 +30,44 @@ OCCUPYING = ("queued", "running")
 
 
 def queue_limited(session: Session, now: datetime, limit: int = 500) -> list[JobPayload]:
-    """Queue ready tasks under a limit, as many as each limit has room for."""
-    candidates = session.execute(
-        select(TaskInstance, DagRun, Repo.name)
+    """Queue ready tasks under a limit, as many as each limit has room for. Limits that are
+    full are left out before tasks are picked, so a full pool's backlog never hides the
+    ready tasks of another behind `limit`."""
+    limited = and_(
+        ready_to_queue(now),
+        or_(TaskInstance.pool.is_not(None), DagRun.max_active_tasks.is_not(None)),
+    )
+    wanted = session.execute(
+        select(TaskInstance.pool, DagRun.dag_id, func.max(DagRun.max_active_tasks))
         .join(DagRun, DagRun.id == TaskInstance.run_pk)
-        .join(Repo, Repo.id == DagRun.repo_id)
-        .where(
-            ready_to_queue(now),
-            or_(TaskInstance.pool.is_not(None), DagRun.max_active_tasks.is_not(None)),
-        )
-        .order_by(TaskInstance.id)
-        .limit(limit)
+        .where(limited)
+        .group_by(TaskInstance.pool, DagRun.dag_id)
     ).all()
-    if not candidates:
+    if not wanted:
         return []
-    dag_ids = sorted({run.dag_id for _, run, _ in candidates if run.max_active_tasks})
-    pools = sorted({ti.pool for ti, _, _ in candidates if ti.pool})
+    dag_ids = sorted({dag_id for _, dag_id, most in wanted if most})
+    pools = sorted({pool for pool, _, _ in wanted if pool})
     if dag_ids:
         session.execute(
             select(Dag.id).where(Dag.dag_id.in_(dag_ids)).order_by(Dag.id).with_for_update()
         )
     slots = _lock_pools(session, pools)
     pool_used, dag_used = occupancy(session, pools, dag_ids)
+    full_pools = [p for p in pools if pool_used[p] >= slots.get(p, 0)]
+    dag_most = {dag_id: most for _, dag_id, most in wanted if most}
+    full_dags = [d for d in dag_ids if dag_used[d] >= dag_most[d]]
+    candidates = session.execute(
+        select(TaskInstance, DagRun, Repo.name)
+        .join(DagRun, DagRun.id == TaskInstance.run_pk)
+        .join(Repo, Repo.id == DagRun.repo_id)
+        .where(
+            limited,
+            or_(TaskInstance.pool.is_(None), TaskInstance.pool.not_in(full_pools)),
+            DagRun.dag_id.not_in(full_dags),
+        )
+        .order_by(TaskInstance.id)
+        .limit(limit)
+    ).all()
     payloads = []
     for ti, run, repo_name in candidates:
         if ti.pool and pool_used[ti.pool] >= slots.get(ti.pool, 0):

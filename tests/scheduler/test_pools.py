@@ -79,3 +79,15 @@ def test_max_active_tasks_bounds_one_dag_across_runs(db: Database):
     first = []
     second = race(db, lambda s: first.extend(queue(s)), queue)
     assert len(first) == 2 and second == []
+
+
+def test_a_full_pools_backlog_does_not_hide_another_pools_tasks(db: Database):
+    add_pool(db, "busy", 1)
+    add_pool(db, "idle", 1)
+    make_run(db, [task(f"b{i}", pool="busy") for i in range(5)], dag_id="first")
+    with db.write() as session:
+        assert [p.task_id for p in queue_limited(session, db_time(session))] == ["b0"]
+    make_run(db, [task("i0", pool="idle")], dag_id="second")
+    with db.write() as session:  # b1..b4 come first by id, but their pool is full
+        queued = queue_limited(session, db_time(session), limit=2)
+    assert [p.task_id for p in queued] == ["i0"]
