@@ -10,7 +10,7 @@ names are fixed; new fields are welcome, declared here first.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
@@ -80,6 +80,12 @@ class BrokenDagFile(FileError):
     sha: Sha
 
 
+class MappedArgument(Shape):
+    arg: str
+    task: str | None = Field(default=None, description="the upstream whose list it maps over")
+    length: int | None = Field(default=None, description="a literal list's length")
+
+
 class DagTask(Shape):
     task_id: str
     upstream: list[str]
@@ -90,8 +96,8 @@ class DagTask(Shape):
     trigger_rule: str = "all_success"
     pool: str | None = None
     branch: bool = Field(default=False, description="a @task.branch task")
-    mapped: list[dict[str, Any]] | None = Field(
-        default=None, description="what expand() maps over: [{arg, task | length}]"
+    mapped: list[MappedArgument] | None = Field(
+        default=None, description="what expand() maps over, one entry per argument"
     )
 
 
