@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import BACKENDS, cluster_for
 from tests.support.cluster import Cluster
 
-PINFLOW = [".venv/bin/pinflow"]
+PINFLOW = [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "pinflow")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -207,11 +208,10 @@ def test_max_active_tasks_bounds_one_dag(cluster: Cluster, tmp_path, uid):
 
 
 def test_pool_cli(cluster: Cluster, uid):
-    assert cluster.server is not None
-    env = {**cluster.process_env(cluster.tokens["admin"])}
     import os
 
-    env = {**os.environ, **env}
+    assert cluster.server is not None
+    env = {**os.environ, **cluster.process_env(cluster.tokens["admin"])}
 
     def pinflow(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*PINFLOW, *args], env=env, capture_output=True, text=True,
