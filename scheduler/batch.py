@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from dagstore.authoring.rules import ALWAYS
 from dagstore.core.models import Dag, Repo
 from dagstore.core.protocol import JobPayload
 from scheduler.lease import Lease, holds
@@ -112,11 +113,14 @@ def plan_dag(lease: Lease, dag: Row, active: int, now: datetime, budget: int) ->
 
 def initial_state(task: dict[str, Any], task_ids: set[str]) -> str:
     """A fresh run's task is `scheduled` when nothing it waits for is in the run (as
-    `schedule_ready` finds it: an upstream the run does not have is no upstream). A mapped
-    root stays `none`: `schedule_ready` expands it."""
-    if task.get("map_spec") or any(up in task_ids for up in task["upstream"]):
+    `schedule_ready` finds it: an upstream the run does not have is no upstream), or when
+    its trigger rule is `always` (it runs without waiting). A mapped task stays `none`:
+    `schedule_ready` expands it."""
+    if task.get("map_spec"):
         return "none"
-    return "scheduled"
+    if task.get("trigger_rule") == ALWAYS:
+        return "scheduled"
+    return "none" if any(up in task_ids for up in task["upstream"]) else "scheduled"
 
 
 def schedule_batch(session: Session, leases: list[Lease], now: datetime, name: str) -> Outcome:
@@ -187,7 +191,7 @@ def _insert_runs(session: Session, plans: list[Plan], now: datetime, name: str) 
         task_ids = {task["task_id"] for task in template}
         tasks += [{**task, "run_pk": run.pk, "state": initial_state(task, task_ids)}
                   for task in template]  # fmt: skip
-        if not template or any(t["map_spec"] and not t["upstream"] for t in template):
+        if not template or any(t["map_spec"] for t in template):
             evaluate.append(run.pk)
     if tasks:
         session.execute(insert(TaskInstance), tasks)

@@ -131,3 +131,16 @@ def test_dagrun_timeout_fails_the_run_and_stops_its_tasks(db: Database):
     run_state, got = states(db, pk)
     assert run_state == "failed"
     assert got == {"slow": "canceled", "after": "canceled"}
+
+
+def test_a_new_scheduled_run_starts_its_always_tasks_at_once():
+    """The batch's first states are those `schedule_ready` would give: `always` runs at once."""
+    from scheduler.batch import initial_state
+
+    ids = {"a", "t"}
+    assert initial_state({"upstream": ["a"], "trigger_rule": "always", "map_spec": None}, ids) == (
+        "scheduled"
+    )
+    assert initial_state({"upstream": ["a"], "trigger_rule": None, "map_spec": None}, ids) == "none"
+    mapped = {"upstream": [], "trigger_rule": "always", "map_spec": [{"arg": "x", "length": 2}]}
+    assert initial_state(mapped, ids) == "none"  # expanded by schedule_ready
