@@ -238,7 +238,8 @@ def logs(
 def clear(
     run_id: str,
     task: Annotated[
-        list[str] | None, typer.Option("--task", help="A task to clear (repeat); default: all")
+        list[str] | None,
+        typer.Option("--task", help="A task to clear (repeat; TASK[i]: one mapped instance)"),
     ] = None,
     failed: Annotated[
         bool, typer.Option("--failed", help="Only failed, upstream_failed or canceled tasks")
