@@ -239,7 +239,7 @@ def clear(
     run_id: str,
     task: Annotated[
         list[str] | None,
-        typer.Option("--task", help="A task to clear (repeat; TASK[i]: one mapped instance)"),
+        typer.Option("--task", help="A task to clear (repeat; TASK[i]: one instance); default all"),
     ] = None,
     failed: Annotated[
         bool, typer.Option("--failed", help="Only failed, upstream_failed or canceled tasks")
