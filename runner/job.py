@@ -25,7 +25,7 @@ from runner.cache import VersionCache
 from runner.capture import CappedLog, capture
 from runner.claim import CLAIMS, Claimed, Dropped, claim_try
 from runner.client import WorkerClient
-from runner.execute import Outcome, execute
+from runner.execute import Outcome, execute, is_final, run_on_failure
 from runner.handover import HANDOVER
 from runner.heartbeat import ABANDON_SIGNAL, Abandoned, Heartbeater, on_abandon
 
@@ -101,13 +101,19 @@ def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog)
         f"pinflow: version {spec.sha[:12]} {'cache hit' if fetched.hit else 'fetched'} "
         f"in {fetched.seconds * 1000:.1f} ms"
     )
-    with cache.using(spec.repo, spec.sha) as root, capture(task_log):
-        started = time.perf_counter()
-        outcome = execute(spec, root)
-    task_log.line(
-        f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
-        f"in {time.perf_counter() - started:.3f} s"
-    )
+    with cache.using(spec.repo, spec.sha) as root:
+        with capture(task_log):
+            started = time.perf_counter()
+            outcome = execute(spec, root)
+        task_log.line(
+            f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
+            f"in {time.perf_counter() - started:.3f} s"
+        )
+        if not outcome.success and is_final(spec):
+            with capture(task_log):
+                trouble = run_on_failure(spec, root, outcome.error or "failed")
+            if trouble:
+                task_log.write(trouble if trouble.endswith("\n") else trouble + "\n")
     return outcome
 
 

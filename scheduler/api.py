@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from dagstore.access.grants import issue_grant
 from dagstore.api.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
+from dagstore.authoring.mapping import map_call
 from dagstore.core.db import as_utc, db_time, iso
 from dagstore.core.errors import NotFound
 from dagstore.core.models import Dag
@@ -171,7 +172,7 @@ def get_backfill(backfill_id: TaskInstanceId, store: StoreDep, _: ReadToken) -> 
 
 
 class ClearBody(BaseModel):
-    task_ids: list[Annotated[str, Field(min_length=1, max_length=250)]] | None = Field(
+    task_ids: list[Annotated[str, Field(min_length=1, max_length=270)]] | None = Field(
         default=None, max_length=10_000
     )
     failed_only: bool = False
@@ -224,6 +225,9 @@ def get_logs(
     _: ReadToken,
     try_number: Annotated[int | None, Query(alias="try", ge=1, le=MAX_DB_INT)] = None,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT, description="from this byte on")] = 0,
+    map_index: Annotated[
+        int, Query(ge=-1, le=MAX_DB_INT, description="a mapped task's instance; -1: not mapped")
+    ] = -1,
 ) -> PlainTextResponse:
     """The try's log (the latest try by default) from byte `offset`: what it printed so far
     while it runs. Headers say whether it has ended (`X-Pinflow-Try-Ended`), its state, and
@@ -232,11 +236,13 @@ def get_logs(
         run = get_run(session, run_id)
         ti = session.scalar(
             select(TaskInstance).where(
-                TaskInstance.run_pk == run.id, TaskInstance.task_id == task_id
+                TaskInstance.run_pk == run.id,
+                TaskInstance.task_id == task_id,
+                TaskInstance.map_index == map_index,
             )
         )
         if ti is None:
-            raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+            raise NotFound(_no_such_instance(session, run, task_id, map_index))
         wanted = try_number or ti.try_number
         entry = session.scalar(
             select(TaskTry).where(TaskTry.ti_id == ti.id, TaskTry.try_number == wanted)
@@ -251,6 +257,17 @@ def get_logs(
             "X-Pinflow-Log-Bytes": str(len(data)),
         }
         return PlainTextResponse(data[offset:].decode("utf-8", "replace"), headers=headers)
+
+
+def _no_such_instance(session: Any, run: DagRun, task_id: str, map_index: int) -> str:
+    """Why there is no such task instance: no such task, or a mapped one asked wrongly."""
+    indexes = sorted(session.scalars(select(TaskInstance.map_index).where(
+        TaskInstance.run_pk == run.id, TaskInstance.task_id == task_id)))  # fmt: skip
+    if not indexes:
+        return f"run {run.run_id!r} has no task {task_id!r}"
+    if map_index < 0:
+        return f"task {task_id!r} is mapped ({len(indexes)} instances): pass map_index"
+    return f"task {task_id!r} has no map_index {map_index} (it has {indexes[0]}..{indexes[-1]})"
 
 
 def _no_such_try(run_id: str, ti: TaskInstance, wanted: int) -> str:
@@ -304,6 +321,7 @@ def post_claim(
             grant_hash=grant_hash,
         )
         upstream = upstream_results(session, row.run_pk, row.upstream or [])
+        map_values, map_positions = map_call(row.map_spec, row.map_index, upstream)
         timeout = store.settings.heartbeat_timeout
         queued = as_utc(row.queued_at)
         if queued is not None:
@@ -324,6 +342,10 @@ def post_claim(
             heartbeat_interval=max(1.0, timeout / 6),
             heartbeat_timeout=timeout,
             credential=credential,
+            map_index=row.map_index,
+            map_values=map_values,
+            map_positions=map_positions,
+            max_tries=row.max_tries,
         )
 
 

@@ -13,7 +13,9 @@ of those once for all its DAGs:
    executemany), the roots of each new run already `scheduled` (nothing upstream to wait
    for: what `taskstate.schedule_ready` would do to a fresh run, without a query per run);
 5. queue the new runs' scheduled tasks (one conditional UPDATE from `scheduled`, RETURNING
-   what the RQ jobs need); the caller enqueues them after the commit;
+   what the RQ jobs need); the caller enqueues them after the commit. Tasks in a pool, and
+   those of a DAG with max_active_tasks, are left `scheduled`: the scheduler's loop queues
+   them under the limit's lock (`scheduler.limits`);
 6. advance every DAG's due time and release every lease (one executemany, fenced).
 
 A DAG whose due ticks or task rows cannot be worked out (a broken stored structure) is left
@@ -32,6 +34,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from dagstore.authoring.rules import ALWAYS
 from dagstore.core.models import Dag, Repo
 from dagstore.core.protocol import JobPayload
 from scheduler.lease import Lease, holds
@@ -110,7 +113,13 @@ def plan_dag(lease: Lease, dag: Row, active: int, now: datetime, budget: int) ->
 
 def initial_state(task: dict[str, Any], task_ids: set[str]) -> str:
     """A fresh run's task is `scheduled` when nothing it waits for is in the run (as
-    `schedule_ready` finds it: an upstream the run does not have is no upstream)."""
+    `schedule_ready` finds it: an upstream the run does not have is no upstream), or when
+    its trigger rule is `always` (it runs without waiting). A mapped task stays `none`:
+    `schedule_ready` expands it."""
+    if task.get("map_spec"):
+        return "none"
+    if task.get("trigger_rule") == ALWAYS:
+        return "scheduled"
     return "none" if any(up in task_ids for up in task["upstream"]) else "scheduled"
 
 
@@ -168,24 +177,26 @@ def _insert_runs(session: Session, plans: list[Plan], now: datetime, name: str) 
             row = run_row(dag_id=plan.dag.dag_id, repo_id=plan.dag.repo_id,
                           sha=plan.dag.current_sha or "", fileloc=plan.dag.fileloc,
                           logical_date=date, run_type="scheduled",
-                          created_by=f"scheduler:{name}")  # fmt: skip
+                          created_by=f"scheduler:{name}",
+                          structure=plan.dag.structure)  # fmt: skip
             rows.append(row)
             owners[row["run_id"]] = plan
     if not rows:
         return []
     returned = session.execute(insert(DagRun).returning(DagRun.id, DagRun.run_id), rows).all()
     runs = [NewRun(pk, run_id, owners[run_id].dag) for pk, run_id in returned]
-    tasks, empty = [], []
+    tasks, evaluate = [], []
     for run in runs:
         template = owners[run.run_id].tasks
         task_ids = {task["task_id"] for task in template}
         tasks += [{**task, "run_pk": run.pk, "state": initial_state(task, task_ids)}
                   for task in template]  # fmt: skip
-        if not template:
-            empty.append(run.pk)
+        if not template or any(t["map_spec"] for t in template):
+            evaluate.append(run.pk)
     if tasks:
         session.execute(insert(TaskInstance), tasks)
-    for run_pk in empty:  # nothing to run: settles at once, as a single run would
+    # nothing to run (settles at once, as a single run would), or a mapped root to expand
+    for run_pk in evaluate:
         schedule_ready(session, session.get_one(DagRun, run_pk), now)
     return runs
 
@@ -195,9 +206,14 @@ def _queue_roots(session: Session, runs: list[NewRun], now: datetime) -> list[Jo
     if not runs:
         return []
     by_pk = {run.pk: run for run in runs}
+    limited = {run.pk for run in runs if (run.dag.structure or {}).get("max_active_tasks")}
+    free = [pk for pk in by_pk if pk not in limited]
+    if not free:
+        return []  # the scheduler's loop queues them, counting (`scheduler.limits`)
     queued = session.execute(
         update(TaskInstance)
-        .where(TaskInstance.run_pk.in_(list(by_pk)), TaskInstance.state == "scheduled")
+        .where(TaskInstance.run_pk.in_(free), TaskInstance.state == "scheduled",
+               TaskInstance.pool.is_(None))
         .values(state="queued", try_number=TaskInstance.try_number + 1, queued_at=now,
                 next_try_at=None)
         .returning(TaskInstance.id, TaskInstance.run_pk, TaskInstance.task_id,

@@ -33,25 +33,31 @@ def cancel(session: Session, run_id: str, now: datetime) -> int:
     run = get_run(session, run_id, lock=True)
     if run.state not in ACTIVE_RUN_STATES:
         raise Conflict(f"run {run_id!r} has ended ({run.state}): nothing to cancel")
+    return stop_run(session, run, now, "canceled", "canceled")
+
+
+def stop_run(session: Session, run: DagRun, now: datetime, final: str, error: str) -> int:
+    """End the locked, active `run` as `final`: its unfinished tasks `canceled` with `error`
+    (a cancel, or a dagrun_timeout: `scheduler.timeouts`); returns how many."""
     tasks = lock_tasks(session, run.id, UNFINISHED)
     running = [ti.id for ti in tasks if ti.state == "running"]
     stopped = session.execute(
         update(TaskInstance)
         .where(TaskInstance.id.in_([ti.id for ti in tasks]))
-        .values(state="canceled", ended_at=now, next_try_at=None, error="canceled")
+        .values(state="canceled", ended_at=now, next_try_at=None, error=error)
         .execution_options(synchronize_session=False)
     ).rowcount
     if running:
         session.execute(
             update(TaskTry)
             .where(TaskTry.ti_id.in_(running), TaskTry.state == "running")
-            .values(state="canceled", ended_at=now, error="canceled")
+            .values(state="canceled", ended_at=now, error=error)
             .execution_options(synchronize_session=False)
         )
     session.execute(
         update(DagRun)
         .where(DagRun.id == run.id, DagRun.state.in_(ACTIVE_RUN_STATES))
-        .values(state="canceled", ended_at=now, held=False)
+        .values(state=final, ended_at=now, held=False)
         .execution_options(synchronize_session=False)
     )
     session.expire(run, ["state", "ended_at", "held"])

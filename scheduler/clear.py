@@ -9,6 +9,9 @@ as tasks finish, exactly as if those tasks had never run.
 then carries its own sha, and the run reports every sha its tries ran (`shas`). A current
 version whose structure lacks a cleared task is refused: there would be nothing to run.
 
+A mapped task's instances are cleared one by one (`load[2]`) or all at once (`load`); they
+run again over the elements they were expanded with.
+
 Queued and running tasks cannot be cleared (cancel the run first): a worker may be about to
 run them, and a clear under its feet would leave two tries of one task alive.
 
@@ -27,6 +30,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from dagstore.authoring.mapping import instance_label
 from dagstore.core.errors import Conflict, NotFound
 from dagstore.core.models import Dag
 from dagstore.parsing.dags import get_dag
@@ -34,7 +38,8 @@ from scheduler.backfill import wait_again
 from scheduler.locks import lock_backfill_of, lock_tasks
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
-from scheduler.taskstate import FAILED, schedule_ready, transition
+from scheduler.taskstate import FAILED, schedule_ready
+from scheduler.transition import transition
 from scheduler.views import get_run
 
 NOT_CLEARABLE = ("queued", "running")
@@ -52,7 +57,7 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
     """Clear what `request` selects in run `run_id`; returns the cleared task ids."""
     backfill_id = lock_backfill_of(session, run_id)
     run = get_run(session, run_id, lock=True)
-    tis = {ti.task_id: ti for ti in lock_tasks(session, run.id)}
+    tis = {label(ti): ti for ti in lock_tasks(session, run.id)}
     chosen = _select(tis, request)
     if not chosen:
         raise Conflict(f"nothing to clear in run {run_id!r} (no task matches)")
@@ -61,7 +66,7 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
         raise Conflict(
             f"cannot clear {', '.join(busy)}: {tis[busy[0]].state}; cancel the run first"
         )
-    latest = _latest(session, run, chosen) if request.on_latest else None
+    latest = _latest(session, run, {tis[t].task_id for t in chosen}) if request.on_latest else None
     for task_id in sorted(chosen, key=lambda t: tis[t].id):
         ti = tis[task_id]
         values = _cleared_values(ti, latest)
@@ -81,26 +86,37 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
     return sorted(chosen)
 
 
+def label(ti: TaskInstance) -> str:
+    """How a clear names a task instance: its task id, `load[2]` for a mapped instance."""
+    return instance_label(ti.task_id, ti.map_index)
+
+
 def _select(tis: dict[str, TaskInstance], request: ClearRequest) -> set[str]:
+    """The labels chosen: a task id names all of a mapped task's instances, `load[2]` one."""
+    by_task: dict[str, set[str]] = {}
+    for name, ti in tis.items():
+        by_task.setdefault(ti.task_id, set()).add(name)
     if request.task_ids:
-        unknown = sorted(set(request.task_ids) - set(tis))
+        unknown = sorted(t for t in request.task_ids if t not in tis and t not in by_task)
         if unknown:
             raise NotFound(f"the run has no task {', '.join(map(repr, unknown))}")
-        chosen = set(request.task_ids)
+        chosen = {name for t in request.task_ids for name in (by_task.get(t) or {t})}
     else:
         chosen = set(tis)
     if request.failed_only:
         chosen = {t for t in chosen if tis[t].state in FAILED}
     if request.downstream:
-        chosen |= _downstream_of(tis, chosen)
+        below = _downstream_of(tis, {tis[t].task_id for t in chosen})
+        chosen |= {name for task_id in below for name in by_task[task_id]}
     return chosen
 
 
 def _downstream_of(tis: dict[str, TaskInstance], roots: set[str]) -> set[str]:
-    below: dict[str, set[str]] = {t: set() for t in tis}
-    for task_id, ti in tis.items():
+    """Task ids downstream of the task ids `roots`."""
+    below: dict[str, set[str]] = {}
+    for ti in tis.values():
         for up in ti.upstream or []:
-            below.setdefault(up, set()).add(task_id)
+            below.setdefault(up, set()).add(ti.task_id)
     found, todo = set(), list(roots)
     while todo:
         for child in below.get(todo.pop(), ()):
@@ -143,6 +159,8 @@ def _cleared_values(ti: TaskInstance, latest: tuple[Dag, dict[str, dict]] | None
         dag, tasks = latest
         task = tasks[ti.task_id]
         retries = int(task.get("retries") or 0)
+        values.update(trigger_rule=task.get("trigger_rule"), pool=task.get("pool"),
+                      branch=bool(task.get("branch")))  # fmt: skip
         values.update(
             sha=dag.current_sha,
             fileloc=dag.fileloc,

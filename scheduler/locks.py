@@ -5,9 +5,11 @@ deadlock (PostgreSQL then aborts one: an operator's cancel answered 500, a worke
 lost), and a count that decides how much may start is only true while nothing can add to it.
 So every transaction that writes these tables locks, from the top down, never back up:
 
-    1. dags            ascending id   the lease, a batch of new runs, a backfill's creation
+    1. dags            ascending id   the lease, a batch of new runs, a backfill's creation,
+                                      queueing under max_active_tasks
     2. backfills       ascending id   releasing held runs, clearing a backfill's run
     3. dag_runs        ascending id   claim, finish, lost tries, clear, cancel, release
+    3b. pools          ascending name queueing pooled tasks (never taken with a run's lock)
     4. task_instances  of a run whose lock it holds, ascending id
     5. task_tries      of a task instance whose lock it holds
 
@@ -31,7 +33,9 @@ Two rules come with the order:
   the other's task unchanged (write skew, see PITFALLS.md).
 - A count that limits what starts is taken under the lock of the row that holds the limit,
   and everything that adds to the count takes that lock first: a backfill's active runs
-  (`backfill.release_held`, `clear` of a backfill's run) under the backfill's row.
+  (`backfill.release_held`, `clear` of a backfill's run) under the backfill's row; a pool's
+  queued and running tasks under the pool's row, a DAG's under the DAG's row
+  (`limits.queue_limited`, the only writer that queues a limited task).
 
 Who takes what, in order (keep this table true when a writer changes):
 
@@ -44,7 +48,10 @@ Who takes what, in order (keep this table true when a writer changes):
     claim                the run → the task → its new try
     finish, fail_lost    the run → the task → its try → the run's tasks in `none`
     heartbeat (+ log)    the task → its try
-    queue_ready          tasks (scheduled, retrying)
+    queue_ready          tasks (scheduled, retrying) not under a limit
+    queue_limited        dags (of max_active_tasks) → pools → tasks under a limit: in a
+                         transaction of its own, so it holds no run lock (`scheduler.limits`)
+    fail_timed_out       runs (SKIP LOCKED) → their unfinished tasks → their tries
     settle_stuck         runs (SKIP LOCKED) → their tasks in `none`
     pause, a push        dags only (a push locks its repo's row first, which nothing here
                          takes: `dagstore.parsing.current`)

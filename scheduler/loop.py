@@ -5,9 +5,11 @@
    next due time, release: one transaction for the batch (`scheduler.batch`), then enqueue
    those tasks in one Redis round trip (`scheduler.enqueue`);
 2. queue the tasks that are ready (upstream done, or retry delay passed) and enqueue them;
+   tasks under a pool or max_active_tasks in a transaction of their own (`scheduler.limits`);
 3. recover: fail or retry running tasks that stopped heartbeating (only on evidence, see
-   `scheduler.health`); evaluate again runs that nothing moves any more; enqueue again what
-   Redis lost. Any number of these loops run at once, on any machines.
+   `scheduler.health`); evaluate again runs that nothing moves any more; fail runs past their
+   dagrun_timeout (`scheduler.timeouts`); enqueue again what Redis lost.
+   Any number of these loops run at once, on any machines.
 
 A DAG whose scheduling fails (a broken stored structure, say) is logged and left alone for a
 while; it never stops the other DAGs of its batch or tick.
@@ -30,7 +32,9 @@ from scheduler.batch import FAILED_BACKOFF, schedule_batch
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.health import WriteHealth
 from scheduler.lease import Lease, lease_due_dags, release
+from scheduler.limits import queue_limited
 from scheduler.taskstate import queue_ready, settle_stuck
+from scheduler.timeouts import fail_timed_out
 from scheduler.tries import fail_lost
 
 log = logging.getLogger("pinflow.scheduler")
@@ -135,6 +139,8 @@ class Scheduler:
             now = db_time(session)
             release_held(session, now)  # backfill runs, as their max_active_runs allows
             payloads = queue_ready(session, now)
+        with self.health.write() as session:  # a transaction of its own: `scheduler.limits`
+            payloads += queue_limited(session, db_time(session))
         if payloads and self.enqueuer is not None:
             self.enqueuer.enqueue(payloads)
         return len(payloads)
@@ -146,6 +152,7 @@ class Scheduler:
             judged = self.health.may_judge_lost()
             lost = fail_lost(session, now, timeout) if judged else []
             moved = settle_stuck(session, now)
+            timed_out = fail_timed_out(session, now)
         if not judged:
             log.info(
                 "not judging tries lost: database writes stalled %.1f s ago (timeout %g s)",
@@ -156,6 +163,8 @@ class Scheduler:
             log.warning("tasks lost by dead workers: %s", lost)
         if moved:
             log.warning("runs that nothing moved any more, evaluated again: %s", moved)
+        if timed_out:
+            log.warning("runs failed by their dagrun_timeout: %s", timed_out)
         if self.enqueuer is not None:
             with self.db.read() as session:
                 requeue_lost(session, self.enqueuer, db_time(session), timeout)

@@ -51,6 +51,10 @@ class DagRun(Base):
     # (`scheduler.backfill`): a held run is not active for anything else.
     backfill_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     held: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # From the pinned structure: at most this many of the DAG's tasks queued or running at
+    # once (`scheduler.limits`), and how long the run may take before it fails.
+    max_active_tasks: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dagrun_timeout: Mapped[float | None] = mapped_column(nullable=True)
 
 
 class Backfill(Base):
@@ -71,8 +75,9 @@ class Backfill(Base):
 class TaskInstance(Base):
     __tablename__ = "task_instances"
     __table_args__ = (
-        UniqueConstraint("run_pk", "task_id", name="uq_task_instances"),
+        UniqueConstraint("run_pk", "task_id", "map_index", name="uq_task_instances"),
         Index("ix_task_instances_state", "state"),
+        Index("ix_task_instances_pool", "pool", "state"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -105,6 +110,27 @@ class TaskInstance(Base):
     # Retries the DAG gives this task: a clear allows that many again (NULL in rows made
     # before 0007: max_tries - 1 then, as they were never cleared).
     retries: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Authoring (`dagstore.authoring`): NULL trigger rule is all_success; a branch task's
+    # result skips the direct downstreams it does not name (`scheduler.branching`).
+    trigger_rule: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    pool: Mapped[str | None] = mapped_column(String(250), nullable=True)
+    branch: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    # -1: not mapped (or a mapped task not expanded yet); 0..n-1: one instance of a mapped
+    # task, whose `map_spec` (the structure's `mapped`) says what it maps over.
+    map_index: Mapped[int] = mapped_column(Integer, server_default="-1", default=-1)
+    map_spec: Mapped[list | None] = mapped_column(JSON, nullable=True)
+
+
+class Pool(Base):
+    """At most `slots` task instances naming this pool queued or running at once, across
+    every DAG and scheduler (`scheduler.limits`)."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, server_default="", default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=db_now())
 
 
 class TaskTry(Base):

@@ -33,8 +33,11 @@ def run_row(
     run_type: str,
     created_by: str,
     conf: dict[str, Any] | None = None,
+    structure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The columns of a new run: one definition for a single run and for a batch of them."""
+    """The columns of a new run: one definition for a single run and for a batch of them.
+    `structure` (the pinned DAG's) gives the run its limits."""
+    structure = structure or {}
     return {
         "run_id": f"{dag_id}__{make_run_id(run_type, logical_date)}",
         "dag_id": dag_id,
@@ -47,6 +50,8 @@ def run_row(
         "created_by": created_by,
         "state": "queued",
         "conf": conf or {},
+        "max_active_tasks": structure.get("max_active_tasks"),
+        "dagrun_timeout": structure.get("dagrun_timeout"),
     }
 
 
@@ -64,6 +69,11 @@ def task_rows(run_pk: int, structure: dict[str, Any]) -> list[dict[str, Any]]:
             "retry_delay": float(task.get("retry_delay") or 0.0),
             "timeout": task.get("timeout"),
             "queue": task.get("queue") or "default",
+            "trigger_rule": task.get("trigger_rule"),
+            "pool": task.get("pool"),
+            "branch": bool(task.get("branch")),
+            "map_index": -1,
+            "map_spec": task.get("mapped"),
         }
         for task in structure.get("tasks", [])
     ]
@@ -93,6 +103,7 @@ def create_run(
             run_type=run_type,
             created_by=created_by,
             conf=conf,
+            structure=structure,
         )
     )
     session.add(run)

@@ -22,6 +22,7 @@ TaskState = Literal[
     "up_for_retry",
     "upstream_failed",
     "canceled",
+    "skipped",
 ]
 TryState = Literal["running", "success", "failed", "canceled"]
 
@@ -38,11 +39,14 @@ class Try(Shape):
 
 class TaskInstance(Shape):
     task_id: str
+    map_index: int = Field(description="0..n-1: one instance of a mapped task; -1: not mapped")
     state: TaskState
     sha: Sha = Field(description="the commit its current (or next) try runs")
     try_number: int = Field(description="its latest try; 0: it never ran")
     max_tries: int
     upstream: list[str]
+    trigger_rule: str = Field(description="when it runs, given its upstreams' states")
+    pool: str | None = Field(description="the pool whose slots it takes, if any")
     worker: str | None
     queued_at: Timestamp | None
     started_at: Timestamp | None

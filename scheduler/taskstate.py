@@ -1,8 +1,13 @@
 """Task-instance states and run states; every change a conditional UPDATE from an expected state.
 
     none ─► scheduled ─► queued ─► running ─► success
-      │                    ▲          ├─────► failed
-      └─► upstream_failed  │          └─────► up_for_retry ─┘ (after retry_delay, try + 1)
+      ├─► upstream_failed  ▲          ├─────► failed
+      └─► skipped          │          └─────► up_for_retry ─┘ (after retry_delay, try + 1)
+
+A task leaves `none` as its trigger rule decides from its upstreams' states
+(`dagstore.authoring.rules`: the same rule `pinflow dags test` applies); a branch task's
+finish skips the direct downstreams it did not choose, and skips spread by the rules. A mapped
+task leaves `none` by expanding into its instances (`scheduler.expand`).
 
     any unfinished state ─► canceled (the run is canceled: `scheduler.cancel`)
     any state but queued and running ─► none (cleared: `scheduler.clear`, try + 1 next)
@@ -21,92 +26,43 @@ SQLite has one writer at a time and needs no lock.
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
+from dagstore.authoring.rules import RUN, SKIP, UPSTREAM_FAILED, WAIT, decide
 from dagstore.core.models import Repo
 from dagstore.core.protocol import JobPayload
+from scheduler.expand import expand
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
+from scheduler.transition import transition
 
-TERMINAL = frozenset({"success", "failed", "upstream_failed", "canceled"})
+TERMINAL = frozenset({"success", "failed", "upstream_failed", "canceled", "skipped"})
 FAILED = frozenset({"failed", "upstream_failed", "canceled"})
+# A run that ends with only these succeeded: skipped tasks are no failure, but a failed
+# task always fails its run, whatever ran after it (a cleanup task never hides it).
+SUCCEEDED = frozenset({"success", "skipped"})
 # A task in one of these states will move its run along by itself (a worker or the scheduler
 # acts on it); a run with none of them can only move if someone evaluates it again.
 MOVING = ("scheduled", "queued", "running", "up_for_retry")
 
 
-def transition(
-    session: Session,
-    ti_id: int,
-    expected: tuple[str, ...],
-    expected_try: int | None = None,
-    stale_before: datetime | None = None,
-    expected_attempt: str | None = None,
-    expected_grant: str | None = None,
-    **values: Any,
-) -> bool:
-    """Apply `values` only if the task is still in an expected state (and try, and attempt,
-    and silent, and held under this try credential)."""
-    params: dict[str, Any] = {"ti_id": ti_id, **new_values(values)}
-    guards = []
-    for guard, value in (
-        ("try", expected_try),
-        ("attempt", expected_attempt),
-        ("stale", stale_before),
-        ("grant", expected_grant),
-    ):
-        if value is not None:
-            guards.append(guard)
-            params[f"expected_{guard}"] = value
-    statement = _transition(tuple(expected), tuple(guards), tuple(values))
-    return session.execute(statement, params).rowcount == 1
-
-
-_GUARDS = {
-    "try": lambda: TaskInstance.try_number == bindparam("expected_try"),
-    "attempt": lambda: TaskInstance.attempt == bindparam("expected_attempt"),
-    "stale": lambda: TaskInstance.heartbeat_at < bindparam("expected_stale"),
-    "grant": lambda: TaskInstance.grant_hash == bindparam("expected_grant"),
-}
-
-
-@functools.lru_cache(maxsize=512)
-def _transition(expected: tuple[str, ...], guards: tuple[str, ...], columns: tuple[str, ...]):
-    """One UPDATE per shape of transition, built once: SQLAlchemy then skips building the
-    statement and its cache key at every call (~240 → ~85 µs per statement on SQLite, and a
-    task's claim, heartbeat and finish run a dozen of them)."""
-    query = update(TaskInstance).where(
-        TaskInstance.id == bindparam("ti_id"), TaskInstance.state.in_(expected)
-    )
-    for guard in guards:
-        query = query.where(_GUARDS[guard]())
-    # Readers reload rows (populate_existing), so skip SQLAlchemy's in-Python evaluation of
-    # the WHERE against loaded objects (SQLite's naive datetimes would not compare).
-    return query.values(new_columns(columns)).execution_options(synchronize_session=False)
-
-
-def new_columns(columns: tuple[str, ...]) -> dict[str, Any]:
-    """The SET clause of a prebuilt UPDATE: each column from its own `new_` parameter, so the
-    parameters never clash with the WHERE's."""
-    return {c: bindparam(f"new_{c}") for c in columns}
-
-
-def new_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The parameters for `new_columns`."""
-    return {f"new_{k}": v for k, v in values.items()}
-
-
 _RUN_PK = bindparam("run_pk")
-_PENDING = select(TaskInstance.id, TaskInstance.task_id, TaskInstance.upstream).where(
-    TaskInstance.run_pk == _RUN_PK, TaskInstance.state == "none"
-)
+_PENDING = select(
+    TaskInstance.id,
+    TaskInstance.task_id,
+    TaskInstance.upstream,
+    TaskInstance.trigger_rule,
+    TaskInstance.map_index,
+    TaskInstance.map_spec,
+).where(TaskInstance.run_pk == _RUN_PK, TaskInstance.state == "none")
 _PRESENT_STATES = select(TaskInstance.state).where(TaskInstance.run_pk == _RUN_PK).distinct()
-_RUN_STATES = select(TaskInstance.task_id, TaskInstance.state).where(TaskInstance.run_pk == _RUN_PK)
+_RUN_STATES = select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state).where(
+    TaskInstance.run_pk == _RUN_PK
+)
 _END_RUN = (
     update(DagRun)
     .where(DagRun.id == _RUN_PK, DagRun.state.in_(("queued", "running")))
@@ -132,7 +88,8 @@ class RunLike(Protocol):
 
 
 def schedule_ready(session: Session, run: RunLike, now: datetime) -> int:
-    """none → scheduled once every upstream succeeded; → upstream_failed once one failed.
+    """Each task in `none` moves as its trigger rule decides from its upstreams' states:
+    scheduled (a mapped one expands into its instances), skipped or upstream_failed.
     Returns how many tasks became scheduled. The caller holds the run's lock, or created the
     run in this transaction.
 
@@ -148,22 +105,38 @@ def schedule_ready(session: Session, run: RunLike, now: datetime) -> int:
     changed = True
     while changed:  # one pass per level, so a failure reaches the end of a chain at once
         changed = False
-        for ti_id, task_id, upstream in pending:
-            if states[task_id] != "none":
+        for row in pending:
+            if states[row.task_id].get(row.map_index) != "none":
                 continue
-            ups = [states[u] for u in upstream or [] if u in states]
-            if any(state in FAILED for state in ups):
-                new, extra = "upstream_failed", {"ended_at": now}
-            elif all(state == "success" for state in ups):
-                new, extra = "scheduled", {}
-            else:
+            ups = [state for u in row.upstream or [] for state in states.get(u, {}).values()]
+            decision = decide(row.trigger_rule, ups)
+            if decision == WAIT:
                 continue
-            if transition(session, ti_id, ("none",), state=new, **extra):
-                states[task_id] = new
-                scheduled += new == "scheduled"
+            made = _leave_none(session, row, decision, now)
+            if made:
+                states[row.task_id].pop(row.map_index, None)
+                states[row.task_id].update(made)
+                scheduled += sum(state == "scheduled" for state in made.values())
                 changed = True
-    settle_run(session, run, set(states.values()), now)
+    settle_run(session, run, {s for by_index in states.values() for s in by_index.values()}, now)
     return scheduled
+
+
+_DECIDED = {SKIP: "skipped", UPSTREAM_FAILED: "upstream_failed"}
+
+
+def _leave_none(session: Session, row: Any, decision: str, now: datetime) -> dict[int, str]:
+    """Apply a rule's decision to one task in `none`: map_index → new state of what it
+    became (several instances when a mapped task expands), {} when someone was faster."""
+    if decision == RUN and row.map_spec and row.map_index < 0:
+        _, made = expand(session, row.id, row.map_spec, now)
+        return made
+    if decision == RUN:
+        new, extra = "scheduled", {}
+    else:
+        new, extra = _DECIDED[decision], {"ended_at": now}
+    moved = transition(session, row.id, ("none",), state=new, **extra)
+    return {row.map_index: new} if moved else {}
 
 
 def present_states(session: Session, run_pk: int) -> set[str]:
@@ -171,17 +144,21 @@ def present_states(session: Session, run_pk: int) -> set[str]:
     return set(session.scalars(_PRESENT_STATES, {"run_pk": run_pk}))
 
 
-def run_states(session: Session, run_pk: int) -> dict[str, str]:
-    """task_id → state for a run: two short columns, not the ORM objects with their results."""
-    return {task_id: state for task_id, state in session.execute(_RUN_STATES, {"run_pk": run_pk})}
+def run_states(session: Session, run_pk: int) -> dict[str, dict[int, str]]:
+    """task_id → map_index → state for a run (map_index -1 for a task that is not mapped):
+    three short columns, not the ORM objects with their results."""
+    out: dict[str, dict[int, str]] = {}
+    for task_id, map_index, state in session.execute(_RUN_STATES, {"run_pk": run_pk}):
+        out.setdefault(task_id, {})[map_index] = state
+    return out
 
 
 def settle_run(session: Session, run: RunLike, states: set[str], now: datetime) -> None:
-    """A run ends success or failed when all its tasks are done; it runs once one is queued.
-
-    `states` are the distinct states of the run's tasks."""
+    """A run ends when all its tasks are done: success when each succeeded or was skipped,
+    failed when any did not; it runs once one is queued. `states` are the distinct states
+    of the run's tasks."""
     if all(state in TERMINAL for state in states):
-        final = "success" if all(state == "success" for state in states) else "failed"
+        final = "success" if states <= SUCCEEDED else "failed"
         session.execute(_END_RUN, {"run_pk": run.id, "final": final, "now": now})
         _expire(session, run, "state", "ended_at")
     elif run.state == "queued" and any(state not in ("none", "scheduled") for state in states):
@@ -202,22 +179,27 @@ def start_run(session: Session, run_pk: int, now: datetime) -> None:
     session.execute(_START_RUN, {"run_pk": run_pk, "now": now})
 
 
+def ready_to_queue(now: datetime) -> Any:
+    """Scheduled, or retrying and its delay passed."""
+    return or_(
+        TaskInstance.state == "scheduled",
+        and_(TaskInstance.state == "up_for_retry", TaskInstance.next_try_at <= now),
+    )
+
+
 def queue_ready(
     session: Session, now: datetime, run_pk: int | None = None, limit: int = 500
 ) -> list[JobPayload]:
     """scheduled (or up_for_retry whose delay passed) → queued with the next try number.
+    Tasks under a limit (a pool, the DAG's max_active_tasks) are `scheduler.limits`' own.
 
     Without the runs' locks: it locks only these task instances, in ascending id, as every
     writer that locks several does (`scheduler.locks`)."""
-    ready = or_(
-        TaskInstance.state == "scheduled",
-        and_(TaskInstance.state == "up_for_retry", TaskInstance.next_try_at <= now),
-    )
     query = (
         select(TaskInstance, DagRun, Repo.name)
         .join(DagRun, DagRun.id == TaskInstance.run_pk)
         .join(Repo, Repo.id == DagRun.repo_id)
-        .where(ready)
+        .where(ready_to_queue(now), TaskInstance.pool.is_(None), DagRun.max_active_tasks.is_(None))
         .order_by(TaskInstance.id)
         .limit(limit)
     )
@@ -225,19 +207,21 @@ def queue_ready(
         query = query.where(TaskInstance.run_pk == run_pk)
     payloads = []
     for ti, run, repo_name in session.execute(query).all():
-        next_try = ti.try_number + 1
-        if transition(
-            session,
-            ti.id,
-            (ti.state,),
-            ti.try_number,
-            state="queued",
-            try_number=next_try,
-            queued_at=now,
-            next_try_at=None,
-        ):
-            payloads.append(payload(ti, run, repo_name, next_try))
+        queued = queue_one(session, ti, run, repo_name, now)
+        if queued is not None:
+            payloads.append(queued)
     return payloads
+
+
+def queue_one(
+    session: Session, ti: TaskInstance, run: DagRun, repo_name: str, now: datetime
+) -> JobPayload | None:
+    """One ready task → queued with its next try; its job's payload, or None if it moved."""
+    next_try = ti.try_number + 1
+    if transition(session, ti.id, (ti.state,), ti.try_number, state="queued",
+                  try_number=next_try, queued_at=now, next_try_at=None):  # fmt: skip
+        return payload(ti, run, repo_name, next_try)
+    return None
 
 
 def payload(ti: TaskInstance, run: DagRun, repo_name: str, try_number: int) -> JobPayload:

@@ -41,7 +41,7 @@ def due_runs(
     end = _parse_time(structure.get("end_date"))
     if text is None or start is None:
         return Due([], None)
-    schedule = schedule_from_json(text, anchor=start)
+    schedule = schedule_from_json(text, anchor=start, timezone=structure.get("timezone"))
     last = as_utc(last)  # SQLite hands back naive datetimes
     horizon = now if end is None else min(now, end)
     tick: datetime | None = None
@@ -71,7 +71,9 @@ def ticks_between(
     """The schedule's ticks in [start, end] (at most `limit` of them), and how many there are
     (counted up to `count_to`, so a huge range is refused quickly with a number)."""
     schedule = schedule_from_json(
-        structure.get("schedule"), anchor=_parse_time(structure.get("start_date")) or start
+        structure.get("schedule"),
+        anchor=_parse_time(structure.get("start_date")) or start,
+        timezone=structure.get("timezone"),
     )
     ticks: list[datetime] = []
     count = 0

@@ -22,18 +22,24 @@ from dagstore.core.db import as_utc
 from dagstore.core.errors import Conflict, NotFound
 from dagstore.core.models import Repo
 from dagstore.core.protocol import MAX_LOG_BYTES
+from scheduler.branching import skip_unchosen
+from scheduler.expand import results_of
 from scheduler.grants import explain_refusal
 from scheduler.metrics import TRIES_FINISHED
 from scheduler.models import DagRun, TaskInstance, TaskTry
-from scheduler.taskstate import new_columns, new_values, schedule_ready, start_run, transition
+from scheduler.taskstate import schedule_ready, start_run
+from scheduler.transition import new_columns, new_values, transition
 
-# The statements of the claim and finish path, built once (see `taskstate._transition`).
+# The statements of the claim and finish path, built once (see `transition._transition`).
 _CLAIM_READ = (
     select(
         TaskInstance.task_id,
         TaskInstance.timeout,
         TaskInstance.upstream,
         TaskInstance.queued_at,
+        TaskInstance.map_index,
+        TaskInstance.map_spec,
+        TaskInstance.max_tries,
         DagRun.id.label("run_pk"),
         DagRun.state.label("run_state"),
         DagRun.run_id,
@@ -56,16 +62,14 @@ _FINISH_LOCK = (
         TaskInstance.max_tries,
         TaskInstance.retry_delay,
         TaskInstance.started_at,
+        TaskInstance.task_id,
+        TaskInstance.branch,
     )
     .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
     .where(TaskInstance.id == bindparam("ti_id"))
     .with_for_update(of=DagRun)
 )
 _TRY_INSERT = insert(TaskTry)
-_UPSTREAM_RESULTS = select(TaskInstance.task_id, TaskInstance.result).where(
-    TaskInstance.run_pk == bindparam("run_pk"),
-    TaskInstance.task_id.in_(bindparam("task_ids", expanding=True)),
-)
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,11 +83,9 @@ def _try_update(columns: tuple[str, ...]):
 
 
 def upstream_results(session: Session, run_pk: int, task_ids: list[str]) -> dict[str, Any]:
-    """task_id → result of the upstream tasks a claimed try receives."""
-    if not task_ids:
-        return {}
-    rows = session.execute(_UPSTREAM_RESULTS, {"run_pk": run_pk, "task_ids": task_ids})
-    return {task_id: result for task_id, result in rows}
+    """task_id → result of the upstream tasks a claimed try receives (a mapped upstream's
+    as the list of its instances' results, in map_index order)."""
+    return results_of(session, run_pk, task_ids)
 
 
 def get_ti(session: Session, ti_id: int) -> TaskInstance:
@@ -271,6 +273,8 @@ def finish(
         _try_update(tuple(try_values)),
         {"of_ti": ti_id, "of_try": try_number, **new_values(try_values)},
     )
+    if success and found.branch:
+        skip_unchosen(session, run.id, found.task_id, result, now)
     started = as_utc(found.started_at)
     seconds = (now - started).total_seconds() if started else None
     return Finished(run, values["state"], schedule_ready(session, run, now), seconds)

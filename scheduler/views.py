@@ -78,14 +78,34 @@ def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
         )
     )
     for run_pk, task_id, state in rows:
-        states[run_pk][task_id] = state
+        states[run_pk][task_id] = grid_state(states[run_pk].get(task_id), state)
     return [{"run": run_json(run), "states": states[run.id]} for run in reversed(runs)]
+
+
+# A mapped task's grid cell shows its instances' most telling state: a failure first, then
+# what is still moving, then done.
+_CELL_ORDER = ("failed", "upstream_failed", "canceled", "up_for_retry", "running", "queued",
+               "scheduled", "none", "success", "skipped")  # fmt: skip
+
+
+def grid_state(held: str | None, state: str) -> str:
+    """The cell of a task with several instances (mapped): `held` so far, and one more."""
+    if held is None:
+        return state
+    rank = {name: i for i, name in enumerate(_CELL_ORDER)}
+    return min(held, state, key=lambda s: rank.get(s, len(rank)))
 
 
 def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
     tis = session.scalars(
-        select(TaskInstance).where(TaskInstance.run_pk == run.id).order_by(TaskInstance.id)
+        select(TaskInstance)
+        .where(TaskInstance.run_pk == run.id)
+        .order_by(TaskInstance.id)  # a mapped task's instances by map_index, at its place
     ).all()
+    first = {}
+    for ti in tis:
+        first.setdefault(ti.task_id, ti.id)
+    tis = sorted(tis, key=lambda ti: (first[ti.task_id], ti.map_index))
     tries: dict[int, list[dict[str, Any]]] = {ti.id: [] for ti in tis}
     for t in session.scalars(
         select(TaskTry).where(TaskTry.ti_id.in_(list(tries))).order_by(TaskTry.try_number)
@@ -104,11 +124,14 @@ def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
     return [
         {
             "task_id": ti.task_id,
+            "map_index": ti.map_index,
             "state": ti.state,
             "sha": ti.sha or run.sha,  # what its next (or current) try runs
             "try_number": ti.try_number,
             "max_tries": ti.max_tries,
             "upstream": ti.upstream,
+            "trigger_rule": ti.trigger_rule or "all_success",
+            "pool": ti.pool,
             "worker": ti.worker,
             "queued_at": iso(ti.queued_at),
             "started_at": iso(ti.started_at),

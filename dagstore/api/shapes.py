@@ -80,6 +80,12 @@ class BrokenDagFile(FileError):
     sha: Sha
 
 
+class MappedArgument(Shape):
+    arg: str
+    task: str | None = Field(default=None, description="the upstream whose list it maps over")
+    length: int | None = Field(default=None, description="a literal list's length")
+
+
 class DagTask(Shape):
     task_id: str
     upstream: list[str]
@@ -87,6 +93,12 @@ class DagTask(Shape):
     retry_delay: float | None
     timeout: float | None
     queue: str | None
+    trigger_rule: str = "all_success"
+    pool: str | None = None
+    branch: bool = Field(default=False, description="a @task.branch task")
+    mapped: list[MappedArgument] | None = Field(
+        default=None, description="what expand() maps over, one entry per argument"
+    )
 
 
 class StructureChange(Shape):
@@ -111,6 +123,9 @@ class Dag(Shape):
     schedule_ended: bool = Field(description="no ticks left (@once done, past end_date)")
     description: str
     tags: list[str]
+    timezone: str = Field(default="UTC", description="the zone cron schedules tick in")
+    dagrun_timeout: float | None = None
+    max_active_tasks: int | None = None
     structure_hash: str
     tasks: list[DagTask]
     last_error: str | None

@@ -21,22 +21,26 @@ from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from dagstore.authoring.schedule import Schedule, as_utc, parse_schedule
-from dagstore.authoring.task import (
+from dagstore.authoring.branching import literal_returns
+from dagstore.authoring.mapping import structure_of
+from dagstore.authoring.options import (
     DEFAULT_OPTIONS,
-    Task,
-    TaskFunction,
-    TaskOutput,
+    ID_RULE,
+    callable_name,
     check_options,
-    pop_dag,
-    push_dag,
+    seconds,
     valid_id,
 )
+from dagstore.authoring.rules import DEFAULT_RULE
+from dagstore.authoring.schedule import Schedule, as_utc, parse_schedule
+from dagstore.authoring.task import Task, TaskFunction, TaskOutput, pop_dag, push_dag
+from dagstore.authoring.wallclock import UTC_NAME, check_timezone
 from dagstore.core.errors import DagDefinitionError
 
 __all__ = ["DAG", "TaskOutput", "collecting"]
 
 MAX_ACTIVE_RUNS = 10_000  # bounds stored numbers the database keeps in integer columns
+MAX_ACTIVE_TASKS = 100_000
 
 # Lists being filled by `collecting()` blocks that are open in this thread.
 _collectors: ContextVar[tuple[list[DAG], ...]] = ContextVar("pinflow_collectors", default=())
@@ -106,19 +110,24 @@ class DAG:
         tags: Iterable[str] = (),
         description: str = "",
         default_args: Mapping[str, Any] | None = None,
+        timezone: str = UTC_NAME,
+        on_failure: Any = None,
+        dagrun_timeout: float | timedelta | None = None,
+        max_active_tasks: int | None = None,
     ) -> None:
         if not valid_id(dag_id):
-            raise DagDefinitionError(
-                f"DAG {dag_id!r}: invalid dag_id (use letters, digits, '_', '.', '-'; "
-                "not starting with '.' or '-'; at most 250 characters)"
-            )
+            raise DagDefinitionError(f"DAG {dag_id!r}: invalid dag_id ({ID_RULE})")
         self.dag_id: str = dag_id
         self.start_date = _utc(dag_id, "start_date", start_date)
         self.end_date = _utc(dag_id, "end_date", end_date)
         try:
-            self.schedule: Schedule = parse_schedule(schedule, anchor=self.start_date)
+            self.timezone = check_timezone(timezone)
+            self.schedule: Schedule = parse_schedule(
+                schedule, anchor=self.start_date, timezone=self.timezone
+            )
         except DagDefinitionError as exc:
             raise DagDefinitionError(f"DAG {dag_id!r}: {exc.detail}") from None
+        self._limits(on_failure, dagrun_timeout, max_active_tasks)
         if not self.schedule.is_manual and self.start_date is None:
             raise DagDefinitionError(
                 f"DAG {dag_id!r}: start_date is required for a scheduled DAG "
@@ -158,6 +167,31 @@ class DAG:
         self.fileloc: str | None = None  # set by the loader: the DAG file, relative to the repo
         self._state = "new"  # new → open (inside `with`) → closed
 
+    def _limits(self, on_failure: Any, dagrun_timeout: Any, max_active_tasks: Any) -> None:
+        """on_failure, dagrun_timeout and max_active_tasks, checked."""
+        if on_failure is not None and not callable(on_failure):
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: on_failure must be a function taking the context, "
+                f"got {on_failure!r}"
+            )
+        self.on_failure = on_failure
+        try:
+            self.dagrun_timeout = seconds("dagrun_timeout", dagrun_timeout, allow_none=True)
+        except ValueError as exc:
+            raise DagDefinitionError(f"DAG {self.dag_id!r}: {exc}") from None
+        if self.dagrun_timeout is not None and self.dagrun_timeout <= 0:
+            raise DagDefinitionError(f"DAG {self.dag_id!r}: dagrun_timeout must be > 0")
+        if max_active_tasks is not None and (
+            not isinstance(max_active_tasks, int)
+            or isinstance(max_active_tasks, bool)
+            or not 1 <= max_active_tasks <= MAX_ACTIVE_TASKS
+        ):
+            raise DagDefinitionError(
+                f"DAG {self.dag_id!r}: max_active_tasks must be an int from 1 to "
+                f"{MAX_ACTIVE_TASKS} or None, got {max_active_tasks!r}"
+            )
+        self.max_active_tasks: int | None = max_active_tasks
+
     # --- the `with` block -------------------------------------------------------------------
 
     def __enter__(self) -> DAG:
@@ -179,6 +213,7 @@ class DAG:
         self._state = "closed"
         if exc_type is None:
             self.check_acyclic()
+            self.check_branches()
             _register(self)
 
     # --- building (called by task calls and >>) -------------------------------------------------
@@ -190,16 +225,21 @@ class DAG:
             )
 
     def add_task(
-        self, function: TaskFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        function: TaskFunction,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        mapped: dict[str, Any] | None = None,
     ) -> Task:
-        """Add one call of `function`; its TaskOutput arguments become its upstream tasks."""
+        """Add one call of `function`; its TaskOutput arguments become its upstream tasks.
+        `mapped`: the arguments of `expand(...)`, one instance per element."""
         self._require_open("add tasks")
         task_id = self._new_task_id(function)
         try:
             options = DEFAULT_OPTIONS | self.default_args | check_options(function.options)
         except ValueError as exc:
             raise DagDefinitionError(f"DAG {self.dag_id!r}: task {task_id!r}: {exc}") from None
-        new = Task(self, task_id, function, args, dict(kwargs), options)
+        new = Task(self, task_id, function, args, dict(kwargs), options, mapped)
         inputs = new.value_inputs()
         for output in inputs:  # check all before changing anything
             self._check_same_dag(output.task, new)
@@ -213,10 +253,7 @@ class DAG:
         taken by a different function, or an explicit task_id that is taken, is an error."""
         base = function.name
         if not valid_id(base):
-            raise DagDefinitionError(
-                f"DAG {self.dag_id!r}: invalid task_id {base!r} (use letters, digits, '_', "
-                "'.', '-'; not starting with '.' or '-'; at most 250 characters)"
-            )
+            raise DagDefinitionError(f"DAG {self.dag_id!r}: invalid task_id {base!r} ({ID_RULE})")
         taken = self.tasks.get(base)
         if taken is None:
             return base
@@ -258,6 +295,24 @@ class DAG:
         cycle = self.find_cycle()
         if cycle:
             raise DagDefinitionError(f"DAG {self.dag_id!r}: dependency cycle: {' -> '.join(cycle)}")
+
+    def check_branches(self) -> None:
+        """A branch task's literal returns (`return "publish"`) must name direct downstreams:
+        a typo fails the push, not a run at 2 a.m."""
+        for t in self.tasks.values():
+            if not t.is_branch:
+                continue
+            if not t.downstream_task_ids:
+                raise DagDefinitionError(
+                    f"DAG {self.dag_id!r}: @task.branch {t.task_id!r} has no downstream task"
+                )
+            for chosen in literal_returns(t.function):
+                if chosen not in t.downstream_task_ids:
+                    below = ", ".join(sorted(t.downstream_task_ids)) or "none"
+                    raise DagDefinitionError(
+                        f"DAG {self.dag_id!r}: @task.branch {t.task_id!r} returns {chosen!r}, "
+                        f"which is not one of its direct downstream tasks ({below})"
+                    )
 
     def find_cycle(self) -> list[str] | None:
         """One cycle as task ids, first repeated at the end (`a -> b -> a`), or None."""
@@ -320,22 +375,55 @@ class DAG:
             "max_active_runs": self.max_active_runs,
             "tags": list(self.tags),
             "description": self.description,
-            "tasks": [
-                {
-                    "task_id": t.task_id,
-                    "upstream": sorted(t.upstream_task_ids),
-                    "retries": t.retries,
-                    "retry_delay": t.retry_delay,
-                    "timeout": t.timeout,
-                    "queue": t.queue,
-                    "function": t.function_name,
-                }
-                for t in self.topological_order()
-            ],
-        }
+            "tasks": [_task_structure(t) for t in self.topological_order()],
+        } | _set(
+            timezone=(self.timezone, UTC_NAME),
+            on_failure=(_name(self.on_failure), None),
+            dagrun_timeout=(self.dagrun_timeout, None),
+            max_active_tasks=(self.max_active_tasks, None),
+        )
 
     def structure_hash(self) -> str:
         return structure_hash(self.to_structure())
 
+    def on_failure_for(self, task: Task) -> Any:
+        """The failure callback of `task`: its own, else the DAG's."""
+        return task.on_failure or self.on_failure
+
     def __repr__(self) -> str:
         return f"<DAG {self.dag_id} ({len(self.tasks)} tasks)>"
+
+
+def _name(function: Any) -> str | None:
+    return None if function is None else callable_name(function)
+
+
+def _set(**fields: tuple[Any, Any]) -> dict[str, Any]:
+    """The fields whose value is not their default: a DAG that uses none of the newer
+    options keeps the structure (and the hash) it had before they existed."""
+    return {key: value for key, (value, default) in fields.items() if value != default}
+
+
+def _task_structure(t: Task) -> dict[str, Any]:
+    return {
+        "task_id": t.task_id,
+        "upstream": sorted(t.upstream_task_ids),
+        "retries": t.retries,
+        "retry_delay": t.retry_delay,
+        "timeout": t.timeout,
+        "queue": t.queue,
+        "function": t.function_name,
+    } | _set(
+        pool=(t.pool, None),
+        trigger_rule=(t.trigger_rule, DEFAULT_RULE),
+        branch=(t.is_branch, False),
+        on_failure=(_name(t.on_failure), None),
+        mapped=(
+            None if t.mapped is None else structure_of(t.mapped, _output_task_id),
+            None,
+        ),
+    )
+
+
+def _output_task_id(value: Any) -> str | None:
+    return value.task_id if isinstance(value, TaskOutput) else None

@@ -5,6 +5,13 @@ rebuild it (`schedule_from_json`) without importing the DAG file. All times are 
 croniter is imported only when a cron schedule is actually built or evaluated, so `import
 pinflow` in a DAG file stays cheap.
 
+A cron schedule (and a preset) ticks in its DAG's `timezone` (IANA; the structure keeps it
+beside the schedule string, default UTC): its expression is matched against that zone's wall
+clock (`dagstore.authoring.wallclock`), so `30 2 * * *` in Europe/Berlin is 02:30 Berlin time
+summer and winter (a 02:30 that does not exist runs at 03:00; one that exists twice runs
+once). An expression that fires every hour keeps its period in real time instead. Interval
+schedules and `@once` are instants and ignore the zone.
+
 Interval schedules (`timedelta`) and `@once` need a point in time to count from: the DAG's
 start_date. It is not part of the stored string (that stays "timedelta:<seconds>"), so pass it
 as `anchor=` when rebuilding; without it an interval counts from the Unix epoch and `@once`
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from dagstore.authoring.wallclock import UTC_NAME, check_timezone, to_instant, wall_clock, zone
 from dagstore.core.errors import DagDefinitionError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,30 +79,57 @@ class ManualSchedule(Schedule):
 @dataclass(frozen=True)
 class CronSchedule(Schedule):
     """A 5-field cron expression, or a preset that stands for one (`text` keeps the preset so the
-    stored form is what the author wrote)."""
+    stored form is what the author wrote), ticking in `timezone`'s wall clock."""
 
     text: str
     expression: str
+    timezone: str = UTC_NAME
     kind: ClassVar[str] = "cron"
 
     def next_after(self, dt: datetime) -> datetime | None:
         from croniter import croniter
 
         start = as_utc(dt)
-        tick = as_utc(croniter(self.expression, start).get_next(datetime))
-        while tick <= start:  # defensive: croniter works in whole seconds
-            tick = as_utc(croniter(self.expression, tick).get_next(datetime))
-        return tick
+        if self.timezone == UTC_NAME or self.every_hour:
+            tick = as_utc(croniter(self.expression, self._aware(start)).get_next(datetime))
+            while tick <= start:  # defensive: croniter works in whole seconds
+                tick = as_utc(croniter(self.expression, tick).get_next(datetime))
+            return tick
+        # croniter walks the naive wall clock (no DST arithmetic of its own); each wall time
+        # becomes one instant. A wall time already passed (the second run through an hour
+        # that exists twice) or one that fell into a gap with an earlier tick is skipped.
+        ticks = croniter(self.expression, wall_clock(start, self.timezone))
+        while True:
+            tick = to_instant(ticks.get_next(datetime), self.timezone)
+            if tick > start:
+                return tick
 
     def latest_at_or_before(self, dt: datetime) -> datetime | None:
         from croniter import croniter
 
         end = as_utc(dt)
-        # croniter works in whole seconds: step from just past `end` back to the tick.
-        tick = as_utc(croniter(self.expression, end + timedelta(seconds=1)).get_prev(datetime))
-        while tick > end:
-            tick = as_utc(croniter(self.expression, tick).get_prev(datetime))
-        return tick.replace(fold=0)
+        if self.timezone == UTC_NAME or self.every_hour:
+            # croniter works in whole seconds: step from just past `end` back to the tick.
+            after = self._aware(end + timedelta(seconds=1))
+            tick = as_utc(croniter(self.expression, after).get_prev(datetime))
+            while tick > end:
+                tick = as_utc(croniter(self.expression, tick).get_prev(datetime))
+            return tick.replace(fold=0)
+        ticks = croniter(self.expression, wall_clock(end, self.timezone) + timedelta(seconds=1))
+        while True:
+            tick = to_instant(ticks.get_prev(datetime), self.timezone)
+            if tick <= end:
+                return tick
+
+    @property
+    def every_hour(self) -> bool:
+        """An expression that fires in every hour (`*/30 * * * *`) keeps its period in real
+        time through DST, as Airflow does: croniter's own zone-aware walk gives that (it runs
+        in both occurrences of a repeated hour). The wall-clock rule is for the others."""
+        return self.expression.split()[1] == "*"
+
+    def _aware(self, instant: datetime) -> datetime:
+        return instant if self.timezone == UTC_NAME else instant.astimezone(zone(self.timezone))
 
     def to_json(self) -> str:
         return self.text
@@ -146,11 +181,15 @@ class OnceSchedule(Schedule):
         return "@once"
 
 
-def parse_schedule(value: Any, anchor: datetime | None = None) -> Schedule:
-    """Build a Schedule from what an author may write: None, a preset, 5-field cron, timedelta.
+def parse_schedule(
+    value: Any, anchor: datetime | None = None, timezone: str = UTC_NAME
+) -> Schedule:
+    """Build a Schedule from what an author may write: None, a preset, 5-field cron, timedelta;
+    cron and presets tick in `timezone` (an IANA name).
 
     Raises DagDefinitionError (without a DAG name; the DAG adds it) for anything else.
     """
+    check_timezone(timezone)
     anchor = as_utc(anchor) if anchor is not None else None
     if value is None:
         return ManualSchedule()
@@ -172,8 +211,10 @@ def parse_schedule(value: Any, anchor: datetime | None = None) -> Schedule:
                 f"unknown schedule preset {value!r} (known: {', '.join(PRESETS)})"
             )
         expression = PRESETS[text]
-        return OnceSchedule(anchor) if expression is None else CronSchedule(text, expression)
-    return CronSchedule(text, _checked_cron(value, text))
+        if expression is None:
+            return OnceSchedule(anchor)
+        return CronSchedule(text, expression, timezone)
+    return CronSchedule(text, _checked_cron(value, text), timezone)
 
 
 def _checked_cron(value: str, text: str) -> str:
@@ -194,12 +235,15 @@ def _checked_cron(value: str, text: str) -> str:
     return text
 
 
-def schedule_from_json(text: str | None, anchor: datetime | None = None) -> Schedule:
-    """Rebuild a schedule from its stored string; pass the DAG's start_date as `anchor`."""
+def schedule_from_json(
+    text: str | None, anchor: datetime | None = None, timezone: str | None = None
+) -> Schedule:
+    """Rebuild a schedule from its stored string; pass the DAG's start_date as `anchor` and
+    its timezone (the structure's `timezone`; absent means UTC)."""
     if text is not None and text.startswith(_TIMEDELTA_PREFIX):
         try:
             interval = timedelta(seconds=float(text.removeprefix(_TIMEDELTA_PREFIX)))
         except (ValueError, OverflowError):  # not a number, inf, nan, or too long
             raise DagDefinitionError(f"invalid stored schedule {text!r}") from None
-        return parse_schedule(interval, anchor)
-    return parse_schedule(text, anchor)
+        return parse_schedule(interval, anchor, timezone or UTC_NAME)
+    return parse_schedule(text, anchor, timezone or UTC_NAME)

@@ -4,44 +4,30 @@ Calling (not decorating) is what creates a task so that one function can be used
 and in several DAGs, and so that passing one call's output to another wires the dependency and
 the value in one gesture. The arguments are kept as written, with `TaskOutput` placeholders; a
 worker re-imports the DAG file at the run's commit and `Task.call` swaps each placeholder for
-the upstream task's result.
+the upstream task's result. `fn.expand(arg=upstream())` (after `fn.partial(...)` for fixed
+arguments) adds a mapped task instead (`dagstore.authoring.mapping`); `@task.branch` a task
+whose result picks the downstream tasks to follow (`dagstore.authoring.branching`).
 
 This module must stay import-cheap (stdlib only): every DAG file imports it.
 """
 
 from __future__ import annotations
 
-import enum
 import inspect
-import math
-import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, Protocol, overload
 
+from dagstore.authoring.mapping import MapCall, check_expand, elements
+from dagstore.authoring.options import UNSET, _Unset, callable_name, check_options
+from dagstore.authoring.outputs import TaskOutput, outputs_in, substitute
 from dagstore.core.errors import DagDefinitionError
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")
+__all__ = ["MissingUpstreamResult", "Task", "TaskFunction", "TaskOutput", "task"]
+
 CONTEXT_PARAM = "context"
-OPTION_NAMES = ("retries", "retry_delay", "timeout", "queue")
-MAX_RETRIES = 1000
-MAX_SECONDS = 10 * 366 * 86400.0  # a retry delay or a timeout: ten years
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "retries": 0,
-    "retry_delay": 0.0,
-    "timeout": None,
-    "queue": "default",
-}
 
-
-class _Unset(enum.Enum):
-    """Tells "not given" from an explicit None (`timeout=None` overrides a default timeout)."""
-
-    UNSET = "UNSET"
-
-
-UNSET = _Unset.UNSET
 
 class DAG(Protocol):
     """What a task needs of the DAG it is added to; `dagstore.authoring.dag.DAG` is the one.
@@ -54,7 +40,11 @@ class DAG(Protocol):
     def dag_id(self) -> str: ...
 
     def add_task(
-        self, function: TaskFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        function: TaskFunction,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        mapped: dict[str, Any] | None = None,
     ) -> Task: ...
 
     def add_dependency(self, upstream: Task, downstream: Task) -> None: ...
@@ -81,71 +71,22 @@ def pop_dag(dag: DAG) -> None:
     _open_dags.set(stack[:-1])
 
 
-def valid_id(value: object) -> bool:
-    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
-
-
-def _seconds(name: str, value: object, allow_none: bool) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or abs(value) > MAX_SECONDS:
-            raise ValueError(f"{name} must be at most {MAX_SECONDS:g} seconds, got {value!r}")
-        return float(value)
-    kind = "seconds, a timedelta or None" if allow_none else "seconds or a timedelta"
-    raise ValueError(f"{name} must be {kind}, got {value!r}")
-
-
-def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise task options (durations to float seconds); ValueError says what is wrong.
-
-    Kept separate from the DAG so that both `default_args` and `@task(...)` go through one rule.
-    """
-    unknown = sorted(set(options) - set(OPTION_NAMES))
-    if unknown:
-        raise ValueError(f"unknown task option(s) {', '.join(map(repr, unknown))}")
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if value is UNSET:
-            continue
-        if name == "retries":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"retries must be an int, got {value!r}")
-            if value < 0:
-                raise ValueError(f"retries must be >= 0 (negative retries), got {value}")
-            if value > MAX_RETRIES:
-                raise ValueError(f"retries must be at most {MAX_RETRIES}, got {value}")
-            out[name] = value
-        elif name == "retry_delay":
-            seconds = _seconds(name, value, allow_none=False)
-            if seconds is None or seconds < 0:
-                raise ValueError(f"retry_delay must be >= 0, got {value!r}")
-            out[name] = seconds
-        elif name == "timeout":
-            seconds = _seconds(name, value, allow_none=True)
-            if seconds is not None and seconds <= 0:
-                raise ValueError(f"timeout must be > 0 or None, got {value!r}")
-            out[name] = seconds
-        elif name == "queue":
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"queue must be a non-empty string, got {value!r}")
-            out[name] = value
-    return out
-
-
 class TaskFunction:
     """What `@task` returns: the function plus its options; calling it inside a DAG adds a task."""
 
     def __init__(
-        self, function: Callable[..., Any], task_id: str | None, options: dict[str, Any]
+        self,
+        function: Callable[..., Any],
+        task_id: str | None,
+        options: dict[str, Any],
+        branch: bool = False,
     ) -> None:
         if not callable(function):
             raise TypeError(f"@task needs a function, got {function!r}")
         self.function = function
         self.task_id = task_id
         self.options = options  # only what the decorator was given; default_args fill the rest
+        self.branch = branch
         self.__doc__ = function.__doc__
         self.__name__ = getattr(function, "__name__", type(function).__name__)
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
@@ -168,27 +109,27 @@ class TaskFunction:
         """The task id this function asks for (before `__1`-style suffixes)."""
         return self.task_id or self.__name__
 
-    def override(
-        self,
-        *,
-        task_id: str | None = None,
-        retries: int | _Unset = UNSET,
-        retry_delay: float | timedelta | _Unset = UNSET,
-        timeout: float | timedelta | None | _Unset = UNSET,
-        queue: str | _Unset = UNSET,
-    ) -> TaskFunction:
-        """A copy with some options changed, for one call: `extract.override(task_id="eu")()`."""
-        given = {"retries": retries, "retry_delay": retry_delay, "timeout": timeout, "queue": queue}
-        options = self.options | {k: v for k, v in given.items() if v is not UNSET}
-        return TaskFunction(self.function, task_id or self.task_id, options)
+    def override(self, *, task_id: str | None = None, **options: Any) -> TaskFunction:
+        """A copy with some options changed, for one call: `extract.override(task_id="eu")()`.
+        Takes the options `@task` takes."""
+        try:
+            check_options(options)
+        except ValueError as exc:
+            raise DagDefinitionError(f"task {self.name!r}: override: {exc}") from None
+        given = {k: v for k, v in options.items() if v is not UNSET}
+        return TaskFunction(self.function, task_id or self.task_id, self.options | given,
+                            self.branch)  # fmt: skip
 
-    def __call__(self, *args: Any, **kwargs: Any) -> TaskOutput:
+    def _dag(self, action: str) -> DAG:
         dag = current_dag()
         if dag is None:
             raise DagDefinitionError(
-                f"task {self.name!r} was called outside a `with DAG(...)` block; "
+                f"task {self.name!r} was {action} outside a `with DAG(...)` block; "
                 "call task functions inside the DAG they belong to"
             )
+        return dag
+
+    def _bind(self, dag: DAG, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if CONTEXT_PARAM in kwargs and self.wants_context:
             raise DagDefinitionError(
                 f"DAG {dag.dag_id!r}: task {self.name!r}: do not pass 'context'; "
@@ -200,10 +141,46 @@ class TaskFunction:
             raise DagDefinitionError(
                 f"DAG {dag.dag_id!r}: task {self.name!r} called with bad arguments: {exc}"
             ) from None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TaskOutput:
+        dag = self._dag("called")
+        self._bind(dag, args, kwargs)
         return dag.add_task(self, args, kwargs).output
+
+    def partial(self, *args: Any, **kwargs: Any) -> PartialCall:
+        """The arguments every mapped instance shares: `load.partial(db=x).expand(part=p)`."""
+        return PartialCall(self, args, kwargs)
+
+    def expand(self, **mapped: Any) -> TaskOutput:
+        """One task instance per element: `load.expand(part=list_parts())`."""
+        return PartialCall(self, (), {}).expand(**mapped)
 
     def __repr__(self) -> str:
         return f"<task function {self.__qualname__}>"
+
+
+class PartialCall:
+    """`fn.partial(...)`: fixed arguments, waiting for `.expand(...)` to add the mapped task."""
+
+    def __init__(self, function: TaskFunction, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+
+    def expand(self, **mapped: Any) -> TaskOutput:
+        function = self.function
+        dag = function._dag("mapped")
+        if function.branch:
+            raise DagDefinitionError(
+                f"DAG {dag.dag_id!r}: task {function.name!r}: a @task.branch task cannot be mapped"
+            )
+        try:
+            kept = check_expand(function.name, mapped, self.kwargs,
+                                lambda v: isinstance(v, TaskOutput), outputs_in)  # fmt: skip
+        except DagDefinitionError as exc:
+            raise DagDefinitionError(f"DAG {dag.dag_id!r}: {exc.detail}") from None
+        function._bind(dag, self.args, {**self.kwargs, **dict.fromkeys(kept)})
+        return dag.add_task(function, self.args, dict(self.kwargs), kept).output
 
 
 @overload
@@ -219,6 +196,9 @@ def task(
     retry_delay: float | timedelta | _Unset = UNSET,
     timeout: float | timedelta | None | _Unset = UNSET,
     queue: str | _Unset = UNSET,
+    pool: str | None | _Unset = UNSET,
+    trigger_rule: str | _Unset = UNSET,
+    on_failure: Callable[[dict[str, Any]], Any] | None | _Unset = UNSET,
     task_id: str | None = None,
 ) -> Callable[[Callable[..., Any]], TaskFunction]: ...
 
@@ -227,24 +207,45 @@ def task(
     python_callable: Callable[..., Any] | None = None,
     /,
     *,
-    retries: int | _Unset = UNSET,
-    retry_delay: float | timedelta | _Unset = UNSET,
-    timeout: float | timedelta | None | _Unset = UNSET,
-    queue: str | _Unset = UNSET,
     task_id: str | None = None,
+    **options: Any,
 ) -> TaskFunction | Callable[[Callable[..., Any]], TaskFunction]:
-    """`@task` or `@task(retries=2, retry_delay=5, timeout=600, queue="q", task_id="x")`.
+    """`@task` or `@task(retries=2, retry_delay=5, timeout=600, queue="q", pool="warehouse",
+    trigger_rule="all_done", on_failure=alert, task_id="x")`.
 
     Options left out come from the DAG's `default_args`, then from DEFAULT_OPTIONS; they are
     checked when the task is added to a DAG, so the error can name that DAG.
     """
-    given = {"retries": retries, "retry_delay": retry_delay, "timeout": timeout, "queue": queue}
-    options = {k: v for k, v in given.items() if v is not UNSET}
+    return _decorator(python_callable, task_id, options, branch=False)
+
+
+def branch(
+    python_callable: Callable[..., Any] | None = None,
+    /,
+    *,
+    task_id: str | None = None,
+    **options: Any,
+) -> TaskFunction | Callable[[Callable[..., Any]], TaskFunction]:
+    """`@task.branch`: the function returns the id(s) of the direct downstream task(s) to
+    follow; the other direct downstreams are skipped. Takes the options `@task` takes."""
+    return _decorator(python_callable, task_id, options, branch=True)
+
+
+task.branch = branch  # type: ignore[attr-defined]
+
+
+def _decorator(
+    python_callable: Callable[..., Any] | None,
+    task_id: str | None,
+    options: dict[str, Any],
+    branch: bool,
+) -> TaskFunction | Callable[[Callable[..., Any]], TaskFunction]:
+    given = {k: v for k, v in options.items() if v is not UNSET}
 
     def decorate(function: Callable[..., Any]) -> TaskFunction:
-        made = TaskFunction(function, task_id, options)
+        made = TaskFunction(function, task_id, given, branch)
         try:  # fail at the decorator already; the DAG re-checks once default_args are merged
-            check_options(options)
+            check_options(given)
         except ValueError as exc:
             dag = current_dag()
             where = f"DAG {dag.dag_id!r}: " if dag is not None else ""
@@ -269,16 +270,21 @@ class Task:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: dict[str, Any],
+        mapped: dict[str, Any] | None = None,
     ) -> None:
         self.dag = dag
         self.task_id = task_id
         self.task_function = function
         self.args = args
         self.kwargs = kwargs
+        self.mapped = mapped  # argument → upstream output or literal list; None: not mapped
         self.retries: int = options["retries"]
         self.retry_delay: float = options["retry_delay"]
         self.timeout: float | None = options["timeout"]
         self.queue: str = options["queue"]
+        self.pool: str | None = options["pool"]
+        self.trigger_rule: str = options["trigger_rule"]
+        self.on_failure: Callable[[dict[str, Any]], Any] | None = options["on_failure"]
         self.upstream_task_ids: set[str] = set()
         self.downstream_task_ids: set[str] = set()
         self.output = TaskOutput(self)
@@ -292,19 +298,25 @@ class Task:
         return self.task_function.function
 
     @property
+    def is_branch(self) -> bool:
+        return self.task_function.branch
+
+    @property
     def function_name(self) -> str:
-        """Qualified name without the module: DAG modules are named per commit, and the
-        structure hash must not change just because the commit did."""
-        return self.task_function.__qualname__
+        return callable_name(self.task_function)
 
     def value_inputs(self) -> list[TaskOutput]:
         """The outputs this task's arguments refer to (they are upstream of it)."""
-        found: list[TaskOutput] = []
-        _walk((self.args, self.kwargs), found.append)
-        return found
+        return outputs_in((self.args, self.kwargs, list((self.mapped or {}).values())))
 
-    def call(self, upstream_results: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
-        """Run the function with its bound arguments, outputs replaced by upstream results."""
+    def call(
+        self,
+        upstream_results: Mapping[str, Any],
+        context: Mapping[str, Any],
+        map_call: MapCall | None = None,
+    ) -> Any:
+        """Run the function with its bound arguments, outputs replaced by upstream results
+        (and, for a mapped instance, each mapped argument by its element)."""
 
         def resolve(output: TaskOutput) -> Any:
             try:
@@ -315,8 +327,12 @@ class Task:
                     f"upstream task {output.task_id!r}"
                 ) from None
 
-        args = [_substitute(a, resolve) for a in self.args]
-        kwargs = {k: _substitute(v, resolve) for k, v in self.kwargs.items()}
+        args = [substitute(a, resolve) for a in self.args]
+        kwargs = {k: substitute(v, resolve) for k, v in self.kwargs.items()}
+        if self.mapped is not None:
+            kwargs |= elements(
+                self.mapped, map_call or MapCall(), lambda v: isinstance(v, TaskOutput)
+            )
         if self.task_function.wants_context:
             kwargs[CONTEXT_PARAM] = {"dag_id": self.dag_id, "task_id": self.task_id, **context}
         result = self.function(*args, **kwargs)
@@ -328,81 +344,3 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.dag_id}.{self.task_id}>"
-
-
-def _walk(value: Any, visit: Callable[[TaskOutput], None]) -> None:
-    if isinstance(value, TaskOutput):
-        visit(value)
-    elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            _walk(item, visit)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _walk(key, visit)
-            _walk(item, visit)
-
-
-def _substitute(value: Any, resolve: Callable[[TaskOutput], Any]) -> Any:
-    if isinstance(value, TaskOutput):
-        return resolve(value)
-    if isinstance(value, list | tuple | set | frozenset):
-        return type(value)(_substitute(v, resolve) for v in value)
-    if isinstance(value, dict):
-        return {_substitute(k, resolve): _substitute(v, resolve) for k, v in value.items()}
-    return value
-
-
-class TaskOutput:
-    """The future result of a task: pass it to another task's call, or chain with >> and <<."""
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-
-    @property
-    def task_id(self) -> str:
-        return self.task.task_id
-
-    @property
-    def dag(self) -> DAG:
-        return self.task.dag
-
-    def _targets(self, other: Any, op: str) -> list[TaskOutput]:
-        items = list(other) if isinstance(other, list | tuple | set) else [other]
-        for item in items:
-            if isinstance(item, TaskOutput):
-                continue
-            hint = (
-                f"; call {item.name}(...) to create the task first"
-                if isinstance(item, TaskFunction)
-                else ""
-            )
-            raise DagDefinitionError(
-                f"DAG {self.dag.dag_id!r}: cannot use {op} between task {self.task_id!r} "
-                f"and {item!r}{hint}"
-            )
-        return items
-
-    def __rshift__(self, other: Any) -> Any:
-        for item in self._targets(other, ">>"):
-            self.dag.add_dependency(self.task, item.task)
-        return other
-
-    def __lshift__(self, other: Any) -> Any:
-        for item in self._targets(other, "<<"):
-            self.dag.add_dependency(item.task, self.task)
-        return other
-
-    def __rrshift__(self, other: Any) -> TaskOutput:
-        """`[a, b] >> self`."""
-        for item in self._targets(other, ">>"):
-            self.dag.add_dependency(item.task, self.task)
-        return self
-
-    def __rlshift__(self, other: Any) -> TaskOutput:
-        """`[a, b] << self`."""
-        for item in self._targets(other, "<<"):
-            self.dag.add_dependency(self.task, item.task)
-        return self
-
-    def __repr__(self) -> str:
-        return f"<TaskOutput of {self.task.dag_id}.{self.task_id}>"

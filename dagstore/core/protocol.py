@@ -72,6 +72,14 @@ class TaskSpec(BaseModel):
     # Bound to this try (`dagstore.access.grants`): what the task's process uses instead of the
     # worker's token for heartbeat, finish and this version's archive.
     credential: str | None = None
+    # Authoring (issue 28): the try's map index (-1: not mapped) and, for a mapped instance,
+    # the element of each argument mapped over an upstream's result and every mapped
+    # argument's position; the tries the task has, so the worker knows a failure is final
+    # (and runs the failure callback).
+    map_index: int = -1
+    map_values: dict[str, Any] = Field(default_factory=dict)
+    map_positions: dict[str, int] = Field(default_factory=dict)
+    max_tries: int | None = None
 
 
 class Heartbeat(BaseModel):

@@ -24,7 +24,7 @@ from dagstore.parsing.parser import ParseResult
 from dagstore.parsing.results import FileError, InvalidDag, check_dag
 
 # The structure's fields the scheduler's timetable reads (`scheduler.timetable.due_runs`).
-TIMETABLE_FIELDS = ("schedule", "start_date", "end_date", "catchup")
+TIMETABLE_FIELDS = ("schedule", "start_date", "end_date", "catchup", "timezone")
 
 
 def timetable_changed(old: dict | None, new: dict) -> bool:

@@ -33,6 +33,10 @@ def tasks_json(structure: dict[str, Any]) -> list[dict[str, Any]]:
             "retry_delay": t.get("retry_delay"),
             "timeout": t.get("timeout"),
             "queue": t.get("queue"),
+            "trigger_rule": t.get("trigger_rule", "all_success"),
+            "pool": t.get("pool"),
+            "branch": bool(t.get("branch")),
+            "mapped": t.get("mapped"),
         }
         for t in structure.get("tasks", [])
     ]
@@ -54,6 +58,9 @@ def dag_json(row: Dag, repo_name: str) -> dict[str, Any]:
         "schedule_ended": row.schedule_ended,
         "description": structure.get("description", ""),
         "tags": structure.get("tags", []),
+        "timezone": structure.get("timezone", "UTC"),
+        "dagrun_timeout": structure.get("dagrun_timeout"),
+        "max_active_tasks": structure.get("max_active_tasks"),
         "structure_hash": row.structure_hash,
         "tasks": tasks_json(structure),
         "last_error": row.last_error,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -29,9 +29,12 @@ from pydantic import (
     model_validator,
 )
 
-from dagstore.authoring.dag import MAX_ACTIVE_RUNS, structure_hash
+from dagstore.authoring.dag import MAX_ACTIVE_RUNS, MAX_ACTIVE_TASKS, structure_hash
+from dagstore.authoring.mapping import MAX_LITERAL
+from dagstore.authoring.options import ID_PATTERN, MAX_RETRIES, MAX_SECONDS
+from dagstore.authoring.rules import TRIGGER_RULES
 from dagstore.authoring.schedule import as_utc, schedule_from_json
-from dagstore.authoring.task import ID_PATTERN, MAX_RETRIES, MAX_SECONDS
+from dagstore.authoring.wallclock import check_timezone
 from dagstore.core.errors import DagDefinitionError
 from dagstore.core.terminal import printable
 
@@ -84,8 +87,27 @@ def _schedule(text: str | None) -> str | None:
     return text
 
 
+def _timezone(name: str) -> str:
+    try:
+        return check_timezone(name)
+    except DagDefinitionError as exc:
+        raise ValueError(exc.detail) from None
+
+
 IsoDate = Annotated[str | None, AfterValidator(_date)]
+Timezone = Annotated[str, StringConstraints(max_length=100), AfterValidator(_timezone)]
+TriggerRule = Literal[TRIGGER_RULES]  # type: ignore[valid-type]
 StoredSchedule = Annotated[str | None, StringConstraints(max_length=250), AfterValidator(_schedule)]
+
+
+class MappedArg(BaseModel):
+    """One argument of `expand(...)`: over an upstream task's result, or a literal list."""
+
+    model_config = _STRICT
+
+    arg: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,249}$")]
+    task: Id | None = None
+    length: int | None = Field(default=None, ge=0, le=MAX_LITERAL)
 
 
 class TaskRecord(BaseModel):
@@ -98,6 +120,22 @@ class TaskRecord(BaseModel):
     timeout: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None
     queue: Name
     function: Name
+    # Newer options: absent when at their default, so older structures keep their hash.
+    pool: Id | None = None
+    trigger_rule: TriggerRule = "all_success"
+    branch: bool = False
+    on_failure: Name | None = None
+    mapped: list[MappedArg] | None = Field(default=None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _mapped(self) -> TaskRecord:
+        for entry in self.mapped or []:
+            if entry.task is not None and entry.task not in self.upstream:
+                raise ValueError(f"mapped argument {entry.arg!r} maps over {entry.task!r}, "
+                                 "which is not upstream of it")  # fmt: skip
+            if (entry.task is None) == (entry.length is None):
+                raise ValueError(f"mapped argument {entry.arg!r} needs a task or a length")
+        return self
 
 
 class DagRecord(BaseModel):
@@ -114,6 +152,10 @@ class DagRecord(BaseModel):
     tags: list[Name] = Field(max_length=100)
     description: Annotated[str, StringConstraints(max_length=10_000, pattern=NO_CONTROLS_BUT_LINES)]
     tasks: list[TaskRecord] = Field(max_length=MAX_TASKS)
+    timezone: Timezone = "UTC"
+    on_failure: Name | None = None
+    dagrun_timeout: Annotated[float, Field(gt=0, le=MAX_SECONDS)] | None = None
+    max_active_tasks: int | None = Field(default=None, ge=1, le=MAX_ACTIVE_TASKS)
     structure_hash: Annotated[str, StringConstraints(max_length=64)] | None = None
     fileloc: Annotated[str, StringConstraints(max_length=4096)] | None = None
 
@@ -136,6 +178,19 @@ class DagRecord(BaseModel):
             seen.add(task.task_id)
         return self
 
+    @model_validator(mode="after")
+    def _branches(self) -> DagRecord:
+        below = {t.task_id: 0 for t in self.tasks}
+        for task in self.tasks:
+            for up in task.upstream:
+                below[up] += 1
+        for task in self.tasks:
+            if task.branch and task.mapped:
+                raise ValueError(f"task {task.task_id!r}: a branch task cannot be mapped")
+            if task.branch and not below[task.task_id]:
+                raise ValueError(f"@task.branch {task.task_id!r} has no downstream task")
+        return self
+
 
 def check_dag(raw: Any) -> dict[str, Any]:
     """The DAG `raw` as the store keeps it (its hash computed here), or InvalidDag."""
@@ -148,7 +203,11 @@ def check_dag(raw: Any) -> dict[str, Any]:
         dag_id = raw.get("dag_id") if isinstance(raw, dict) else None
         named = f"DAG {dag_id!r}: " if isinstance(dag_id, str) and len(dag_id) <= 250 else ""
         raise InvalidDag(printable(f"{named}{where}: {message}")[:MAX_SUMMARY]) from None
-    structure = record.model_dump(exclude={"structure_hash", "fileloc"})
+    structure = record.model_dump(exclude={"structure_hash", "fileloc"}, exclude_unset=True)
+    for task in structure["tasks"]:  # what a DAG file leaves out stays out (see TaskRecord)
+        for entry in task.get("mapped") or []:
+            for key in [k for k, v in entry.items() if v is None]:
+                del entry[key]
     kept = structure | {"structure_hash": structure_hash(structure)}
     return kept if record.fileloc is None else kept | {"fileloc": record.fileloc}
 

@@ -12,7 +12,7 @@ import typer
 
 from dagstore.core.errors import PinflowError
 from dagstore.core.terminal import printable
-from pinflow.cli import dags, diff, runs, server, store
+from pinflow.cli import dags, diff, pools, runs, server, store
 from pinflow.cli.render import drop_stdout
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ dags.register(app)
 runs.register(app)
 diff.register(app)
 server.register(app)
+pools.register(app)
 
 # 7 is not used; 8: `trigger --wait --timeout` elapsed (pinflow.cli.runs.TIMED_OUT).
 EXIT_CODES = {400: 2, 401: 3, 403: 3, 404: 4, 409: 5, 503: 6}

@@ -105,9 +105,12 @@ def test(
                 _print_report(report)
     if chosen(output) is Format.json:
         print(json.dumps([asdict(r) for r in reports], indent=2, default=str))
-    failed = [r.task_id for r in reports if r.state != "success"]
+    # as a run's state: a skipped task is no failure, a failed one always is
+    failed = [r.label for r in reports if r.state not in ("success", "skipped")]
     if chosen(output) is not Format.json:
-        summary = f"{len(reports) - len(failed)} of {len(reports)} tasks succeeded"
+        skipped = sum(r.state == "skipped" for r in reports)
+        summary = f"{len(reports) - len(failed) - skipped} of {len(reports)} tasks succeeded"
+        summary += f", {skipped} skipped" if skipped else ""
         print(summary + (f"; not: {', '.join(failed)}" if failed else ""))
     raise typer.Exit(1 if failed else 0)
 
@@ -128,7 +131,7 @@ def _fetch(settings: Settings, dag_id: str, sha: str, into: Path) -> tuple[str, 
 
 def _print_report(report: Any) -> None:
     took = f" in {report.seconds:.3f} s" if report.seconds else ""
-    print(f"--- {report.task_id}: {report.state}{took}")
+    print(f"--- {report.label}: {report.state}{took}")
     for line in report.log.splitlines():
         print(f"    {line}")
     if report.error:

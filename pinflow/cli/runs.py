@@ -12,6 +12,7 @@ import typer
 from rich.live import Live
 from rich.progress import Progress
 
+from dagstore.authoring.mapping import instance_label, split_label
 from dagstore.core.errors import BadRequest, NotFound
 from pinflow.cli.client import ApiClient
 from pinflow.cli.conf import parse_conf
@@ -46,7 +47,7 @@ def _result(task: dict[str, Any]) -> str:
 
 
 TASK_COLUMNS = [
-    Column("task", lambda t: t["task_id"], no_wrap=True),
+    Column("task", lambda t: instance_label(t["task_id"], t.get("map_index")), no_wrap=True),
     Column("state", lambda t: t["state"]),
     Column("try", lambda t: f"{t['try_number']}/{t['max_tries']}"),
     Column(
@@ -191,7 +192,7 @@ def run(run_id: str, output: Output = None, api_url: ApiUrl = None, token: Token
 
 def logs(
     run_id: str,
-    task_id: str,
+    task_id: Annotated[str, typer.Argument(help="TASK, or TASK[i] for a mapped instance")],
     try_number: Annotated[
         int | None, typer.Option("--try", min=1, help="Which try (default: latest)")
     ] = None,
@@ -206,8 +207,11 @@ def logs(
 ) -> None:
     """A task's log; with --follow, while it runs."""
     client = _client(api_url, token)
+    task_id, map_index = split_label(task_id)
     path = f"/runs/{run_id}/tasks/{task_id}/logs"
     params: dict[str, Any] = {"try": try_number} if try_number else {}
+    if map_index >= 0:
+        params["map_index"] = map_index
     if not follow:
         text = client.get(path, params=params)
         print(on_screen(text), end="" if text.endswith("\n") or not text else "\n")
@@ -234,7 +238,8 @@ def logs(
 def clear(
     run_id: str,
     task: Annotated[
-        list[str] | None, typer.Option("--task", help="A task to clear (repeat); default: all")
+        list[str] | None,
+        typer.Option("--task", help="A task to clear (repeat; TASK[i]: one instance); default all"),
     ] = None,
     failed: Annotated[
         bool, typer.Option("--failed", help="Only failed, upstream_failed or canceled tasks")

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from dagstore.api import dags as dags_api
 from dagstore.api import repos as repos_api
 from dagstore.api.auth import StoreDep
+from dagstore.authoring.mapping import instance_label, split_label
 from dagstore.core.errors import BadRequest, NotFound, PinflowError
 from dagstore.core.models import Repo
 from dagstore.parsing.dags import current_versions, dag_json, get_dag
@@ -210,7 +211,9 @@ def _back_to_dag(dag_id: str, error: str) -> Response:
 
 def _run_context(store: StoreDep, viewer: Viewer, run_id: str, task: str, try_: int | None):
     run = runs_api.get_one_run(run_id, store, viewer.token)
-    selected = next((t for t in run["tasks"] if t["task_id"] == task), None)
+    selected = next(
+        (t for t in run["tasks"] if instance_label(t["task_id"], t["map_index"]) == task), None
+    )
     if selected is None:
         selected = next((t for t in run["tasks"] if t["state"] in ("failed", "running")), None)
     wanted = try_ or (selected["try_number"] if selected else None)
@@ -271,7 +274,8 @@ def log_fragment(
 ):
     """A try's log, polled while the try runs."""
     try:
-        answer = runs_api.get_logs(run_id, task_id, store, viewer.token, try_, 0)
+        name, map_index = split_label(task_id)  # `load[2]`: a mapped instance
+        answer = runs_api.get_logs(run_id, name, store, viewer.token, try_, 0, map_index)
         text, ended = (
             bytes(answer.body).decode("utf-8", "replace"),
             answer.headers["X-Pinflow-Try-Ended"],

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from dagstore.authoring.mapping import instance_label
 from dagstore.core.errors import PinflowError
 from pinflow.ui.session import Viewer
 
@@ -44,6 +45,8 @@ templates.env.filters["ago"] = _ago
 templates.env.filters["short"] = lambda sha: (sha or "")[:12]
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
 templates.env.globals["duration"] = _duration
+# a task instance as people name it: `load`, `load[2]` for a mapped one
+templates.env.filters["label"] = lambda t: instance_label(t["task_id"], t.get("map_index"))
 
 
 def url_part(value: object) -> str:
