@@ -49,7 +49,7 @@ def layout(structure: Structure) -> Layout:
         points, routes, engine = _sugiyama(len(ids), pairs)
     except ImportError:
         points, routes, engine = _longest_path(len(ids), pairs)
-    return _place(ids, pairs, points, routes, engine)
+    return _place(ids, pairs, *_compact(points, routes), engine)
 
 
 def _sugiyama(n: int, pairs: list[tuple[int, int]]):
@@ -87,6 +87,33 @@ def _longest_path(n: int, pairs: list[tuple[int, int]]):
         points.append((float(layer[node]), float(filled.get(layer[node], 0))))
         filled[layer[node]] = filled.get(layer[node], 0) + 1
     return points, [[] for _ in pairs], "longest-path"
+
+
+def _compact(points, routes, slack: float = 1.25):
+    """Sugiyama's positioning lines a task up with its neighbours, and on a wide DAG that
+    spreads a layer of 20 boxes over 80 rows. When the drawing is that much taller than its
+    fullest layer, each layer keeps its order (so no new crossings) but takes consecutive
+    rows, centred on the fullest layer: 200 tasks stay a screen or two high."""
+    layers: dict[float, list[tuple[float, int, int]]] = {}  # layer -> (pos, edge or -1, bend)
+    for i, (layer, pos) in enumerate(points):
+        layers.setdefault(layer, []).append((pos, -1, i))
+    for e, bends in enumerate(routes):
+        for b, (layer, pos) in enumerate(bends):
+            layers.setdefault(layer, []).append((pos, e, b))
+    fullest = max((len(items) for items in layers.values()), default=0)
+    every = [pos for items in layers.values() for pos, _, _ in items]
+    if not every or max(every) - min(every) + 1 <= slack * fullest:
+        return points, routes
+    points, routes = list(points), [list(bends) for bends in routes]
+    for layer, items in layers.items():
+        items.sort()
+        top = (fullest - len(items)) / 2
+        for rank, (_, e, i) in enumerate(items):
+            if e < 0:
+                points[i] = (layer, top + rank)
+            else:
+                routes[e][i] = (layer, top + rank)
+    return points, routes
 
 
 def _place(ids, pairs, points, routes, engine) -> Layout:

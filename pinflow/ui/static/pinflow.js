@@ -43,6 +43,20 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     });
   }
+  // The task graph: pointing at a task brings out its edges and dims the rest, so one
+  // task's dependencies can be followed through a graph of 200.
+  for (const svg of document.querySelectorAll("svg.graph")) {
+    const mark = (task) => {
+      svg.classList.toggle("focus", Boolean(task));
+      for (const edge of svg.querySelectorAll("path.edge")) {
+        edge.classList.toggle("near", Boolean(task) && (edge.dataset.from === task || edge.dataset.to === task));
+      }
+    };
+    for (const node of svg.querySelectorAll("g.node")) {
+      node.addEventListener("mouseenter", () => mark(node.dataset.task));
+      node.addEventListener("mouseleave", () => mark(null));
+    }
+  }
   // A select that says so submits its form when it changes (the graph's run).
   for (const select of document.querySelectorAll("select[data-autosubmit]")) {
     select.addEventListener("change", () => select.form.requestSubmit());
