@@ -87,7 +87,8 @@ def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
     if not by_pk:
         return []
     map_index = getattr(TaskInstance, "map_index", literal(-1))  # issue 28's mapped instances
-    rows = session.execute(
+    # Core rows, not ORM ones: thousands of plain tuples, no identity map to feed.
+    rows = session.connection().execute(
         select(
             TaskInstance.run_pk,
             TaskInstance.task_id,
@@ -117,6 +118,8 @@ def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
+    if (start.tzinfo is None) == (end.tzinfo is None):  # both from one database: no copies
+        return (end - start).total_seconds()
     return (as_utc(end) - as_utc(start)).total_seconds()
 
 

@@ -7,7 +7,7 @@ import statistics
 from typing import Any
 
 from pinflow.ui.clock import duration_text
-from pinflow.ui.gantt import is_slow
+from pinflow.ui.gantt import slower_than, usual_of
 from pinflow.ui.states import group_state
 
 BAR_W, GAP, HEIGHT = 7, 2, 26
@@ -24,19 +24,20 @@ def task_durations(task_ids: list[str], columns: list[dict[str, Any]]) -> list[d
                 took.setdefault(task_id, []).append((secs, state))
         for task_id, parts in took.items():  # a mapped task: its instances' longest
             seconds[task_id].append(
-                (i, max(s for s, _ in parts), group_state(st for _, st in parts))
+                (i, max(s for s, _ in parts), group_state([st for _, st in parts]))
             )
     out = []
     for task_id in task_ids:
         samples = seconds[task_id]
         values = [s for _, s, _ in samples]
         top = max(values, default=0.0) or 1.0
+        median = usual_of(values)
         bars = [
             {
                 "x": i * (BAR_W + GAP),
                 "h": max(2.0, s / top * HEIGHT),
                 "state": state,
-                "slow": is_slow(s, values),
+                "slow": slower_than(s, median),
                 "text": duration_text(s),
                 "run_id": columns[i]["run"]["run_id"],
             }

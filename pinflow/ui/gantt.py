@@ -19,13 +19,21 @@ LABEL_W, PLOT_W, ROW_H, AXIS_H = 230, 820, 22, 26
 STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 
 
-def is_slow(seconds: float | None, usual: list[float]) -> bool:
-    """Slow: more than twice the task's median over its recent runs (at least 3 of them), and
-    by more than a second, so the jitter of a 50 ms task does not cry wolf."""
-    if seconds is None or len(usual) < 3:
+def usual_of(samples: list[float]) -> float | None:
+    """What a task usually takes: its median over its recent runs, if it has 3 at least."""
+    return statistics.median(samples) if len(samples) >= 3 else None
+
+
+def slower_than(seconds: float | None, median: float | None) -> bool:
+    """Slow: more than twice the task's usual time (`usual_of`), and by more than a second,
+    so the jitter of a 50 ms task does not cry wolf."""
+    if seconds is None or median is None:
         return False
-    median = statistics.median(usual)
     return seconds > 2 * median and seconds - median > 1.0
+
+
+def is_slow(seconds: float | None, usual: list[float]) -> bool:
+    return slower_than(seconds, usual_of(usual))
 
 
 def _tick(seconds: int) -> str:

@@ -24,9 +24,10 @@ from dagstore.core.models import Repo
 from dagstore.parsing.dags import current_versions, dag_json, get_dag
 from pinflow.ui.durations import task_durations
 from pinflow.ui.graph import drawing
+from pinflow.ui.grid import grid_rows, grid_view, spark
 from pinflow.ui.render import error_page, page, url_part
 from pinflow.ui.session import COOKIE, ViewerDep
-from pinflow.ui.states import group_state, group_title, legend
+from pinflow.ui.states import legend
 from scheduler import api as runs_api
 from scheduler.views import recent_runs, run_grid
 
@@ -147,9 +148,11 @@ def dag_page(
         except PinflowError as exc:
             return error_page(request, viewer, exc)
         columns = run_grid(session, dag_id, GRID_RUNS)
-    task_ids = [t["task_id"] for t in dag["tasks"]]
-    for col in columns:
-        task_ids += list(dict.fromkeys(i[0] for i in col["instances"] if i[0] not in task_ids))
+    # The DAG's tasks, then any that only older runs have (removed since), once each.
+    task_ids = list(dict.fromkeys(t["task_id"] for t in dag["tasks"]))
+    known = set(task_ids)
+    task_ids += [t for t in dict.fromkeys(i[0] for c in columns for i in c["instances"])
+                 if t not in known]  # fmt: skip
     grid = grid_view(columns, task_ids)
     chosen = next((c for c in grid if c["run"]["run_id"] == run), None)
     if run and chosen is None:
@@ -163,30 +166,14 @@ def dag_page(
         dag=dag,
         grid=grid,
         task_ids=task_ids,
+        grid_body=grid_rows(grid, task_ids),
+        spark=spark,
         chosen=chosen,
         graph=drawing(dag["tasks"], instances),
         durations=task_durations(task_ids, columns),
         legend=legend(s for c in grid for st in c["states"].values() for s in st),
         error=error,
     )
-
-
-def grid_view(columns: list[dict[str, Any]], task_ids: list[str]) -> list[dict[str, Any]]:
-    """The grid's columns, oldest logical date first: per task the states of its instances
-    (several for a mapped task), and the marks of the header: the commit changed from the
-    column before, tries ran more than one commit, a task was retried."""
-    grid = []
-    for i, col in enumerate(columns):
-        states: dict[str, list[str]] = {}
-        for task_id, _, state, _, _ in col["instances"]:
-            states.setdefault(task_id, []).append(state)
-        cells = {
-            t: {"state": group_state(st), "title": group_title(st), "mapped": len(st) > 1}
-            for t, st in states.items()
-        }
-        changed = i > 0 and col["run"]["sha"] != columns[i - 1]["run"]["sha"]
-        grid.append({**col, "states": states, "cells": cells, "changed": changed})
-    return grid
 
 
 @router.post("/dags/{dag_id}/trigger")

@@ -19,6 +19,9 @@ from pinflow.ui.session import Viewer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+# Templates change with a release, not while the server runs: no stat of every template file
+# (and of each one it includes) at every render.
+templates.env.auto_reload = False
 STATIC = StaticFiles(directory=HERE / "static")
 
 

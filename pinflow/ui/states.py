@@ -32,6 +32,8 @@ def _rank(state: str) -> int:
 
 def group_state(states: Iterable[str]) -> str:
     """The one state a group of instances (a mapped task's) is shown with."""
+    if isinstance(states, list) and len(states) == 1:  # an unmapped task: 5,000 on a grid
+        return states[0]
     return min(states, key=_rank, default="none")
 
 

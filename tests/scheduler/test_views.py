@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from dagstore.core.db import Database, as_utc
@@ -97,3 +98,22 @@ def test_a_try_keeps_when_it_was_queued(db: Database):
         assert entry.queued_at is not None
         assert as_utc(entry.queued_at) == as_utc(ti.queued_at) <= as_utc(entry.started_at)
         assert task_seconds(session, "seeded", 25) == {}  # nothing has ended yet
+
+
+def test_durations_are_counted_by_the_database(db: Database):
+    """The grid's and the Gantt's seconds come from the database (julianday on SQLite, epoch
+    on PostgreSQL): the same figure as the timestamps' difference, to the millisecond."""
+    make_runs(db, "d", [0, 1])
+    took = {"a": 1.5, "b": 3723.25}  # a second and a half; an hour, two minutes and a bit
+    with db.write() as session:
+        for ti in session.scalars(select(TaskInstance)).all():
+            start = DAY + timedelta(hours=ti.run_pk)
+            ti.state, ti.started_at = "success", start
+            ti.ended_at = start + timedelta(seconds=took[ti.task_id])
+    with db.read() as session:
+        grid = run_grid(session, "d", 25)
+        usual = task_seconds(session, "d", 25)
+    for column in grid:
+        seconds = {task: s for task, _, _, _, s in column["instances"]}
+        assert seconds == pytest.approx(took, abs=1e-3)
+    assert usual == {t: pytest.approx([s, s], abs=1e-3) for t, s in took.items()}
