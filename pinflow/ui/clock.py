@@ -3,7 +3,8 @@
 The server writes every instant as `<time datetime="…Z">` with its UTC text (what a page
 without JavaScript shows); `static/pinflow.js` rewrites the text in the browser's own time
 zone and keeps the UTC instant in the tooltip. Never microseconds: seconds are the finest a
-person reads here. Durations read `0.4 s`, `1.2 s`, `42 s`, `3 min 20 s`, `3 min`, `2 h 5 min`.
+person reads here. Durations read `40 ms`, `0.4 s`, `1.2 s`, `42 s`, `3 min 20 s`, `3 min`,
+`2 h 5 min`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def duration_text(seconds: float | None) -> str:
     if seconds is None:
         return ""
     seconds = max(seconds, 0.0)
+    if seconds < 0.1:  # not "0.0 s" for a quick task
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 60:

@@ -2,7 +2,8 @@
 through Debian's chromedriver, against a real server, scheduler and worker with real runs.
 
 Screenshots of every page go to build/ui-screenshots/ (kept when a test fails). With
-PINFLOW_UPDATE_SCREENSHOT=1 the run page's also replaces docs/ui-run.png, the README's picture.
+PINFLOW_UPDATE_SCREENSHOT=1 the README's pictures are replaced: docs/ui-dag.png (a DAG page),
+docs/ui-gantt.png (a run page with its Gantt) and docs/ui-graph-200.png (a 200-task graph).
 """
 
 from __future__ import annotations
@@ -236,8 +237,6 @@ def test_the_ui_from_login_to_diff(cluster: Cluster, browser, tmp_path: Path, ui
     report = next(t for t in done["tasks"] if t["task_id"] == "report")
     assert [t["sha"] for t in report["tries"]] == [old, old] and report["result"] == 42
     ui.check("run")
-    if os.environ.get("PINFLOW_UPDATE_SCREENSHOT") == "1":
-        shutil.copy(SHOTS / "run.png", ROOT / "docs" / "ui-run.png")
 
     # A second run pins the new commit: the grid marks where the commit changed.
     cluster.wait(cluster.trigger(dag_id)["run_id"])
@@ -250,6 +249,12 @@ def test_the_ui_from_login_to_diff(cluster: Cluster, browser, tmp_path: Path, ui
     cluster.wait_task(slow_run, "slow", "running")
     ui.open(f"/runs/{slow_run}", "run-slow")
     assert "Clear failed" not in ui.buttons()  # nothing failed
+    # The Gantt is live: the running try's time goes up while the page stays open.
+    took = "svg.gantt g.try.s-running[data-task='slow'] text.took"
+    first = browser.find_element(By.CSS_SELECTOR, took).text
+    url = browser.current_url
+    ui.wait(lambda: browser.find_element(By.CSS_SELECTOR, took).text != first, "a live Gantt")
+    assert browser.current_url == url  # redrawn by the live fragment, not a reload
     ui.click_button("Cancel run")
     assert "Cancel run" in ui.answer_confirm(accept=False)  # asked, and told no: still running
     assert cluster.run(slow_run)["state"] == "running"
@@ -566,3 +571,48 @@ def test_markup_from_task_code_is_shown_as_text_never_run(
         cookies={"pinflow_session": cluster.tokens["read"]},
     )
     assert "&lt;script&gt;" in fragment.text and "<script>window.pwned" not in fragment.text
+
+
+def test_a_graph_of_200_tasks(cluster: Cluster, browser, tmp_path: Path, uid: str):
+    """A 200-task DAG (10 layers of 20, crossings and long edges) is drawn whole: a box per
+    task, none on another, labels at their size, an arrow per dependency, and a page a person
+    scrolls through rather than a smudge (`PINFLOW_UPDATE_SCREENSHOT=1`: docs/ui-graph-200.png)."""
+    from tests.ui.test_graph import layered
+
+    assert cluster.server is not None
+    tasks = layered()
+    lines = ["from pinflow import DAG, task", "", f'with DAG("big_{uid}", schedule=None):']
+    lines += ["    @task", "    def step(*xs):", "        return 0", ""]
+    for t in tasks:
+        ups = ", ".join(t["upstream"])
+        lines.append(f'    {t["task_id"]} = step.override(task_id="{t["task_id"]}")({ups})')
+    work = cluster.repo(f"big{uid}", tmp_path / "w")
+    cluster.push(work, "200 tasks", **{"dags/big.py": "\n".join(lines) + "\n"})
+    ui = Pages(browser, cluster.server.url)
+    ui.login(cluster.tokens["read"])
+    ui.open(f"/dags/big_{uid}", "dag-200")
+    boxes = browser.execute_script(
+        """return [...document.querySelectorAll('svg.graph g.node')].map(g => {
+             const r = g.querySelector('rect.box').getBoundingClientRect();
+             const t = g.querySelector('text');
+             return [g.dataset.task, r.left, r.top, r.width, r.height,
+                     parseFloat(getComputedStyle(t).fontSize)]; })"""
+    )
+    assert sorted(b[0] for b in boxes) == sorted(t["task_id"] for t in tasks)
+    assert all(b[5] >= 12 for b in boxes), "labels shrunk below 12px"
+    for i, (a, ax, ay, aw, ah, _) in enumerate(boxes):
+        for b, bx, by, _, _, _ in boxes[i + 1 :]:
+            assert abs(ax - bx) >= aw or abs(ay - by) >= ah, f"{a} and {b} overlap"
+    edges = {e for e in ui.attrs("svg.graph path.edge", "data-from", "data-to")}
+    assert edges == {(u, t["task_id"]) for t in tasks for u in t["upstream"]}
+    svg = browser.find_element(By.CSS_SELECTOR, "svg.graph")
+    assert int(svg.get_attribute("height")) <= 20 * 1.6 * 44  # rows about its fullest layer
+    # Pointing at a task brings out its own edges.
+    webdriver.ActionChains(browser).move_to_element(
+        browser.find_element(By.CSS_SELECTOR, "svg.graph g.node[data-task='t105'] rect.box")
+    ).perform()
+    near = {e for e in ui.attrs("svg.graph path.edge.near", "data-from", "data-to")}
+    assert near and all("t105" in e for e in near)
+    ui.check("dag-200-hover")
+    if os.environ.get("PINFLOW_UPDATE_SCREENSHOT") == "1":
+        shutil.copy(SHOTS / "dag-200-hover.png", ROOT / "docs" / "ui-graph-200.png")
