@@ -133,7 +133,7 @@ def task_seconds(session: Session, dag_id: str, runs: int) -> dict[str, list[flo
         .limit(runs)
         .subquery()
     )
-    rows = session.execute(
+    rows = session.connection().execute(  # Core rows: thousands, no identity map needed
         select(TaskInstance.task_id, TaskInstance.started_at, TaskInstance.ended_at).where(
             TaskInstance.run_pk.in_(select(latest.c.id)),
             TaskInstance.started_at.is_not(None),

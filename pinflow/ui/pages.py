@@ -24,7 +24,7 @@ from dagstore.core.models import Repo
 from dagstore.parsing.dags import current_versions, dag_json, get_dag
 from pinflow.ui.durations import task_durations
 from pinflow.ui.graph import drawing
-from pinflow.ui.grid import grid_rows, grid_view, spark
+from pinflow.ui.grid import duration_rows, grid_rows, grid_view
 from pinflow.ui.render import error_page, page, url_part
 from pinflow.ui.session import COOKIE, ViewerDep
 from pinflow.ui.states import legend
@@ -167,10 +167,9 @@ def dag_page(
         grid=grid,
         task_ids=task_ids,
         grid_body=grid_rows(grid, task_ids),
-        spark=spark,
+        durations_body=duration_rows(task_durations(task_ids, columns)),
         chosen=chosen,
         graph=drawing(dag["tasks"], instances),
-        durations=task_durations(task_ids, columns),
         legend=legend(s for c in grid for st in c["states"].values() for s in st),
         error=error,
     )
