@@ -440,6 +440,11 @@ def test_graph_gantt_durations_and_the_grid_by_logical_date(
             assert web.get(path).status_code == status, path
     ui.open(f"/repos/shape{uid}/files/main/dags/shape.py", "file-at-branch")
     assert "def enrich" in ui.text() and "main as of now" in ui.text()
+    short = manual["sha"][:7]  # a short sha, as the CLI takes it, in the file view and the diff
+    ui.open(f"/repos/shape{uid}/files/{short}/dags/shape.py", "file-at-short-sha")
+    assert "def enrich" in ui.text() and manual["sha"][:12] in ui.text()
+    ui.open(f"/repos/shape{uid}/diff?base={short}&head=main", "diff-short-sha")
+    assert manual["sha"][:12] in ui.text()
 
 
 def test_the_backfill_form(cluster: Cluster, browser, tmp_path: Path, uid: str):

@@ -117,3 +117,18 @@ def test_durations_are_counted_by_the_database(db: Database):
         seconds = {task: s for task, _, _, _, s in column["instances"]}
         assert seconds == pytest.approx(took, abs=1e-3)
     assert usual == {t: pytest.approx([s, s], abs=1e-3) for t, s in took.items()}
+
+
+def test_the_grid_knows_a_run_whose_tries_ran_two_commits(db: Database):
+    """After a clear "on latest" a run's tries ran two commits: its column says which (the
+    ⇄ mark), and that a task was retried (↻)."""
+    run_pk = running_run(db, {"a": [], "b": ["a"]})
+    with db.write() as session:
+        ti = session.scalar(
+            select(TaskInstance).where(TaskInstance.run_pk == run_pk, TaskInstance.task_id == "a")
+        )
+        ti.try_number = 2
+        session.add(TaskTry(ti_id=ti.id, try_number=2, state="running", sha="b" * 40))
+    with db.read() as session:
+        (column,) = run_grid(session, "seeded", 25)
+    assert column["shas"] == [column["run"]["sha"], "b" * 40] and column["retried"] is True
