@@ -16,7 +16,8 @@ from pinflow.ui.clock import duration_text, parse_iso
 from pinflow.ui.states import label
 
 LABEL_W, PLOT_W, ROW_H, AXIS_H = 230, 820, 22, 26
-STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
+         21600, 43200, 86400)  # fmt: skip
 
 
 def usual_of(samples: list[float]) -> float | None:
@@ -36,8 +37,8 @@ def is_slow(seconds: float | None, usual: list[float]) -> bool:
     return slower_than(seconds, usual_of(usual))
 
 
-def _tick(seconds: int) -> str:
-    return f"{seconds} s" if seconds < 60 else duration_text(seconds)
+def _tick(seconds: float) -> str:
+    return f"{round(seconds, 1):g} s" if seconds < 60 else duration_text(seconds)
 
 
 def chart(run: dict[str, Any], now: datetime, usual: dict[str, list[float]]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def chart(run: dict[str, Any], now: datetime, usual: dict[str, list[float]]) -> 
     if not moments:
         return {"rows": [], "ticks": [], "width": LABEL_W + PLOT_W, "height": AXIS_H}
     t0, t1 = min(moments), max(moments)
-    span = max((t1 - t0).total_seconds(), 1.0)
+    span = max((t1 - t0).total_seconds(), 0.1)  # a run of quick tasks gets tenths
 
     def x(moment: datetime | None) -> float:
         return LABEL_W + (moment - t0).total_seconds() / span * PLOT_W if moment else LABEL_W

@@ -456,21 +456,21 @@ def test_the_backfill_form(cluster: Cluster, browser, tmp_path: Path, uid: str):
     cluster.push(work, "bf", **{"dags/bf.py": SHAPE_DAG.format(dag_id=dag_id)})
     ui.login(cluster.tokens["admin"])
     ui.open(f"/dags/{dag_id}", "dag-backfill-form")
-    form = browser.find_element(By.ID, "backfill")
-    browser.execute_script(
-        "arguments[0].value = '2026-10-05'; arguments[1].value = '2026-10-01';",
-        form.find_element(By.NAME, "start"),
-        form.find_element(By.NAME, "end"),
-    )
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    def backfill(start: str, end: str) -> None:
+        form = browser.find_element(By.ID, "backfill")
+        browser.execute_script(  # a date input takes its value from a script alike everywhere
+            "arguments[0].value = arguments[2]; arguments[1].value = arguments[3];",
+            form.find_element(By.NAME, "start"),
+            form.find_element(By.NAME, "end"),
+            start,
+            end,
+        )
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    backfill("2026-10-05", "2026-10-01")
     ui.wait(lambda: "before start" in ui.text(), "the range's error")
-    form = browser.find_element(By.ID, "backfill")
-    browser.execute_script(
-        "arguments[0].value = '2026-10-01'; arguments[1].value = '2026-10-02';",
-        form.find_element(By.NAME, "start"),
-        form.find_element(By.NAME, "end"),
-    )
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    backfill("2026-10-01", "2026-10-02")
     ui.wait(lambda: "/runs?" in browser.current_url, "the runs page")
     ui.check("runs-after-backfill")
     assert "2 run(s) created" in ui.text()

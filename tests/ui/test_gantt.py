@@ -76,6 +76,9 @@ def test_a_bar_per_try_on_one_axis():
     later = chart(run, now + timedelta(seconds=10), usual={})["rows"][-1]
     assert later["took"] == "21 s"
     assert [t["text"] for t in drawn["ticks"]][:3] == ["0 s", "5 s", "10 s"]
+    quick = {"sha": RUN_SHA, "tasks": [task("x", "success", [attempt(1, "success", 0, 0.1, 0.9)])]}
+    ticks = [t["text"] for t in chart(quick, T0, usual={})["ticks"]]
+    assert ticks == ["0 s", "0.2 s", "0.4 s", "0.6 s", "0.8 s"]  # a sub-second run's axis
 
 
 def test_a_slow_try_stands_out_and_a_queued_task_waits():
