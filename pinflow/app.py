@@ -27,6 +27,7 @@ from pinflow.openapi import install as install_openapi
 from pinflow.ui.pages import router as ui_router
 from pinflow.ui.render import STATIC as ui_static
 from pinflow.ui.repos import router as ui_repos_router
+from pinflow.ui.runs import router as ui_runs_router
 from pinflow.ui.session import LoginRequired, on_login_required
 from scheduler.api import router as runs_router
 from scheduler.enqueue import Enqueuer
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/git", WSGIMiddleware(git, workers=8))  # type: ignore[arg-type]
     app.include_router(ui_router)  # the web UI at /, after the API so /api and /git win
     app.include_router(ui_repos_router)
+    app.include_router(ui_runs_router)
     app.mount("/static", ui_static, name="static")
     app.add_exception_handler(LoginRequired, on_login_required)  # type: ignore[arg-type]
     install_openapi(app)  # the errors operations answer (pinflow.openapi), after every route

@@ -144,6 +144,8 @@ class TaskTry(Base):
     try_number: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(20))
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # When this try was queued (copied from its task instance at claim; NULL before 0010).
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

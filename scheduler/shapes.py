@@ -32,6 +32,9 @@ class Try(Shape):
     state: TryState
     sha: Sha = Field(description="the commit this try ran")
     worker: str | None
+    queued_at: Timestamp | None = Field(
+        default=None, description="when this try was queued (unknown for tries before 0010)"
+    )
     started_at: Timestamp | None
     ended_at: Timestamp | None
     error: str | None

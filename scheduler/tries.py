@@ -140,6 +140,7 @@ def claim(
                 "try_number": try_number,
                 "state": "running",
                 "worker": worker,
+                "queued_at": row.queued_at,
                 "started_at": now,
                 "log": "",
                 "sha": row.sha,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dagstore.core.db import iso
+from dagstore.core.db import as_utc, iso
 from dagstore.core.errors import NotFound
 from scheduler.models import DagRun, TaskInstance, TaskTry
 
@@ -66,34 +67,109 @@ def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str,
 
 
 def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
-    """The DAG's newest `limit` runs, oldest first, each with its tasks' states: a grid in
-    two queries, whatever its size."""
+    """The DAG's `limit` latest runs by logical date, oldest first (a backfill of older dates
+    lands where its dates are, not where it was created), each with its task instances: a
+    grid in three bounded queries, whatever its size.
+
+    Each run's `instances` are `(task_id, map_index, state, tries, seconds)`, one per task
+    instance (`map_index` -1 for an unmapped one); `retried` says whether any task took more
+    than one try, `shas` every commit its tries ran."""
     runs = session.scalars(
-        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(limit)
+        select(DagRun)
+        .where(DagRun.dag_id == dag_id)
+        .order_by(DagRun.logical_date.desc(), DagRun.id.desc())
+        .limit(limit)
     ).all()
-    states: dict[int, dict[str, str]] = {run.id: {} for run in runs}
-    rows = session.execute(
-        select(TaskInstance.run_pk, TaskInstance.task_id, TaskInstance.state).where(
-            TaskInstance.run_pk.in_(list(states))
+    by_pk: dict[int, dict[str, Any]] = {
+        run.id: {"run": run_json(run), "instances": [], "retried": False, "shas": [run.sha]}
+        for run in runs
+    }
+    if not by_pk:
+        return []
+    # Core rows, not ORM ones: thousands of plain tuples, no identity map to feed.
+    rows = session.connection().execute(
+        select(
+            TaskInstance.run_pk,
+            TaskInstance.task_id,
+            TaskInstance.map_index,
+            TaskInstance.state,
+            TaskInstance.try_number,
+            TaskInstance.started_at,
+            TaskInstance.ended_at,
+        ).where(TaskInstance.run_pk.in_(list(by_pk)))
+    )
+    for run_pk, task_id, index, state, tries, started, ended in rows:
+        column = by_pk[run_pk]
+        column["instances"].append((task_id, index, state, tries, seconds_between(started, ended)))
+        column["retried"] = column["retried"] or tries > 1
+    ran = session.execute(
+        select(TaskInstance.run_pk, TaskTry.sha)
+        .join(TaskTry, TaskTry.ti_id == TaskInstance.id)
+        .where(TaskInstance.run_pk.in_(list(by_pk)), TaskTry.sha.is_not(None))
+        .distinct()
+    )
+    for run_pk, sha in ran:
+        if sha not in by_pk[run_pk]["shas"]:
+            by_pk[run_pk]["shas"].append(sha)
+    return [by_pk[run.id] for run in reversed(runs)]
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    if (start.tzinfo is None) == (end.tzinfo is None):  # both from one database: no copies
+        return (end - start).total_seconds()
+    return (as_utc(end) - as_utc(start)).total_seconds()
+
+
+def task_seconds(session: Session, dag_id: str, runs: int) -> dict[str, list[float]]:
+    """task_id → how long its instances' last tries took, in the DAG's `runs` latest runs by
+    logical date (finished ones only): what "slow" is judged against."""
+    latest = (
+        select(DagRun.id)
+        .where(DagRun.dag_id == dag_id)
+        .order_by(DagRun.logical_date.desc(), DagRun.id.desc())
+        .limit(runs)
+        .subquery()
+    )
+    rows = session.connection().execute(  # Core rows: thousands, no identity map needed
+        select(TaskInstance.task_id, TaskInstance.started_at, TaskInstance.ended_at).where(
+            TaskInstance.run_pk.in_(select(latest.c.id)),
+            TaskInstance.started_at.is_not(None),
+            TaskInstance.ended_at.is_not(None),
         )
     )
-    for run_pk, task_id, state in rows:
-        states[run_pk][task_id] = grid_state(states[run_pk].get(task_id), state)
-    return [{"run": run_json(run), "states": states[run.id]} for run in reversed(runs)]
+    out: dict[str, list[float]] = {}
+    for task_id, started, ended in rows:
+        seconds = seconds_between(started, ended)
+        if seconds is not None:
+            out.setdefault(task_id, []).append(seconds)
+    return out
 
 
-# A mapped task's grid cell shows its instances' most telling state: a failure first, then
-# what is still moving, then done.
-_CELL_ORDER = ("failed", "upstream_failed", "canceled", "up_for_retry", "running", "queued",
-               "scheduled", "none", "success", "skipped")  # fmt: skip
-
-
-def grid_state(held: str | None, state: str) -> str:
-    """The cell of a task with several instances (mapped): `held` so far, and one more."""
-    if held is None:
-        return state
-    rank = {name: i for i, name in enumerate(_CELL_ORDER)}
-    return min(held, state, key=lambda s: rank.get(s, len(rank)))
+def list_runs(
+    session: Session,
+    *,
+    dag_id: str | None = None,
+    state: str | None = None,
+    run_type: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Runs by logical date, latest first, filtered; at most `limit` of them."""
+    query = select(DagRun).order_by(DagRun.logical_date.desc(), DagRun.id.desc()).limit(limit)
+    if dag_id:
+        query = query.where(DagRun.dag_id == dag_id)
+    if state:
+        query = query.where(DagRun.state == state)
+    if run_type:
+        query = query.where(DagRun.run_type == run_type)
+    if since is not None:
+        query = query.where(DagRun.logical_date >= since)
+    if until is not None:
+        query = query.where(DagRun.logical_date < until)
+    return [run_json(run) for run in session.scalars(query)]
 
 
 def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
@@ -116,6 +192,7 @@ def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
                 "state": t.state,
                 "sha": t.sha or run.sha,
                 "worker": t.worker,
+                "queued_at": iso(t.queued_at),
                 "started_at": iso(t.started_at),
                 "ended_at": iso(t.ended_at),
                 "error": t.error,

@@ -9,27 +9,30 @@ Stable URLs, pasteable into a ticket: `/`, `/dags/{dag_id}`, `/runs/{run_id}`,
 from __future__ import annotations
 
 import json
+from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from dagstore.api import dags as dags_api
-from dagstore.api import repos as repos_api
 from dagstore.api.auth import StoreDep
-from dagstore.authoring.mapping import instance_label, split_label
-from dagstore.core.errors import BadRequest, NotFound, PinflowError
+from dagstore.core.errors import BadRequest, PinflowError
 from dagstore.core.models import Repo
 from dagstore.parsing.dags import current_versions, dag_json, get_dag
+from pinflow.ui.durations import task_durations
+from pinflow.ui.graph import drawing
+from pinflow.ui.grid import duration_rows, grid_rows, grid_view
 from pinflow.ui.render import error_page, page, url_part
-from pinflow.ui.session import COOKIE, Viewer, ViewerDep
+from pinflow.ui.session import COOKIE, ViewerDep
+from pinflow.ui.states import legend
 from scheduler import api as runs_api
 from scheduler.views import recent_runs, run_grid
 
 router = APIRouter(include_in_schema=False)
 GRID_RUNS = 25
-ACTIVE = ("queued", "running")
 
 
 # --- logging in -------------------------------------------------------------------------------
@@ -121,7 +124,7 @@ def set_paused(
     return RedirectResponse("/", status_code=303)
 
 
-def _dag(session: Session, dag_id: str) -> dict[str, Any]:
+def dag_of(session: Session, dag_id: str) -> dict[str, Any]:
     """The DAG as the API shows it, without its structure history (no page shows that)."""
     row = get_dag(session, dag_id)
     repo = session.get(Repo, row.repo_id)
@@ -129,20 +132,33 @@ def _dag(session: Session, dag_id: str) -> dict[str, Any]:
 
 
 @router.get("/dags/{dag_id}")
-def dag_page(request: Request, dag_id: str, store: StoreDep, viewer: ViewerDep, error: str = ""):
+def dag_page(
+    request: Request,
+    dag_id: str,
+    store: StoreDep,
+    viewer: ViewerDep,
+    error: str = "",
+    run: str = "",
+):
+    """The DAG: its runs as a grid by logical date, its graph coloured by one run (`run`, the
+    latest by default), each task's durations, and the forms to trigger and backfill."""
     with store.db.read() as session:
         try:
-            dag = _dag(session, dag_id)
+            dag = dag_of(session, dag_id)
         except PinflowError as exc:
             return error_page(request, viewer, exc)
         columns = run_grid(session, dag_id, GRID_RUNS)
-    task_ids = [t["task_id"] for t in dag["tasks"]]
-    for col in columns:
-        task_ids += [t for t in col["states"] if t not in task_ids]
-    grid = [
-        {**col, "changed": i > 0 and col["run"]["sha"] != columns[i - 1]["run"]["sha"]}
-        for i, col in enumerate(columns)
-    ]
+    # The DAG's tasks, then any that only older runs have (removed since), once each.
+    task_ids = list(dict.fromkeys(t["task_id"] for t in dag["tasks"]))
+    known = set(task_ids)
+    task_ids += [t for t in dict.fromkeys(i[0] for c in columns for i in c["instances"])
+                 if t not in known]  # fmt: skip
+    grid = grid_view(columns, task_ids)
+    chosen = next((c for c in grid if c["run"]["run_id"] == run), None)
+    if run and chosen is None:
+        error = error or f"run {run!r} is not one of this DAG's latest {GRID_RUNS} runs"
+    chosen = chosen or (grid[-1] if grid else None)  # the latest logical date
+    instances = chosen["states"] if chosen else {}
     return page(
         request,
         "dag.html",
@@ -150,29 +166,13 @@ def dag_page(request: Request, dag_id: str, store: StoreDep, viewer: ViewerDep, 
         dag=dag,
         grid=grid,
         task_ids=task_ids,
-        levels=_levels(dag["tasks"]),
+        grid_body=grid_rows(grid, task_ids),
+        durations_body=duration_rows(task_durations(task_ids, columns)),
+        chosen=chosen,
+        graph=drawing(dag["tasks"], instances),
+        legend=legend(s for c in grid for st in c["states"].values() for s in st),
         error=error,
     )
-
-
-def _levels(tasks: list[dict]) -> list[list[dict]]:
-    """The task graph drawn as levels: a task sits one level below its deepest upstream."""
-    depth: dict[str, int] = {}
-    by_id = {t["task_id"]: t for t in tasks}
-
-    def level(task_id: str, seen: frozenset[str] = frozenset()) -> int:
-        if task_id not in depth:
-            ups = [u for u in by_id[task_id].get("upstream", []) if u in by_id and u not in seen]
-            depth[task_id] = 1 + max((level(u, seen | {task_id}) for u in ups), default=-1)
-        return depth[task_id]
-
-    levels: list[list[dict]] = []
-    for task in tasks:
-        n = level(task["task_id"])
-        while len(levels) <= n:
-            levels.append([])
-        levels[n].append(task)
-    return levels
 
 
 @router.post("/dags/{dag_id}/trigger")
@@ -206,134 +206,61 @@ def _back_to_dag(dag_id: str, error: str) -> Response:
     return RedirectResponse(f"/dags/{url_part(dag_id)}?error={url_part(error)}", status_code=303)
 
 
-# --- runs -------------------------------------------------------------------------------------
-
-
-def _run_context(store: StoreDep, viewer: Viewer, run_id: str, task: str, try_: int | None):
-    run = runs_api.get_one_run(run_id, store, viewer.token)
-    selected = next(
-        (t for t in run["tasks"] if instance_label(t["task_id"], t["map_index"]) == task), None
-    )
-    if selected is None:
-        selected = next((t for t in run["tasks"] if t["state"] in ("failed", "running")), None)
-    wanted = try_ or (selected["try_number"] if selected else None)
-    return {
-        "run": run,
-        "selected": selected,
-        "selected_try": wanted,
-        "active": run["state"] in ACTIVE,
-    }
-
-
-@router.get("/runs/{run_id}")
-def run_page(
+@router.post("/dags/{dag_id}/backfill")
+def backfill(
     request: Request,
-    run_id: str,
-    store: StoreDep,
-    viewer: ViewerDep,
-    task: str = "",
-    try_: Annotated[int | None, Query(alias="try", ge=1)] = None,
-    error: str = "",
-):
-    try:
-        context = _run_context(store, viewer, run_id, task, try_)
-        with store.db.read() as session:
-            dag = _dag(session, context["run"]["dag_id"])
-    except PinflowError as exc:
-        return error_page(request, viewer, exc)
-    changed = None
-    current = dag.get("current_sha")
-    if current and current != context["run"]["sha"]:
-        spec = f"{context['run']['sha']}..{current}"
-        changed = repos_api.get_diff(dag["repo"], spec, store, viewer.token)
-    return page(request, "run.html", viewer, dag=dag, changed=changed, error=error, **context)
-
-
-@router.get("/runs/{run_id}/fragment")
-def run_fragment(
-    request: Request,
-    run_id: str,
-    store: StoreDep,
-    viewer: ViewerDep,
-    task: str = "",
-    try_: Annotated[int | None, Query(alias="try", ge=1)] = None,
-):
-    """The run's state and tasks, polled while the run is active."""
-    context = _run_context(store, viewer, run_id, task, try_)
-    return page(request, "_run_tasks.html", viewer, **context)
-
-
-@router.get("/runs/{run_id}/tasks/{task_id}/log")
-def log_fragment(
-    request: Request,
-    run_id: str,
-    task_id: str,
-    store: StoreDep,
-    viewer: ViewerDep,
-    try_: Annotated[int, Query(alias="try", ge=1)] = 1,
-):
-    """A try's log, polled while the try runs."""
-    try:
-        name, map_index = split_label(task_id)  # `load[2]`: a mapped instance
-        answer = runs_api.get_logs(run_id, name, store, viewer.token, try_, 0, map_index)
-        text, ended = (
-            bytes(answer.body).decode("utf-8", "replace"),
-            answer.headers["X-Pinflow-Try-Ended"],
-        )
-        state = answer.headers["X-Pinflow-Try-State"]
-    except NotFound as exc:
-        text, ended, state = exc.detail, "false", "not started"
-    return page(
-        request,
-        "_log.html",
-        viewer,
-        run_id=run_id,
-        task_id=task_id,
-        try_number=try_,
-        text=text,
-        ended=ended == "true",
-        state=state,
-    )
-
-
-@router.post("/runs/{run_id}/clear")
-def clear(
-    request: Request,
-    run_id: str,
+    dag_id: str,
     store: StoreDep,
     viewer: ViewerDep,
     csrf: Annotated[str, Form()],
-    task: Annotated[str, Form()] = "",
-    failed_only: Annotated[bool, Form()] = False,
-    downstream: Annotated[bool, Form()] = False,
-    on_latest: Annotated[bool, Form()] = False,
+    start: Annotated[str, Form()] = "",
+    end: Annotated[str, Form()] = "",
+    ref: Annotated[str, Form()] = "",
+    sha: Annotated[str, Form()] = "",
+    max_active_runs: Annotated[str, Form()] = "",
 ) -> Response:
-    viewer.check(csrf)
-    body = runs_api.ClearBody(
-        task_ids=[task] if task else None,
-        failed_only=failed_only,
-        downstream=downstream,
-        on_latest=on_latest,
-    )
-    try:
-        runs_api.post_clear(run_id, body, store, request.app.state.enqueuer, viewer.token)
-    except PinflowError as exc:
-        return _back_to_run(run_id, exc.detail)
-    return _back_to_run(run_id, "")
-
-
-@router.post("/runs/{run_id}/cancel")
-def cancel(
-    run_id: str, store: StoreDep, viewer: ViewerDep, csrf: Annotated[str, Form()]
-) -> Response:
+    """A backfill from the DAG page: dates are UTC days (or instants), both ends included;
+    then the runs page shows the backfill's runs."""
     viewer.check(csrf)
     try:
-        runs_api.post_cancel(run_id, store, viewer.token)
+        body = runs_api.BackfillBody(
+            start=_form_instant("start", start),
+            end=_form_instant("end", end, end_of_day=True),
+            ref=ref.strip() or None,
+            sha=sha.strip() or None,
+            max_active_runs=_form_int("max active runs", max_active_runs),
+        )
+        made = runs_api.post_backfill(dag_id, body, store, request.app.state.enqueuer, viewer.token)
+    except ValidationError as exc:
+        return _back_to_dag(dag_id, "; ".join(e["msg"] for e in exc.errors()))
     except PinflowError as exc:
-        return _back_to_run(run_id, exc.detail)
-    return _back_to_run(run_id, "")
+        return _back_to_dag(dag_id, exc.detail)
+    note = f"backfill {made['id']}: {len(made['created'])} run(s) created"
+    if made["skipped"]:
+        note += f", {len(made['skipped'])} tick(s) skipped (they have a run already)"
+    query = f"dag_id={url_part(dag_id)}&type=backfill&note={url_part(note)}"
+    return RedirectResponse(f"/runs?{query}", status_code=303)
 
 
-def _back_to_run(run_id: str, error: str) -> Response:
-    suffix = f"?error={url_part(error)}" if error else ""
-    return RedirectResponse(f"/runs/{url_part(run_id)}{suffix}", status_code=303)
+def _form_instant(name: str, value: str, end_of_day: bool = False) -> datetime:
+    """`2026-11-01` (a UTC day: its start, or with `end_of_day` its last second) or an ISO
+    instant; anything else is a clear 400."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day, time.max if end_of_day else time.min)
+            return moment.replace(microsecond=0, tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name} must be a date like 2026-11-01, not {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _form_int(name: str, value: str) -> int | None:
+    if not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {value!r}") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,36 +14,25 @@ from fastapi.templating import Jinja2Templates
 
 from dagstore.authoring.mapping import instance_label
 from dagstore.core.errors import PinflowError
+from pinflow.ui.clock import ago, duration_text, seconds_of, time_tag
+from pinflow.ui.patch import unified
 from pinflow.ui.session import Viewer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+# Templates change with a release, not while the server runs: no stat of every template file
+# (and of each one it includes) at every render.
+templates.env.auto_reload = False
 STATIC = StaticFiles(directory=HERE / "static")
 
 
-def _ago(value: str | None) -> str:
-    if not value:
-        return ""
-    then = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    seconds = int((datetime.now(UTC) - then).total_seconds())
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if abs(seconds) >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
-
-
-def _duration(start: str | None, end: str | None) -> str:
-    if not start or not end:
-        return ""
-    a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-    b = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    return f"{(b - a).total_seconds():.1f} s"
-
-
-templates.env.filters["ago"] = _ago
+templates.env.filters["ago"] = ago
 templates.env.filters["short"] = lambda sha: (sha or "")[:12]
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True)
-templates.env.globals["duration"] = _duration
+templates.env.filters["took"] = duration_text
+templates.env.globals["when"] = time_tag
+templates.env.globals["patch_rows"] = unified
+templates.env.globals["duration"] = lambda start, end: duration_text(seconds_of(start, end))
 # a task instance as people name it: `load`, `load[2]` for a mapped one
 templates.env.filters["label"] = lambda t: instance_label(t["task_id"], t.get("map_index"))
 

@@ -2,7 +2,8 @@
 Each calls the HTTP API's own route functions.
 
 Stable URLs: `/repos/{repo}/versions`, `/repos/{repo}/diff?base=A&head=B[&view=split]`,
-`/repos/{repo}/files/{sha}`, `/repos/{repo}/files/{sha}/{path}`.
+`/repos/{repo}/files/{ref}`, `/repos/{repo}/files/{ref}/{path}`; every A, B and ref a branch,
+a tag, a full or a short sha, as the CLI takes them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pygments.util import ClassNotFound
 
 from dagstore.api import repos as repos_api
 from dagstore.api.auth import StoreDep
-from dagstore.core.errors import PinflowError
+from dagstore.core.errors import BadRequest, PinflowError
+from pinflow.ui.patch import side_by_side
 from pinflow.ui.render import error_page, page
-from pinflow.ui.session import ViewerDep
+from pinflow.ui.session import Viewer, ViewerDep
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,63 +39,49 @@ def diff_page(
     repo: str,
     store: StoreDep,
     viewer: ViewerDep,
-    base: str,
-    head: str,
+    base: str = "",
+    head: str = "",
     view: str = "unified",
 ):
+    """BASE..HEAD: branches, tags, full or short shas, as the CLI takes them."""
     try:
-        body = repos_api.get_diff(repo, f"{base}..{head}", store, viewer.token)
+        if not base.strip() or not head.strip():
+            raise BadRequest("give two commits to compare: ?base=REF&head=REF (branch, tag or sha)")
+        body = repos_api.get_diff(repo, f"{base.strip()}..{head.strip()}", store, viewer.token)
     except PinflowError as exc:
         return error_page(request, viewer, exc)
-    files = [{**f, "rows": _side_by_side(f["patch"])} for f in body["files"]]
+    files = [{**f, "rows": side_by_side(f["patch"])} for f in body["files"]]
     return page(
-        request, "diff.html", viewer, repo=repo, diff=body, files=files, view=view == "split"
+        request,
+        "diff.html",
+        viewer,
+        repo=repo,
+        diff=body,
+        files=files,
+        view=view == "split",
+        asked={"base": base, "head": head},
     )
 
 
-def _side_by_side(patch: str) -> list[tuple[str, str, str]]:
-    """(kind, left, right) rows of a unified patch, for the side-by-side view."""
-    rows: list[tuple[str, str, str]] = []
-    removed: list[str] = []
-    added: list[str] = []
-
-    def flush() -> None:
-        for i in range(max(len(removed), len(added))):
-            left = removed[i] if i < len(removed) else ""
-            right = added[i] if i < len(added) else ""
-            rows.append(("change", left, right))
-        removed.clear()
-        added.clear()
-
-    for line in patch.splitlines()[2:]:
-        if line.startswith(("---", "+++", "index ")):
-            continue
-        if line.startswith("@@"):
-            flush()
-            rows.append(("hunk", line, line))
-        elif line.startswith("-"):
-            removed.append(line[1:])
-        elif line.startswith("+"):
-            added.append(line[1:])
-        else:
-            flush()
-            rows.append(("same", line[1:], line[1:]))
-    flush()
-    return rows
+def _resolve(repo: str, ref: str, store: StoreDep, viewer: Viewer) -> str:
+    """A branch, tag, full or short sha → the full sha (a clear 404 or 400 otherwise)."""
+    return repos_api.get_resolve(repo, ref, store, viewer.token)["sha"]
 
 
-@router.get("/repos/{repo}/files/{sha}")
-def tree_page(request: Request, repo: str, sha: str, store: StoreDep, viewer: ViewerDep):
+@router.get("/repos/{repo}/files/{ref}")
+def tree_page(request: Request, repo: str, ref: str, store: StoreDep, viewer: ViewerDep):
     try:
+        sha = _resolve(repo, ref, store, viewer)
         tree = repos_api.get_tree(repo, sha, store, viewer.token)
     except PinflowError as exc:
         return error_page(request, viewer, exc)
-    return page(request, "tree.html", viewer, repo=repo, sha=sha, files=tree["files"])
+    return page(request, "tree.html", viewer, repo=repo, ref=ref, sha=sha, files=tree["files"])
 
 
-@router.get("/repos/{repo}/files/{sha}/{path:path}")
-def file_page(request: Request, repo: str, sha: str, path: str, store: StoreDep, viewer: ViewerDep):
+@router.get("/repos/{repo}/files/{ref}/{path:path}")
+def file_page(request: Request, repo: str, ref: str, path: str, store: StoreDep, viewer: ViewerDep):
     try:
+        sha = _resolve(repo, ref, store, viewer)
         data = bytes(repos_api.get_file(repo, sha, path, store, viewer.token).body)
     except PinflowError as exc:
         return error_page(request, viewer, exc)
@@ -108,6 +96,7 @@ def file_page(request: Request, repo: str, sha: str, path: str, store: StoreDep,
         "file.html",
         viewer,
         repo=repo,
+        ref=ref,
         sha=sha,
         path=path,
         code=highlight(text, lexer, formatter),
