@@ -20,7 +20,7 @@ from typing import Any
 
 from dagstore.authoring.dag import DAG
 from dagstore.core.errors import NotFound
-from dagstore.core.protocol import MAX_LOG_BYTES, TaskSpec
+from dagstore.core.protocol import TaskSpec
 from dagstore.parsing.loader import discover
 from runner.capture import CappedLog, capture
 from runner.execute import execute
@@ -74,7 +74,7 @@ def run_dag(
             timeout=task.timeout, upstream_results={u: reports[u].result for u in upstream},
             heartbeat_interval=0.0,
         )  # fmt: skip
-        task_log = CappedLog(MAX_LOG_BYTES)
+        task_log = CappedLog()
         started = time.perf_counter()
         with capture(task_log):
             outcome = execute(spec, root)

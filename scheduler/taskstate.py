@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from dagstore.core.models import Repo
 from dagstore.core.protocol import JobPayload
+from scheduler.metrics import RUNS_FINISHED, count_on_commit
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
 
@@ -182,7 +183,9 @@ def settle_run(session: Session, run: RunLike, states: set[str], now: datetime) 
     `states` are the distinct states of the run's tasks."""
     if all(state in TERMINAL for state in states):
         final = "success" if all(state == "success" for state in states) else "failed"
-        session.execute(_END_RUN, {"run_pk": run.id, "final": final, "now": now})
+        ended = session.execute(_END_RUN, {"run_pk": run.id, "final": final, "now": now})
+        if ended.rowcount == 1:
+            count_on_commit(session, RUNS_FINISHED.labels(final))
         _expire(session, run, "state", "ended_at")
     elif run.state == "queued" and any(state not in ("none", "scheduled") for state in states):
         start_run(session, run.id, now)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, func, select, true
 from sqlalchemy.orm import Session
 
 from dagstore.core.db import iso
 from dagstore.core.errors import NotFound
+from dagstore.core.models import Dag
 from scheduler.models import DagRun, TaskInstance, TaskTry
 
 
@@ -48,21 +49,47 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
 
 
 def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[dict]]:
-    """The newest `per_dag` runs of each DAG, newest first, in one query (a window)."""
-    newest = (
-        func.row_number().over(partition_by=DagRun.dag_id, order_by=DagRun.id.desc()).label("n")
-    )
-    ranked = select(DagRun.id, newest).where(DagRun.dag_id.in_(dag_ids)).subquery()
-    runs = session.scalars(
-        select(DagRun)
-        .join(ranked, ranked.c.id == DagRun.id)
-        .where(ranked.c.n <= per_dag)
-        .order_by(DagRun.id.desc())
-    )
+    """The newest `per_dag` runs of each DAG, newest first: `per_dag` index entries read per
+    DAG (`ix_dag_runs_dag_id`), however many runs each has (issue 33; a window over all
+    runs read them all at every page load)."""
     out: dict[str, list[dict]] = {dag_id: [] for dag_id in dag_ids}
+    if not dag_ids:
+        return out
+    newest = _newest_run_ids(session, dag_ids, per_dag)
+    runs = session.scalars(select(DagRun).where(DagRun.id.in_(newest)).order_by(DagRun.id.desc()))
     for run in runs:
         out[run.dag_id].append(run_json(run))
     return out
+
+
+def _newest_run_ids(session: Session, dag_ids: list[str], per_dag: int) -> Select:
+    """The ids of each DAG's newest `per_dag` runs, as a subquery.
+
+    PostgreSQL: per DAG a LATERAL `ORDER BY id DESC LIMIT n` over (dag_id, id). SQLite has no
+    LATERAL: per DAG the id of its n-th newest run (a correlated `LIMIT 1 OFFSET n-1` on the
+    same index), then the runs of that DAG from that id on, an index range."""
+    wanted = select(Dag.dag_id).where(Dag.dag_id.in_(dag_ids)).subquery("wanted")
+    if session.get_bind().dialect.name == "postgresql":
+        top = (
+            select(DagRun.id)
+            .where(DagRun.dag_id == wanted.c.dag_id)
+            .order_by(DagRun.id.desc())
+            .limit(per_dag)
+            .lateral("top")
+        )
+        return select(top.c.id).select_from(wanted).join(top, true())
+    floor = (
+        select(DagRun.id)
+        .where(DagRun.dag_id == wanted.c.dag_id)
+        .order_by(DagRun.id.desc())
+        .limit(1)
+        .offset(per_dag - 1)
+        .scalar_subquery()
+    )
+    floors = select(wanted.c.dag_id, func.coalesce(floor, 0).label("floor")).subquery("floors")
+    return select(DagRun.id).join(
+        floors, and_(DagRun.dag_id == floors.c.dag_id, DagRun.id >= floors.c.floor)
+    )
 
 
 def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:

@@ -208,6 +208,9 @@ def up(
 
 
 def register(app: typer.Typer) -> None:
+    from pinflow.cli.clean import db_clean
+
+    db_app.command("clean")(db_clean)
     app.add_typer(db_app, name="db")
     app.command("server")(serve)
     app.command("scheduler")(scheduler)
