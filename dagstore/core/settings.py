@@ -52,9 +52,12 @@ def _env_age(name: str) -> timedelta | None:
     if not raw:
         return None
     try:
-        return parse_age(raw, name)
+        age = parse_age(raw, name)
     except BadRequest as exc:
         raise SystemExit(f"pinflow: {exc.detail}") from None
+    if not age:
+        raise SystemExit(f"pinflow: {name} must be more than 0 (unset it to keep all history)")
+    return age
 
 
 def normalise_database_url(url: str) -> str:
