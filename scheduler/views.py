@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select, true
+from sqlalchemy import Select, String, and_, column, func, select, true, values
 from sqlalchemy.orm import Session
 
 from dagstore.core.db import iso
@@ -67,9 +67,11 @@ def _newest_run_ids(session: Session, dag_ids: list[str], per_dag: int) -> Selec
 
     PostgreSQL: per DAG a LATERAL `ORDER BY id DESC LIMIT n` over (dag_id, id). SQLite has no
     LATERAL: per DAG the id of its n-th newest run (a correlated `LIMIT 1 OFFSET n-1` on the
-    same index), then the runs of that DAG from that id on, an index range."""
-    wanted = select(Dag.dag_id).where(Dag.dag_id.in_(dag_ids)).subquery("wanted")
+    same index), then the runs of that DAG from that id on, an index range. (SQLite cannot name
+    a VALUES list's columns: the DAGs come from their table there, where every DAG that ever
+    had a run stays.)"""
     if session.get_bind().dialect.name == "postgresql":
+        wanted = values(column("dag_id", String), name="wanted").data([(d,) for d in dag_ids])
         top = (
             select(DagRun.id)
             .where(DagRun.dag_id == wanted.c.dag_id)
@@ -78,6 +80,7 @@ def _newest_run_ids(session: Session, dag_ids: list[str], per_dag: int) -> Selec
             .lateral("top")
         )
         return select(top.c.id).select_from(wanted).join(top, true())
+    wanted = select(Dag.dag_id).where(Dag.dag_id.in_(dag_ids)).subquery("wanted")
     floor = (
         select(DagRun.id)
         .where(DagRun.dag_id == wanted.c.dag_id)
