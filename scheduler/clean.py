@@ -125,7 +125,7 @@ def clean_history(
     total = Cleaned(cutoff=cutoff, dry_run=dry_run)
     after = 0
     while max_batches is None or total.batches < max_batches:
-        with (db.read() if dry_run else db.write()) as session:
+        with db.read() if dry_run else db.write() as session:
             ids = _next_batch(session, cutoff, dag_id, after, batch, lock=not dry_run)
             if not ids:
                 break

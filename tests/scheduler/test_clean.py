@@ -134,9 +134,7 @@ def test_clean_never_deletes_a_run_cleared_meanwhile(db: Database, history) -> N
 
     def clear() -> None:
         with db.write() as session:
-            session.execute(
-                select(DagRun.id).where(DagRun.id == victim).with_for_update()
-            ).all()
+            session.execute(select(DagRun.id).where(DagRun.id == victim).with_for_update()).all()
             session.execute(update(DagRun).where(DagRun.id == victim).values(state="queued"))
             holding.set()
             release.wait(30)

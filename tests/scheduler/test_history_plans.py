@@ -72,8 +72,10 @@ def full_reads(db: Database, statement: str, parameters: Any) -> list[str]:
 def _walks_newest_first(statement: str, lines: list[str]) -> bool:
     """SQLite's plan for an unfiltered `ORDER BY id DESC LIMIT n` is a SCAN in rowid order that
     stops after n rows: no full read, though the plan says SCAN."""
-    return "WHERE" not in statement and "LIMIT" in statement and not any(
-        "TEMP B-TREE" in line for line in lines
+    return (
+        "WHERE" not in statement
+        and "LIMIT" in statement
+        and not any("TEMP B-TREE" in line for line in lines)
     )
 
 
