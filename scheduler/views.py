@@ -48,6 +48,19 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
     return body
 
 
+def newest_first(query: Select, *equal: tuple[Any, Any]) -> Select:
+    """`query` over runs, filtered on each (column, value) of `equal`, newest first, read
+    through the index on (columns..., id) and stopped after its LIMIT whatever the history.
+
+    Written as `column BETWEEN v AND v` and ordered by (columns..., id): with `column = v`
+    PostgreSQL drops the constant columns from the order and, estimating a DAG's runs as
+    spread evenly, may walk the primary key backwards dropping every other DAG's runs: all
+    of them for a DAG with no runs (issue 33; tests/scheduler/test_history_plans.py)."""
+    for filtered, value in equal:
+        query = query.where(filtered.between(value, value))
+    return query.order_by(*(filtered.desc() for filtered, _ in equal), DagRun.id.desc())
+
+
 def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[dict]]:
     """The newest `per_dag` runs of each DAG, newest first: `per_dag` index entries read per
     DAG (`ix_dag_runs_dag_id`), however many runs each has (issue 33; a window over all
@@ -73,9 +86,7 @@ def _newest_run_ids(session: Session, dag_ids: list[str], per_dag: int) -> Selec
     if session.get_bind().dialect.name == "postgresql":
         wanted = values(column("dag_id", String), name="wanted").data([(d,) for d in dag_ids])
         top = (
-            select(DagRun.id)
-            .where(DagRun.dag_id == wanted.c.dag_id)
-            .order_by(DagRun.id.desc())
+            newest_first(select(DagRun.id), (DagRun.dag_id, wanted.c.dag_id))
             .limit(per_dag)
             .lateral("top")
         )
@@ -98,9 +109,7 @@ def _newest_run_ids(session: Session, dag_ids: list[str], per_dag: int) -> Selec
 def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
     """The DAG's newest `limit` runs, oldest first, each with its tasks' states: a grid in
     two queries, whatever its size."""
-    runs = session.scalars(
-        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).limit(limit)
-    ).all()
+    runs = session.scalars(newest_first(select(DagRun), (DagRun.dag_id, dag_id)).limit(limit)).all()
     states: dict[int, dict[str, str]] = {run.id: {} for run in runs}
     rows = session.execute(
         select(TaskInstance.run_pk, TaskInstance.task_id, TaskInstance.state).where(

@@ -18,16 +18,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("dag_runs", schema=None) as batch_op:
         batch_op.create_index("ix_dag_runs_dag_id", ["dag_id", "id"], unique=False)
-        batch_op.create_index(
-            "ix_dag_runs_dag_state_id", ["dag_id", "state", "id"], unique=False
-        )
+        batch_op.create_index("ix_dag_runs_dag_state_id", ["dag_id", "state", "id"], unique=False)
         batch_op.create_index("ix_dag_runs_state_id", ["state", "id"], unique=False)
         batch_op.drop_index("ix_dag_runs_dag_state")
         batch_op.drop_index("ix_dag_runs_state")
     with op.batch_alter_table("task_tries", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("log_tail", sa.Text(), server_default="", nullable=False)
-        )
+        batch_op.add_column(sa.Column("log_tail", sa.Text(), server_default="", nullable=False))
         batch_op.add_column(sa.Column("log_bytes", sa.BigInteger(), nullable=True))
 
 
