@@ -33,12 +33,14 @@ def db_clean(
     """Delete finished runs older than --older-than, with their task instances, tries and
     logs, in short batches. Never an unfinished run, the newest run of a DAG, or a run of a
     backfill still in progress; git versions and keep refs are never touched."""
-    from dagstore.store import StoreContext
     from pinflow.cli.server import check_urls
+    from pinflow.cli.store import existing_database
     from scheduler.clean import check_age, clean_history
 
     age = check_age(parse_age(older_than))
-    settings = Settings.load(home=home, database_url=database_url)
-    check_urls(settings, redis=False)
-    store = StoreContext.from_settings(settings)
-    print(clean_history(store.db, age, dag_id=dag, dry_run=dry_run, batch=batch).summary())
+    check_urls(Settings.load(home=home, database_url=database_url), redis=False)
+    db = existing_database(home, database_url)  # never creates one
+    try:
+        print(clean_history(db, age, dag_id=dag, dry_run=dry_run, batch=batch).summary())
+    finally:
+        db.dispose()

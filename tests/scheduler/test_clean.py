@@ -183,6 +183,11 @@ def test_db_clean_command(db: Database, history, tmp_path: Path) -> None:
             [PINFLOW, "db", "clean", *args], env=env, capture_output=True, text=True, timeout=120
         )
 
+    nowhere = pinflow_env(tmp_path, f"sqlite:///{tmp_path}/none.db")
+    missing = subprocess.run([PINFLOW, "db", "clean", "--older-than", "90d"], env=nowhere,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert missing.returncode == 4 and "no pinflow database" in missing.stderr
+    assert not (tmp_path / "none.db").exists()
     unknown = clean("--older-than", "90d", "--dag", "nope")
     assert unknown.returncode == 4 and "'nope' does not exist" in unknown.stderr
     dry = clean("--older-than", "90d", "--dry-run", "--dag", "d0")
