@@ -151,6 +151,9 @@ def test_operators_workers_and_schedulers_on_one_backfill(db: Database):
     try:
         time.sleep(STORM_SECONDS)
         storm.stop_operator.set()
+        # The operator's last clear may still be committing: settle only once it is done, or
+        # the runs may all look ended just before that clear queues one again.
+        threads[-2].join(60)
         settled_from = time.monotonic()
         while time.monotonic() < settled_from + SETTLE_SECONDS:
             if all(state not in ACTIVE_RUN_STATES for _, state, _ in storm.runs()):
