@@ -1,45 +1,62 @@
-"""A task's log: stdout, stderr and logging of the task, kept in memory up to a size cap."""
+"""A task's log: stdout, stderr and logging of the task, kept in memory as its head and tail."""
 
 from __future__ import annotations
 
 import io
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-TRUNCATED = "\n[pinflow: log truncated at {cap} bytes]\n"
+from dagstore.core.logtail import DEFAULT_CAP, HeadTail
 
 
 class CappedLog(io.TextIOBase):
-    """A text sink that keeps the first `cap` bytes and notes what it dropped."""
+    """A text sink that keeps the head and the tail of what the task writes, `cap` bytes in
+    all, and says in the log what it cut between them (`dagstore.core.logtail`): the lines
+    that explain a failure are the last ones."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int = DEFAULT_CAP) -> None:
         self.cap = cap
-        self._parts: list[str] = []
-        self._size = 0
-        self.truncated = False
+        self.stream = HeadTail(cap)
+        # The task writes while the heartbeat thread reads pieces to ship: a piece's offset
+        # must match its bytes.
+        self._lock = threading.RLock()  # reentrant: a task's signal handler may print
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        if self._size < self.cap:
-            room = self.cap - self._size
-            piece = text if len(text.encode("utf-8", "replace")) <= room else text[:room]
-            self._parts.append(piece)
-            self._size += len(piece.encode("utf-8", "replace"))
-            self.truncated = self.truncated or piece is not text
-        else:
-            self.truncated = True
+        data = text.encode("utf-8", "replace")
+        with self._lock:
+            self.stream.write(data)
         return len(text)
 
     def line(self, text: str) -> None:
         self.write(text.rstrip("\n") + "\n")
 
+    @property
+    def truncated(self) -> bool:
+        with self._lock:
+            return self.stream.cut > 0
+
     def getvalue(self) -> str:
-        value = "".join(self._parts)
-        return value + TRUNCATED.format(cap=self.cap) if self.truncated else value
+        with self._lock:
+            return self.stream.render().decode("utf-8", "replace")
+
+    def piece(self, shipped: int) -> tuple[int, str]:
+        """What the server, holding the log up to stream offset `shipped`, gets next (and from
+        which offset: later than `shipped` when those bytes were cut here meanwhile)."""
+        with self._lock:
+            offset, data = self.stream.piece(shipped)
+        return offset, data.decode("utf-8", "replace")
+
+    def parts(self) -> tuple[str, str, int]:
+        """The log as the finish report carries it: head, tail, bytes written in all."""
+        with self._lock:
+            head, tail = self.stream.text()
+            return head, tail, self.stream.total
 
 
 @contextmanager

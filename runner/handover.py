@@ -23,7 +23,9 @@ import mmap
 import os
 import struct
 
-SIZE = 4 * 1024 * 1024  # the log is capped at 1 MiB (2 MiB as JSON); results are small
+# The log is capped (1 MiB by default, ~2 MiB as JSON); results are small. A report past this
+# (a larger PINFLOW_TASK_LOG_MAX_BYTES) is sent by the horse itself.
+SIZE = 4 * 1024 * 1024
 _HEADER = struct.Struct("<Q")
 
 

@@ -62,7 +62,7 @@ class Heartbeater(threading.Thread):
         self.hard_exit_after = timeout * HARD_EXIT_FRACTION if timeout else 0.0
         self.last_ok = last_ok
         self.log = log
-        self.shipped = 0  # bytes of the log the server holds
+        self.shipped = 0  # the log's stream offset where the server's copy ends
         self.done = threading.Event()
         self.abandoned = ""  # why the task was stopped; empty while it is ours
         self.main_ident = threading.main_thread().ident or 0
@@ -81,13 +81,13 @@ class Heartbeater(threading.Thread):
                 return
             if time.monotonic() >= self.last_ok + self.fence_after:
                 continue
-            piece = self._unshipped()
+            offset, piece = self._unshipped()
             if time.monotonic() < next_beat and not piece:
                 continue  # woke to ship the log, but nothing new was printed
             sent = time.monotonic()
             try:
                 held = self.client.heartbeat(
-                    self.ti_id, self.try_number, timeout=self.interval, log=(self.shipped, piece)
+                    self.ti_id, self.try_number, timeout=self.interval, log=(offset, piece)
                 )
             except Conflict as exc:
                 self.stop_task(f"taken away: {exc.detail}")
@@ -100,11 +100,12 @@ class Heartbeater(threading.Thread):
             if held is not None:
                 self.shipped = held
 
-    def _unshipped(self) -> str:
+    def _unshipped(self) -> tuple[int, str]:
+        """The log's next piece and the stream offset it starts at (`dagstore.core.logtail`):
+        from where the server's log ends, or later when those bytes were cut meanwhile."""
         if self.log is None:
-            return ""
-        data = self.log.getvalue().encode("utf-8")
-        return data[self.shipped :].decode("utf-8", "replace") if len(data) > self.shipped else ""
+            return self.shipped, ""
+        return self.log.piece(self.shipped)
 
     def stop_task(self, why: str) -> None:
         self.abandoned = why

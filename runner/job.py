@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dagstore.core.errors import Conflict, PinflowError
-from dagstore.core.protocol import MAX_LOG_BYTES, FinishRequest, JobPayload, TaskSpec
+from dagstore.core.protocol import FinishRequest, JobPayload, TaskSpec
 from dagstore.core.settings import Settings
 from runner.cache import VersionCache
 from runner.capture import CappedLog, capture
@@ -127,7 +127,7 @@ def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
 
 def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str:
     spec = claimed.spec
-    task_log = CappedLog(MAX_LOG_BYTES)
+    task_log = CappedLog(spec.log_max_bytes)
     task_log.line(
         f"pinflow: {spec.dag_id}.{spec.task_id} try {spec.try_number} of run "
         f"{spec.run_id} at {spec.repo}@{spec.sha} on {worker_name()}"
@@ -155,12 +155,15 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
         return "abandoned"
     if outcome.error:
         task_log.write(outcome.error if outcome.error.endswith("\n") else outcome.error + "\n")
+    head, tail, written = task_log.parts()
     report = FinishRequest(
         try_number=spec.try_number,
         state="success" if outcome.success else "failed",
         result=outcome.result,
         error=outcome.error,
-        log=task_log.getvalue(),
+        log=head,
+        log_tail=tail,
+        log_bytes=written,
     )
     if HANDOVER.put(report.model_dump_json().encode("utf-8")):
         return report.state  # the worker sends it (runner.handover)

@@ -32,7 +32,7 @@ from dagstore.authoring.mapping import (
 from dagstore.authoring.rules import RUN, SKIP, decide
 from dagstore.authoring.task import Task, TaskOutput
 from dagstore.core.errors import NotFound
-from dagstore.core.protocol import MAX_LOG_BYTES, TaskSpec
+from dagstore.core.protocol import TaskSpec
 from dagstore.parsing.loader import discover
 from runner.capture import CappedLog, capture
 from runner.execute import execute, run_on_failure
@@ -150,7 +150,7 @@ class _TestRun:
             map_values=dict(call.values) if call else {},
             map_positions=dict(call.positions) if call else {}, max_tries=1,
         )  # fmt: skip
-        task_log = CappedLog(MAX_LOG_BYTES)
+        task_log = CappedLog()
         started = time.perf_counter()
         with capture(task_log):
             outcome = execute(spec, self.root)

@@ -15,6 +15,7 @@ from dagstore.api.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, Wo
 from dagstore.authoring.mapping import map_call
 from dagstore.core.db import as_utc, db_time, iso
 from dagstore.core.errors import NotFound
+from dagstore.core.logtail import HeadTail
 from dagstore.core.models import Dag
 from dagstore.core.protocol import (
     MAX_DB_INT,
@@ -35,9 +36,9 @@ from scheduler.metrics import DISPATCH_SECONDS, TASK_SECONDS, TRIES_FINISHED
 from scheduler.models import Backfill, DagRun, TaskInstance, TaskTry
 from scheduler.runs import RUN_STATES
 from scheduler.taskstate import queue_ready
-from scheduler.tries import append_log, claim, finish, heartbeat, upstream_results
+from scheduler.tries import TryLog, append_log, claim, finish, heartbeat, upstream_results
 from scheduler.trigger import pinned_dag, resolve_target, trigger
-from scheduler.views import get_run, run_json, tasks_json
+from scheduler.views import get_run, newest_first, run_json, tasks_json
 
 router = APIRouter()
 # The worker calls' 409: the try is stale, someone else's, or no longer running.
@@ -100,11 +101,9 @@ def get_runs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Runs, newest first; by DAG and state."""
-    query = select(DagRun).order_by(DagRun.id.desc()).limit(limit)
-    if dag_id:
-        query = query.where(DagRun.dag_id == dag_id)
-    if state:
-        query = query.where(DagRun.state == state)
+    # Through the index of the filters (`newest_first`): a page, whatever the history.
+    filters = [(c, v) for c, v in ((DagRun.dag_id, dag_id), (DagRun.state, state)) if v]
+    query = newest_first(select(DagRun), *filters).limit(limit)
     with store.db.read() as session:
         if dag_id:
             get_dag(session, dag_id)  # 404 for a DAG that never existed, not an empty list
@@ -231,7 +230,9 @@ def get_logs(
 ) -> PlainTextResponse:
     """The try's log (the latest try by default) from byte `offset`: what it printed so far
     while it runs. Headers say whether it has ended (`X-Pinflow-Try-Ended`), its state, and
-    the log's size in bytes, where a follower asks next (`X-Pinflow-Log-Bytes`)."""
+    how many bytes it printed, where a follower asks next (`X-Pinflow-Log-Bytes`). A long log
+    keeps its head and tail (PINFLOW_TASK_LOG_MAX_BYTES) and says where it cut between them;
+    a follower whose offset fell in the cut gets that marker, then the tail."""
     with store.db.read() as session:
         run = get_run(session, run_id)
         ti = session.scalar(
@@ -249,14 +250,16 @@ def get_logs(
         )
         if entry is None:
             raise NotFound(_no_such_try(run_id, ti, wanted))
-        data = entry.log.encode("utf-8")
+        log = HeadTail.restore(store.settings.task_log_max_bytes, entry.log, entry.log_tail,
+                               entry.log_bytes)  # fmt: skip
         headers = {
             "X-Pinflow-Try": str(wanted),
             "X-Pinflow-Try-State": entry.state,
             "X-Pinflow-Try-Ended": "false" if entry.state == "running" else "true",
-            "X-Pinflow-Log-Bytes": str(len(data)),
+            "X-Pinflow-Log-Bytes": str(log.total),
         }
-        return PlainTextResponse(data[offset:].decode("utf-8", "replace"), headers=headers)
+        text = log.since(offset).decode("utf-8", "replace")
+        return PlainTextResponse(text, headers=headers)
 
 
 def _no_such_instance(session: Any, run: DagRun, task_id: str, map_index: int) -> str:
@@ -346,6 +349,7 @@ def post_claim(
             map_values=map_values,
             map_positions=map_positions,
             max_tries=row.max_tries,
+            log_max_bytes=store.settings.task_log_max_bytes,
         )
 
 
@@ -365,7 +369,8 @@ def post_heartbeat(
         heartbeat(session, ti_id, body.try_number, db_time(session), digest)
         if not body.log:
             return {"state": "running"}  # nothing to add: the log is not even read
-        held = append_log(session, ti_id, body.try_number, body.log_offset, body.log)
+        cap = store.settings.task_log_max_bytes
+        held = append_log(session, ti_id, body.try_number, body.log_offset, body.log, cap)
     return {"state": "running", "log_bytes": held}
 
 
@@ -394,8 +399,9 @@ def post_finish(
             now,
             result=body.result,
             error=body.error,
-            log=body.log,
+            log=TryLog(body.log, body.log_tail, body.log_bytes),
             digest=digest,
+            log_cap=store.settings.task_log_max_bytes,
         )
         # Scheduled tasks of the run that this finish did not make ready (a fan-out past
         # queue_ready's batch) are left to the scheduler's loop, which queues them within a tick.

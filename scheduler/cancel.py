@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from dagstore.core.errors import Conflict
 from scheduler.locks import lock_tasks
+from scheduler.metrics import RUNS_FINISHED, count_on_commit
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.runs import ACTIVE_RUN_STATES
 from scheduler.taskstate import MOVING
@@ -54,11 +55,13 @@ def stop_run(session: Session, run: DagRun, now: datetime, final: str, error: st
             .values(state="canceled", ended_at=now, error=error)
             .execution_options(synchronize_session=False)
         )
-    session.execute(
+    ended = session.execute(
         update(DagRun)
         .where(DagRun.id == run.id, DagRun.state.in_(ACTIVE_RUN_STATES))
         .values(state=final, ended_at=now, held=False)
         .execution_options(synchronize_session=False)
     )
+    if ended.rowcount == 1:
+        count_on_commit(session, RUNS_FINISHED.labels(final))
     session.expire(run, ["state", "ended_at", "held"])
     return stopped

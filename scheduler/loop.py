@@ -9,6 +9,8 @@
 3. recover: fail or retry running tasks that stopped heartbeating (only on evidence, see
    `scheduler.health`); evaluate again runs that nothing moves any more; fail runs past their
    dagrun_timeout (`scheduler.timeouts`); enqueue again what Redis lost.
+4. with PINFLOW_CLEAN_OLDER_THAN set, every PINFLOW_CLEAN_EVERY seconds: delete finished runs
+   older than that (`scheduler.clean`), a few batches per tick so scheduling never waits long.
    Any number of these loops run at once, on any machines.
 
 A DAG whose scheduling fails (a broken stored structure, say) is logged and left alone for a
@@ -29,6 +31,7 @@ from dagstore.core.db import Database, database_unavailable, db_time
 from dagstore.core.outage import Outage
 from scheduler.backfill import release_held
 from scheduler.batch import FAILED_BACKOFF, schedule_batch
+from scheduler.clean import clean_history
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.health import WriteHealth
 from scheduler.lease import Lease, lease_due_dags, release
@@ -48,6 +51,9 @@ class SchedulerConfig:
     poll_interval: float = 0.5
     recover_interval: float = 5.0
     batch: int = 100  # DAGs leased and scheduled per transaction (`scheduler.batch`)
+    clean_older_than: timedelta | None = None  # history older than this is deleted; None: kept
+    clean_every: float = 3600.0  # seconds between cleaning passes
+    clean_batches: int = 10  # batches of runs a tick deletes at most (the rest next tick)
 
 
 class Scheduler:
@@ -57,6 +63,7 @@ class Scheduler:
         self.config = config
         self._stop = False
         self._last_recover = 0.0
+        self._next_clean = 0.0
         self.health = WriteHealth(db, config.heartbeat_timeout)
         self.db_outage = Outage("the database", log, first=0.25, cap=2.0)
 
@@ -90,7 +97,16 @@ class Scheduler:
         if time.monotonic() - self._last_recover >= self.config.recover_interval:
             self.recover()
             self._last_recover = time.monotonic()
+        if self.config.clean_older_than and time.monotonic() >= self._next_clean:
+            self.clean(self.config.clean_older_than)
         return created > 0 or queued > 0
+
+    def clean(self, older_than: timedelta) -> None:
+        """A few batches of old history deleted; the next tick goes on while more is left."""
+        self._next_clean = time.monotonic() + self.config.clean_every  # also if it fails
+        cleaned = clean_history(self.db, older_than, max_batches=self.config.clean_batches)
+        if cleaned.more:
+            self._next_clean = 0.0
 
     def schedule_dags(self) -> int:
         with self.health.write() as session:

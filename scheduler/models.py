@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -27,8 +28,14 @@ class DagRun(Base):
         # A second scheduled run for one (dag_id, logical_date) is impossible, whatever the
         # leases do: `scheduled_key` is the logical date for scheduled runs, NULL for manual.
         UniqueConstraint("dag_id", "scheduled_key", name="uq_dag_runs_scheduled"),
-        Index("ix_dag_runs_dag_state", "dag_id", "state"),
-        Index("ix_dag_runs_state", "state"),  # the recovery pass looks at active runs
+        # Every listing is newest first (id descending) under its filters, so each index ends
+        # in `id`: a page of runs is an index range read, however many runs exist (issue 33).
+        Index("ix_dag_runs_dag_id", "dag_id", "id"),  # a DAG's runs, its newest runs
+        Index("ix_dag_runs_dag_state_id", "dag_id", "state", "id"),
+        Index("ix_dag_runs_state_id", "state", "id"),  # active runs; runs by state
+        # the grid and the runs page: latest by logical date, of a DAG or of all
+        Index("ix_dag_runs_dag_logical", "dag_id", "logical_date", "id"),
+        Index("ix_dag_runs_logical", "logical_date", "id"),
         Index("ix_dag_runs_backfill", "backfill_id", "held"),
     )
 
@@ -149,5 +156,10 @@ class TaskTry(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The log as the first bytes the try printed (`log`) and its last (`log_tail`), what was
+    # between them cut (`dagstore.core.logtail`); `log_bytes` counts every byte it printed
+    # (NULL before 0009: `log` is all of it).
     log: Mapped[str] = mapped_column(Text, default="")
+    log_tail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    log_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sha: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the commit it ran

@@ -36,6 +36,7 @@ from dagstore.authoring.rules import RUN, SKIP, UPSTREAM_FAILED, WAIT, decide
 from dagstore.core.models import Repo
 from dagstore.core.protocol import JobPayload
 from scheduler.expand import expand
+from scheduler.metrics import RUNS_FINISHED, count_on_commit
 from scheduler.models import DagRun, TaskInstance
 from scheduler.runs import ACTIVE_RUN_STATES
 from scheduler.transition import transition
@@ -159,7 +160,9 @@ def settle_run(session: Session, run: RunLike, states: set[str], now: datetime) 
     of the run's tasks."""
     if all(state in TERMINAL for state in states):
         final = "success" if states <= SUCCEEDED else "failed"
-        session.execute(_END_RUN, {"run_pk": run.id, "final": final, "now": now})
+        ended = session.execute(_END_RUN, {"run_pk": run.id, "final": final, "now": now})
+        if ended.rowcount == 1:
+            count_on_commit(session, RUNS_FINISHED.labels(final))
         _expire(session, run, "state", "ended_at")
     elif run.state == "queued" and any(state not in ("none", "scheduled") for state in states):
         start_run(session, run.id, now)

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from dagstore.core.db import as_utc
 from dagstore.core.errors import Conflict, NotFound
+from dagstore.core.logtail import DEFAULT_CAP, HeadTail
 from dagstore.core.models import Repo
-from dagstore.core.protocol import MAX_LOG_BYTES
 from scheduler.branching import skip_unchosen
 from scheduler.expand import results_of
 from scheduler.grants import explain_refusal
@@ -174,31 +174,60 @@ def heartbeat(
         raise _conflict(session, ti_id, try_number, "is no longer running")
 
 
-def append_log(session: Session, ti_id: int, try_number: int, offset: int, text: str) -> int:
-    """Add the piece of a running try's log that starts at byte `offset`; returns the bytes
-    held. A piece that overlaps what is held adds only what is new; one past the end (an
-    earlier piece was lost) adds nothing: the worker resends from the returned offset. The
-    caller has just heartbeated this try, so no finish can interleave."""
-    held = session.scalar(
-        select(TaskTry.log).where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
-    )
-    if held is None:
+def append_log(
+    session: Session, ti_id: int, try_number: int, offset: int, text: str, cap: int = DEFAULT_CAP
+) -> int:
+    """Add the piece of a running try's log that starts at stream offset `offset` (bytes the
+    task printed so far, cut ones included); returns where the log the server holds ends. The
+    log keeps its head and tail within `cap` (`dagstore.core.logtail`). A piece that overlaps
+    what is held adds only what is new; one that starts later (the worker had cut the bytes
+    between) marks them cut. The caller has just heartbeated this try, so no finish can
+    interleave."""
+    row = session.execute(
+        select(TaskTry.log, TaskTry.log_tail, TaskTry.log_bytes).where(
+            TaskTry.ti_id == ti_id, TaskTry.try_number == try_number
+        )
+    ).one_or_none()
+    if row is None:
         return 0
-    data, piece = held.encode("utf-8"), text.encode("utf-8")
-    if offset > len(data) or offset + len(piece) <= len(data):
-        return len(data)
-    room = MAX_LOG_BYTES + 256 - len(data)  # CappedLog caps the worker's side already
-    new = piece[len(data) - offset :][: max(room, 0)]
-    if not new:
-        return len(data)
-    data += new
-    session.execute(
-        update(TaskTry)
-        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
-        .values(log=data.decode("utf-8", "replace"))
-        .execution_options(synchronize_session=False)
-    )
-    return len(data)
+    log = HeadTail.restore(cap, row.log, row.log_tail, row.log_bytes)
+    held = log.total
+    log.write_at(offset, text.encode("utf-8"))
+    if log.total != held:
+        session.execute(
+            update(TaskTry)
+            .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
+            .values(log_values(log))
+            .execution_options(synchronize_session=False)
+        )
+    return log.total
+
+
+def log_values(log: HeadTail) -> dict[str, Any]:
+    """The columns of a try's log (`TaskTry.log`, `log_tail`, `log_bytes`)."""
+    head, tail = log.text()
+    return {"log": head, "log_tail": tail, "log_bytes": log.total}
+
+
+@dataclass(frozen=True)
+class TryLog:
+    """A finished try's log as its worker reports it: the head and the tail its own
+    `CappedLog` kept and the bytes printed in all (None: an older worker's whole log)."""
+
+    head: str
+    tail: str = ""
+    written: int | None = None
+
+    def values(self, cap: int) -> dict[str, Any]:
+        """The row's columns, kept within this server's cap whatever the worker's was."""
+        log = HeadTail(cap)
+        log.write(self.head.encode("utf-8"))
+        if self.written is not None and self.tail:
+            data = self.tail.encode("utf-8")
+            log.write_at(max(self.written - len(data), 0), data)
+        elif self.written is not None and self.written > log.total:
+            log.write_at(self.written, b"")
+        return log_values(log)
 
 
 @dataclass(frozen=True)
@@ -230,9 +259,10 @@ def finish(
     now: datetime,
     result: Any = None,
     error: str | None = None,
-    log: str | None = None,
+    log: TryLog | None = None,
     stale_before: datetime | None = None,
     digest: str | None = None,
+    log_cap: int = DEFAULT_CAP,
 ) -> Finished:
     """running → success, or failed / up_for_retry; then, under the run's lock, the run moves on.
 
@@ -269,7 +299,7 @@ def finish(
         "error": error,
     }
     if log is not None:
-        try_values["log"] = log
+        try_values.update(log.values(log_cap))
     session.execute(
         _try_update(tuple(try_values)),
         {"of_ti": ti_id, "of_try": try_number, **new_values(try_values)},

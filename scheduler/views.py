@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, String, and_, column, func, select, true, values
 from sqlalchemy.orm import Session
 
 from dagstore.core.db import as_utc, iso
 from dagstore.core.errors import NotFound
+from dagstore.core.models import Dag
 from scheduler.models import DagRun, TaskInstance, TaskTry
 
 
@@ -48,22 +49,66 @@ def run_json(run: DagRun, tasks: list[dict[str, Any]] | None = None) -> dict[str
     return body
 
 
+def newest_first(query: Select, *equal: tuple[Any, Any], by_logical_date: bool = False) -> Select:
+    """`query` over runs, filtered on each (column, value) of `equal`, newest first (by id, or
+    by logical date then id), read through the index on (columns..., [logical_date,] id) and
+    stopped after its LIMIT whatever the history.
+
+    Written as `column BETWEEN v AND v` and ordered by (columns..., id): with `column = v`
+    PostgreSQL drops the constant columns from the order and, estimating a DAG's runs as
+    spread evenly, may walk the primary key backwards dropping every other DAG's runs: all
+    of them for a DAG with no runs (issue 33; tests/scheduler/test_history_plans.py)."""
+    for filtered, value in equal:
+        query = query.where(filtered.between(value, value))
+    order = [filtered.desc() for filtered, _ in equal]
+    if by_logical_date:
+        order.append(DagRun.logical_date.desc())
+    return query.order_by(*order, DagRun.id.desc())
+
+
 def recent_runs(session: Session, dag_ids: list[str], per_dag: int) -> dict[str, list[dict]]:
-    """The newest `per_dag` runs of each DAG, newest first, in one query (a window)."""
-    newest = (
-        func.row_number().over(partition_by=DagRun.dag_id, order_by=DagRun.id.desc()).label("n")
-    )
-    ranked = select(DagRun.id, newest).where(DagRun.dag_id.in_(dag_ids)).subquery()
-    runs = session.scalars(
-        select(DagRun)
-        .join(ranked, ranked.c.id == DagRun.id)
-        .where(ranked.c.n <= per_dag)
-        .order_by(DagRun.id.desc())
-    )
+    """The newest `per_dag` runs of each DAG, newest first: `per_dag` index entries read per
+    DAG (`ix_dag_runs_dag_id`), however many runs each has (issue 33; a window over all
+    runs read them all at every page load)."""
     out: dict[str, list[dict]] = {dag_id: [] for dag_id in dag_ids}
+    if not dag_ids:
+        return out
+    newest = _newest_run_ids(session, dag_ids, per_dag)
+    runs = session.scalars(select(DagRun).where(DagRun.id.in_(newest)).order_by(DagRun.id.desc()))
     for run in runs:
         out[run.dag_id].append(run_json(run))
     return out
+
+
+def _newest_run_ids(session: Session, dag_ids: list[str], per_dag: int) -> Select:
+    """The ids of each DAG's newest `per_dag` runs, as a subquery.
+
+    PostgreSQL: per DAG a LATERAL `ORDER BY id DESC LIMIT n` over (dag_id, id). SQLite has no
+    LATERAL: per DAG the id of its n-th newest run (a correlated `LIMIT 1 OFFSET n-1` on the
+    same index), then the runs of that DAG from that id on, an index range. (SQLite cannot name
+    a VALUES list's columns: the DAGs come from their table there, where every DAG that ever
+    had a run stays.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        wanted = values(column("dag_id", String), name="wanted").data([(d,) for d in dag_ids])
+        top = (
+            newest_first(select(DagRun.id), (DagRun.dag_id, wanted.c.dag_id))
+            .limit(per_dag)
+            .lateral("top")
+        )
+        return select(top.c.id).select_from(wanted).join(top, true())
+    wanted = select(Dag.dag_id).where(Dag.dag_id.in_(dag_ids)).subquery("wanted")
+    floor = (
+        select(DagRun.id)
+        .where(DagRun.dag_id == wanted.c.dag_id)
+        .order_by(DagRun.id.desc())
+        .limit(1)
+        .offset(per_dag - 1)
+        .scalar_subquery()
+    )
+    floors = select(wanted.c.dag_id, func.coalesce(floor, 0).label("floor")).subquery("floors")
+    return select(DagRun.id).join(
+        floors, and_(DagRun.dag_id == floors.c.dag_id, DagRun.id >= floors.c.floor)
+    )
 
 
 def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
@@ -75,10 +120,7 @@ def run_grid(session: Session, dag_id: str, limit: int) -> list[dict[str, Any]]:
     instance (`map_index` -1 for an unmapped one); `retried` says whether any task took more
     than one try, `shas` every commit its tries ran."""
     runs = session.scalars(
-        select(DagRun)
-        .where(DagRun.dag_id == dag_id)
-        .order_by(DagRun.logical_date.desc(), DagRun.id.desc())
-        .limit(limit)
+        newest_first(select(DagRun), (DagRun.dag_id, dag_id), by_logical_date=True).limit(limit)
     ).all()
     by_pk: dict[int, dict[str, Any]] = {
         run.id: {"run": run_json(run), "instances": [], "retried": False, "shas": [run.sha]}
@@ -126,9 +168,7 @@ def task_seconds(session: Session, dag_id: str, runs: int) -> dict[str, list[flo
     """task_id → how long its instances' last tries took, in the DAG's `runs` latest runs by
     logical date (finished ones only): what "slow" is judged against."""
     latest = (
-        select(DagRun.id)
-        .where(DagRun.dag_id == dag_id)
-        .order_by(DagRun.logical_date.desc(), DagRun.id.desc())
+        newest_first(select(DagRun.id), (DagRun.dag_id, dag_id), by_logical_date=True)
         .limit(runs)
         .subquery()
     )
@@ -157,10 +197,11 @@ def list_runs(
     until: datetime | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Runs by logical date, latest first, filtered; at most `limit` of them."""
-    query = select(DagRun).order_by(DagRun.logical_date.desc(), DagRun.id.desc()).limit(limit)
-    if dag_id:
-        query = query.where(DagRun.dag_id == dag_id)
+    """Runs by logical date, latest first, filtered; at most `limit` of them. Read through
+    (dag_id, logical_date, id) or (logical_date, id): the state and type filters are checked
+    on the way, so a rare state may read further back, never the whole table at once."""
+    equal = [(DagRun.dag_id, dag_id)] if dag_id else []
+    query = newest_first(select(DagRun), *equal, by_logical_date=True).limit(limit)
     if state:
         query = query.where(DagRun.state == state)
     if run_type:

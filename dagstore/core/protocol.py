@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from dagstore.core.logtail import DEFAULT_CAP, MAX_CAP
+
 JOB_FUNCTION = "runner.job.run_task"  # enqueued by dotted path: the scheduler never imports it
 DEFAULT_QUEUE = "default"
 QUEUE_PREFIX = "pinflow:"
-MAX_LOG_BYTES = 1024 * 1024
 MAX_DB_INT = 2**31 - 1  # INTEGER columns: larger ids or tries cannot exist
 ARCHIVE_DIGEST_HEADER = "X-Pinflow-Archive-Sha256"  # the archive's sha256, checked by workers
 
@@ -80,6 +81,9 @@ class TaskSpec(BaseModel):
     map_values: dict[str, Any] = Field(default_factory=dict)
     map_positions: dict[str, int] = Field(default_factory=dict)
     max_tries: int | None = None
+    # The servers' PINFLOW_TASK_LOG_MAX_BYTES: the worker keeps the log's head and tail within
+    # it (`dagstore.core.logtail`), as the server does with what it receives.
+    log_max_bytes: int = DEFAULT_CAP
 
 
 class Heartbeat(BaseModel):
@@ -87,8 +91,10 @@ class Heartbeat(BaseModel):
     # The task's log so far is shipped in pieces with heartbeats, so it can be followed while
     # the task runs: `log` is the text from byte `log_offset` on. The answer says how many
     # bytes the server holds, which is where the next piece starts.
-    log_offset: int = Field(default=0, ge=0, le=MAX_LOG_BYTES * 2)
-    log: str | None = Field(default=None, max_length=MAX_LOG_BYTES * 2)
+    # Offsets count every byte the task printed, also the ones its head-and-tail log cut
+    # (`dagstore.core.logtail`); a piece is at most the cap.
+    log_offset: int = Field(default=0, ge=0, le=2**62)
+    log: str | None = Field(default=None, max_length=MAX_CAP)
 
 
 class FinishRequest(BaseModel):
@@ -96,4 +102,8 @@ class FinishRequest(BaseModel):
     state: Literal["success", "failed"]
     result: Any = None
     error: str | None = Field(default=None, max_length=200_000)
-    log: str = Field(default="", max_length=2 * MAX_LOG_BYTES)
+    # The log's head (all of it when nothing was cut), its tail, and the bytes printed in all;
+    # without `log_bytes` (an older worker) `log` is the whole log.
+    log: str = Field(default="", max_length=MAX_CAP)
+    log_tail: str = Field(default="", max_length=MAX_CAP)
+    log_bytes: int | None = Field(default=None, ge=0, le=2**62)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
+
+from dagstore.core.durations import parse_age
+from dagstore.core.errors import BadRequest
+from dagstore.core.logtail import DEFAULT_CAP, SETTING, check_cap
 
 DEFAULT_API_URL = "http://127.0.0.1:8740"
 
@@ -28,6 +33,31 @@ def _env_url(name: str) -> str | None:
     if raw and not raw.startswith(("http://", "https://")):
         raise SystemExit(f"pinflow: {name} must be an http:// or https:// URL, got {raw!r}")
     return raw or None
+
+
+def _env_log_cap() -> int:
+    raw = (os.environ.get(SETTING) or "").strip()
+    if not raw:
+        return DEFAULT_CAP
+    if not raw.isdigit():
+        raise SystemExit(f"pinflow: {SETTING} must be a number of bytes, got {raw!r}")
+    try:
+        return check_cap(int(raw))
+    except ValueError as exc:
+        raise SystemExit(f"pinflow: {exc}") from None
+
+
+def _env_age(name: str) -> timedelta | None:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        age = parse_age(raw, name)
+    except BadRequest as exc:
+        raise SystemExit(f"pinflow: {exc.detail}") from None
+    if not age:
+        raise SystemExit(f"pinflow: {name} must be more than 0 (unset it to keep all history)")
+    return age
 
 
 def normalise_database_url(url: str) -> str:
@@ -60,6 +90,11 @@ class Settings:
     public_url: str | None = None
     # Proxies whose X-Forwarded-Proto/-For the server believes (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str = "127.0.0.1"
+    # A try's log keeps its head and tail within this many bytes (`dagstore.core.logtail`).
+    task_log_max_bytes: int = DEFAULT_CAP
+    # Schedulers delete finished runs older than this (`pinflow db clean`); None: never.
+    clean_older_than: timedelta | None = None
+    clean_every: float = 3600.0  # seconds between two of a scheduler's cleaning passes
 
     def make_home(self) -> None:
         """PINFLOW_HOME and the SQLite file are this user's alone (0700, 0600): they hold the
@@ -109,6 +144,9 @@ class Settings:
             parse_sandbox=os.environ.get("PINFLOW_PARSE_SANDBOX") or "on",
             public_url=_env_url("PINFLOW_PUBLIC_URL"),
             forwarded_allow_ips=os.environ.get("PINFLOW_FORWARDED_ALLOW_IPS") or "127.0.0.1",
+            task_log_max_bytes=_env_log_cap(),
+            clean_older_than=_env_age("PINFLOW_CLEAN_OLDER_THAN"),
+            clean_every=_env_float("PINFLOW_CLEAN_EVERY", 3600.0),
         )
         explicit = {k: v for k, v in overrides.items() if v is not None and k != "home"}
         if "database_url" in explicit:

@@ -149,7 +149,10 @@ def scheduler(
     store = StoreContext.from_settings(settings)
     until_database("bringing the schema up to date", lambda: upgrade(store.db))
     config = SchedulerConfig(
-        lease_ttl=settings.lease_ttl, heartbeat_timeout=settings.heartbeat_timeout
+        lease_ttl=settings.lease_ttl,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        clean_older_than=settings.clean_older_than,
+        clean_every=settings.clean_every,
     )
     if name:
         config.name = name
@@ -208,6 +211,9 @@ def up(
 
 
 def register(app: typer.Typer) -> None:
+    from pinflow.cli.clean import db_clean
+
+    db_app.command("clean")(db_clean)
     app.add_typer(db_app, name="db")
     app.command("server")(serve)
     app.command("scheduler")(scheduler)

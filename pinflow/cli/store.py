@@ -22,7 +22,7 @@ token_app = typer.Typer(help="Create, list and revoke API tokens (reads and writ
 repo_app = typer.Typer(help="Repositories of the DAG store.")
 
 
-def _database(home: str | None, database_url: str | None) -> Database:
+def existing_database(home: str | None, database_url: str | None) -> Database:
     """The existing database, schema at head (SQLAlchemy and Alembic load only for these
     commands). Only `db upgrade`, `server`, `scheduler` and `up` create one: a token made in
     a database no server reads is a token every server refuses."""
@@ -53,7 +53,7 @@ def token_create(
     from dagstore.access.tokens import check_scope_name, issue_token
 
     check_scope_name(scope)  # before the database: a typo needs none to be told
-    db = _database(home, database_url)
+    db = existing_database(home, database_url)
     with db.write() as session:
         token_id, secret = issue_token(session, scope, name)
     print(secret)
@@ -67,7 +67,7 @@ def token_list(output: Output = None, home: Home = None, database_url: DatabaseU
     from dagstore.access.tokens import list_tokens
     from dagstore.core.db import iso
 
-    db = _database(home, database_url)
+    db = existing_database(home, database_url)
     with db.read() as session:
         tokens = [{**t, **{k: iso(t[k]) for k in TIMES}} for t in list_tokens(session)]
     show(tokens, TOKEN_COLUMNS, output)
@@ -92,7 +92,7 @@ def token_revoke(
     """Revoke a token at once: every server stops accepting it."""
     from dagstore.access.tokens import revoke_token
 
-    db = _database(home, database_url)
+    db = existing_database(home, database_url)
     with db.write() as session:
         revoke_token(session, token_id)
     print(f"revoked token {token_id}")
