@@ -16,10 +16,32 @@ if connection is None:  # `alembic` run by hand: build an engine from the ini UR
 
     connection = make_engine(context.config.get_main_option("sqlalchemy.url")).connect()
 
-context.configure(
-    connection=connection,
-    target_metadata=target_metadata,
-    render_as_batch=connection.dialect.name == "sqlite",
-)
-with context.begin_transaction():
-    context.run_migrations()
+
+def _sqlite_foreign_keys(on: bool) -> None:
+    """SQLite alters a table by copying it and dropping the old one (batch mode): with foreign
+    keys on, that DROP deletes every row that points at it (a task_instances rebuild took each
+    try with it). The pragma is a no-op inside a transaction, so it is set on the driver's
+    connection before the migration's transaction begins."""
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _sqlite_check_foreign_keys() -> None:
+    broken = connection.connection.driver_connection.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"the migration left rows that point nowhere: {broken[:5]}")
+
+
+batch = connection.dialect.name == "sqlite"
+sqlite = batch and not connection.in_transaction()
+context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=batch)
+if sqlite:
+    _sqlite_foreign_keys(False)
+try:
+    with context.begin_transaction():
+        context.run_migrations()
+    if sqlite:
+        connection.commit()
+        _sqlite_check_foreign_keys()
+finally:
+    if sqlite:
+        _sqlite_foreign_keys(True)

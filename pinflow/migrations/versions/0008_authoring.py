@@ -29,7 +29,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("dag_runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("max_active_tasks", sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column("dagrun_timeout", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("dagrun_timeout", sa.Double(), nullable=True))
     with op.batch_alter_table("task_instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("trigger_rule", sa.String(length=20), nullable=True))
         batch_op.add_column(sa.Column("pool", sa.String(length=250), nullable=True))
