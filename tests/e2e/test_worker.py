@@ -65,6 +65,30 @@ def test_sigterm_lets_the_current_task_finish(cluster: Cluster, tmp_path, uid):
     assert cluster.wait(run["run_id"])["state"] == "success"
 
 
+def wait_for_log(proc, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and text not in proc.log():
+        time.sleep(0.05)
+    assert text in proc.log(), proc.log()[-2000:]
+
+
+def test_sigterm_stops_an_idle_worker_at_once(cluster: Cluster, uid):
+    """With no task in hand a warm shutdown has nothing to wait for. RQ ends its work loop by
+    raising StopRequested without marking the worker stopped, and the loop that outlives Redis
+    faults (issue 26) took that for a loop that ended by itself and started it again: the
+    worker never exited on SIGTERM and had to be killed."""
+    worker = cluster.add_worker(f"{uid}idle")
+    wait_for_log(worker, "Listening on")
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        assert worker.proc.wait(20) == 0, worker.log()[-2000:]
+    finally:
+        cluster.workers.remove(worker)
+        worker.stop()
+    assert "carrying on" not in worker.log(), worker.log()[-2000:]
+
+
 def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster, tmp_path, uid):
     work = cluster.repo(f"d{uid}", tmp_path / "w")
     dag_id = f"down_{uid}"
