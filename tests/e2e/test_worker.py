@@ -17,6 +17,7 @@ from dagstore.core.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
 from tests.support.dags import sleeps_on_first_try
+from tests.support.proxy import Proxy
 
 SLEEPER = """
 from pinflow import DAG, task
@@ -87,6 +88,46 @@ def test_sigterm_stops_an_idle_worker_at_once(cluster: Cluster, uid):
         cluster.workers.remove(worker)
         worker.stop()
     assert "carrying on" not in worker.log(), worker.log()[-2000:]
+
+
+ON_QUEUE = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task(queue="{queue}")
+    def claimed():
+        return "ran"
+
+    claimed()
+"""
+
+
+def test_sigterm_while_the_try_is_claimed_lets_it_run(cluster: Cluster, tmp_path, uid):
+    """A job is the worker's from the moment it is dequeued: a SIGTERM that lands while the
+    claim waits for the API (before RQ's state says busy) lets it run, then the worker exits.
+    RQ raised StopRequested from inside the claim: the claimed try never ran and the worker
+    did not exit (the flaky test_sigterm_lets_the_current_task_finish under load)."""
+    dag_id, queue = f"claimed_{uid}", f"q{uid}"
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "c", **{"dags/c.py": ON_QUEUE.format(dag_id=dag_id, queue=queue)})
+    assert cluster.server is not None
+    proxy = Proxy(cluster.server.port)
+    proxy.hold()
+    worker = cluster.add_worker(f"{uid}claim", api_url=proxy.url, args=("--queue", queue))
+    try:
+        run = cluster.trigger(dag_id)
+        assert proxy.held.wait(30), worker.log()[-2000:]  # the claim is on its way
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGTERM)
+        wait_for_log(worker, "warm shut")
+        proxy.release()
+        assert worker.proc.wait(30) == 0, worker.log()[-2000:]
+    finally:
+        proxy.close()
+        worker.stop()
+    done = cluster.run(run["run_id"])
+    assert done["state"] == "success", cluster.logs()
+    assert done["tasks"][0]["result"] == "ran"
 
 
 def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster, tmp_path, uid):

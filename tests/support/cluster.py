@@ -66,12 +66,15 @@ class Cluster:
         self.schedulers.append(proc.start())
         return proc
 
-    def add_worker(self, name: str, api_url: str | None = None, **env: str) -> PinflowProcess:
+    def add_worker(
+        self, name: str, api_url: str | None = None, args: tuple[str, ...] = (), **env: str
+    ) -> PinflowProcess:
+        """A started `pinflow worker`; `args`: more options for this one (e.g. its --queue)."""
         # Workers get no database URL (they must not need one) and share one cache, as the
         # workers of one host do.
         proc = PinflowProcess(
             f"worker-{name}",
-            ["worker", "--name", name, *self.worker_args],
+            ["worker", "--name", name, *self.worker_args, *args],
             self.home / name,
             "",
             **{
