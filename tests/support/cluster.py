@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.support.git import Git
 from tests.support.ports import free_port
-from tests.support.procs import PinflowProcess
+from tests.support.procs import PinflowProcess, stop_all
 from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess, make_tokens
 
@@ -91,8 +91,9 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
-        for proc in self.workers + self.schedulers:
-            proc.stop()
+        # As a supervisor stops them: SIGTERM, then SIGKILL past a grace. A worker busy with a
+        # long task (a test's sleeper) rightly waits for it on SIGTERM; a test is over by now.
+        stop_all(self.workers + self.schedulers, timeout=5)
         if self.server:
             self.server.stop()
         self.redis.cleanup()
