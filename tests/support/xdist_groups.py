@@ -9,14 +9,21 @@ pytest 9: it renames a test through an attribute pytest no longer reads.)
 
 Groups are handed out longest first, as far as the order of collection can tell: the
 end-to-end modules lead, since a long group picked up last would finish alone.
+
+The processes share one throwaway PostgreSQL, started by xdist's controller before it starts
+them (they inherit PINFLOW_TEST_DATABASE_URL): every test makes a database of its own in it, so
+one cluster serves all, and 4 initdb runs side by side on 2 cores would only add load.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from xdist.scheduler import LoadScopeScheduling
+
+from tests.support.pg import PostgresCluster, find_pg_bin
 
 BACKENDS = ("sqlite", "postgresql")
 _PARAMS = re.compile(r"\[(.*)\]$")
@@ -48,6 +55,29 @@ class ModuleBackendScheduling(LoadScopeScheduling):
 
 class XdistGroups:
     """Registered by tests/conftest.py when pytest-xdist is installed."""
+
+    postgres: PostgresCluster | None = None
+
+    @pytest.hookimpl
+    def pytest_configure(self, config: pytest.Config) -> None:
+        """In xdist's controller of a parallel run: one PostgreSQL for all its processes
+        (unless one is given); the session fixture `postgres_admin_url` then uses it."""
+        parallel = not hasattr(config, "workerinput") and config.getoption("numprocesses")
+        if not parallel or os.environ.get("PINFLOW_TEST_DATABASE_URL"):
+            return
+        bin_dir = find_pg_bin()
+        if bin_dir is None:
+            return  # the fixture in each process skips, or fails under CI, as it says
+        self.postgres = PostgresCluster(bin_dir)
+        self.postgres.start()
+        os.environ["PINFLOW_TEST_DATABASE_URL"] = self.postgres.url("postgres")
+
+    @pytest.hookimpl
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.postgres is not None:
+            os.environ.pop("PINFLOW_TEST_DATABASE_URL", None)
+            self.postgres.stop()
+            self.postgres = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log):  # type: ignore[no-untyped-def]
