@@ -137,8 +137,15 @@ def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster,
     run = cluster.trigger(dag_id)
     cluster.wait_task(run["run_id"], "sleeper", "running")
     assert cluster.server is not None
+    seen = sum(w.log().count("unreachable") for w in cluster.workers)
     cluster.server.stop()  # the version is cached already: the task goes on
-    time.sleep(4)
+    # Down until the worker has found it so (a heartbeat or the report failed), not for a
+    # fixed time: the downtime must stay well under the heartbeat timeout, and a restart on
+    # a loaded machine takes seconds of its own.
+    deadline = time.monotonic() + 30
+    while sum(w.log().count("unreachable") for w in cluster.workers) == seen:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
     cluster.server.start()
     done = cluster.wait(run["run_id"])
     assert done["state"] == "success", cluster.logs()
