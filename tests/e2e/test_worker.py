@@ -39,8 +39,10 @@ with DAG("{dag_id}", schedule=None):
 
 @pytest.fixture(scope="module", params=["sqlite"])
 def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
+    # 20 s: the API-down test's restart of the server (seconds on a loaded machine) plus the
+    # worker's backoff must fit in it, or the try is rightly judged lost.
     yield from cluster_for(
-        request, tmp_path_factory, schedulers=1, workers=1, PINFLOW_HEARTBEAT_TIMEOUT="10"
+        request, tmp_path_factory, schedulers=1, workers=1, PINFLOW_HEARTBEAT_TIMEOUT="20"
     )
 
 
