@@ -18,9 +18,15 @@ venv: $(STAMP)
 up: $(STAMP)
 	$(BIN)/pinflow up --demo
 
+# The suite waits on real processes far more than it computes, so it runs in TEST_PROCESSES
+# pytest processes (pytest-xdist) even on 2 cores; a module's tests on one backend stay in one
+# process, so its servers and clusters start once (tests/support/xdist_groups.py).
+# TEST_PROCESSES=0 runs it in one process.
+TEST_PROCESSES ?= 4
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --ignore=tests/failure $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/failure -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 # The failure suite (crashes, restarts, the HA soak, bad-input sweeps): minutes of real
 # processes, so CI runs it as a step of its own after `make test`.

@@ -52,9 +52,40 @@ def rq_name(name: str | None) -> str:
 class _Claiming:
     """Before RQ executes a job: refuse anything but pinflow's task entry point, claim the
     try through the token agent (`runner.claim`). No DAG code ever runs here before the fork
-    (`runner.forkserver`)."""
+    (`runner.forkserver`).
+
+    A warm shutdown (SIGTERM) lets the job in hand finish, from the moment it is dequeued:
+    RQ only waits for a job once the worker's state says busy, which pinflow records after
+    the claim and the fork (`runner.horse`), and otherwise raises StopRequested wherever the
+    signal lands, abandoning a claimed try or a running horse."""
+
+    _job_in_hand = False
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        self._job_in_hand = True
+        try:
+            self._claim_and_execute(job, queue)
+        finally:
+            self._job_in_hand = False
+
+    def _shutdown(self) -> None:
+        """RQ's answer to the first SIGTERM (its handler has already made a second one a cold
+        shutdown): stop after the job in hand, or at once without one. RQ's own asks Redis
+        for the worker's state first, which fails in a Redis outage; no RQ scheduler runs
+        here (`with_scheduler=False`) for it to stop."""
+        if self._job_in_hand:
+            self._stop_requested = True
+            log.info("warm shutdown: stopping once the current task is done")
+            return
+        raise StopRequested()
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether SIGTERM asked this worker to stop (RQ notes the date of the request, and
+        marks nothing when it stops an idle worker by raising StopRequested)."""
+        return self._shutdown_requested_date is not None  # type: ignore[attr-defined]
+
+    def _claim_and_execute(self, job: Job, queue: Queue) -> None:
         refusal = refusal_of(job)
         if refusal is not None:
             log.error("refusing RQ job %s: %s", job.id, refusal)
@@ -95,6 +126,7 @@ class _Claiming:
             delay,
         )
         self.set_state(WorkerStatus.IDLE)  # type: ignore[attr-defined]
+        self._job_in_hand = False  # it is back in its queue: a SIGTERM now stops at once
         time.sleep(delay)
         self._refused_for += delay
 
@@ -152,7 +184,7 @@ class NoForkWorker(_Claiming, SurvivesRedis, SimpleWorker):
 
 def make_worker(
     redis_url: str, queues: list[str] | None = None, name: str | None = None, fork: bool = True
-) -> Worker:
+) -> PinflowWorker | NoForkWorker:
     # Every connection comes from the token agent (no password here); not announcing the client
     # library (CLIENT SETINFO) saves two round trips per connection.
     connection = worker_redis(
@@ -230,7 +262,7 @@ def run_worker(
                 worker.register_death()  # our own earlier incarnation, cut off from Redis
             outage.ended()
             worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
-            if burst or worker._stop_requested:  # noqa: SLF001 - done, or asked to stop
+            if burst or worker.stop_requested:  # done, or asked to stop
                 return
             # RQ's loop ends itself on what it cannot handle ("unhandled exception, quitting"):
             # a worker never does, it starts the loop again.
@@ -238,7 +270,7 @@ def run_worker(
         except StopRequested:  # SIGTERM while (re)starting: RQ's handler says stop
             return
         except Exception as exc:  # noqa: BLE001 - Redis down, READONLY, keys gone: carry on
-            if worker is not None and worker._stop_requested:  # noqa: SLF001 - shutting down
+            if worker is not None and worker.stop_requested:  # shutting down
                 return
             delay = outage.failed("starting RQ's work loop", exc)
         if worker is not None:

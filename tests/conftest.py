@@ -25,6 +25,13 @@ from tests.support.server import ServerProcess, make_tokens
 BACKENDS = ("sqlite", "postgresql")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):  # `make test` runs the suite with -n
+        from tests.support.xdist_groups import XdistGroups
+
+        config.pluginmanager.register(XdistGroups(), "pinflow-xdist-groups")
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("PINFLOW_TEST_DATABASE_URL")

@@ -127,7 +127,9 @@ def test_a_parse_writes_only_its_capped_tmp_never_the_servers_disk(repo_name, tm
     tmpfs; the server's temp folder (where versions are unpacked) does not grow meanwhile."""
     server_tmp = tmp_path / "server-tmp"
     server_tmp.mkdir()
-    server = start_server(tmp_path / "home", TMPDIR=str(server_tmp))
+    # A parse timeout far above the file's 3 s hold: this test is about disk, and filling the
+    # tmpfs on a loaded machine took longer than the default 30 s.
+    server = start_server(tmp_path / "home", TMPDIR=str(server_tmp), PINFLOW_PARSE_TIMEOUT="120")
     try:
         server.create_repo(repo_name)
         work = Git(tmp_path / "w").init()

@@ -17,6 +17,7 @@ from dagstore.core.protocol import DEFAULT_QUEUE, JOB_FUNCTION, queue_name
 from tests.conftest import cluster_for
 from tests.support.cluster import Cluster
 from tests.support.dags import sleeps_on_first_try
+from tests.support.proxy import Proxy
 
 SLEEPER = """
 from pinflow import DAG, task
@@ -38,8 +39,10 @@ with DAG("{dag_id}", schedule=None):
 
 @pytest.fixture(scope="module", params=["sqlite"])
 def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
+    # 20 s: the API-down test's restart of the server (seconds on a loaded machine) plus the
+    # worker's backoff must fit in it, or the try is rightly judged lost.
     yield from cluster_for(
-        request, tmp_path_factory, schedulers=1, workers=1, PINFLOW_HEARTBEAT_TIMEOUT="10"
+        request, tmp_path_factory, schedulers=1, workers=1, PINFLOW_HEARTBEAT_TIMEOUT="20"
     )
 
 
@@ -65,6 +68,70 @@ def test_sigterm_lets_the_current_task_finish(cluster: Cluster, tmp_path, uid):
     assert cluster.wait(run["run_id"])["state"] == "success"
 
 
+def wait_for_log(proc, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and text not in proc.log():
+        time.sleep(0.05)
+    assert text in proc.log(), proc.log()[-2000:]
+
+
+def test_sigterm_stops_an_idle_worker_at_once(cluster: Cluster, uid):
+    """With no task in hand a warm shutdown has nothing to wait for. RQ ends its work loop by
+    raising StopRequested without marking the worker stopped, and the loop that outlives Redis
+    faults (issue 26) took that for a loop that ended by itself and started it again: the
+    worker never exited on SIGTERM and had to be killed."""
+    worker = cluster.add_worker(f"{uid}idle")
+    wait_for_log(worker, "Listening on")
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        assert worker.proc.wait(20) == 0, worker.log()[-2000:]
+    finally:
+        cluster.workers.remove(worker)
+        worker.stop()
+    assert "carrying on" not in worker.log(), worker.log()[-2000:]
+
+
+ON_QUEUE = """
+from pinflow import DAG, task
+
+with DAG("{dag_id}", schedule=None):
+    @task(queue="{queue}")
+    def claimed():
+        return "ran"
+
+    claimed()
+"""
+
+
+def test_sigterm_while_the_try_is_claimed_lets_it_run(cluster: Cluster, tmp_path, uid):
+    """A job is the worker's from the moment it is dequeued: a SIGTERM that lands while the
+    claim waits for the API (before RQ's state says busy) lets it run, then the worker exits.
+    RQ raised StopRequested from inside the claim: the claimed try never ran and the worker
+    did not exit (the flaky test_sigterm_lets_the_current_task_finish under load)."""
+    dag_id, queue = f"claimed_{uid}", f"q{uid}"
+    work = cluster.repo(dag_id.replace("_", ""), tmp_path / "w")
+    cluster.push(work, "c", **{"dags/c.py": ON_QUEUE.format(dag_id=dag_id, queue=queue)})
+    assert cluster.server is not None
+    proxy = Proxy(cluster.server.port)
+    proxy.hold()
+    worker = cluster.add_worker(f"{uid}claim", api_url=proxy.url, args=("--queue", queue))
+    try:
+        run = cluster.trigger(dag_id)
+        assert proxy.held.wait(30), worker.log()[-2000:]  # the claim is on its way
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGTERM)
+        wait_for_log(worker, "warm shut")
+        proxy.release()
+        assert worker.proc.wait(30) == 0, worker.log()[-2000:]
+    finally:
+        proxy.close()
+        worker.stop()
+    done = cluster.run(run["run_id"])
+    assert done["state"] == "success", cluster.logs()
+    assert done["tasks"][0]["result"] == "ran"
+
+
 def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster, tmp_path, uid):
     work = cluster.repo(f"d{uid}", tmp_path / "w")
     dag_id = f"down_{uid}"
@@ -72,8 +139,15 @@ def test_api_server_down_mid_task_the_worker_waits_and_reports(cluster: Cluster,
     run = cluster.trigger(dag_id)
     cluster.wait_task(run["run_id"], "sleeper", "running")
     assert cluster.server is not None
+    seen = sum(w.log().count("unreachable") for w in cluster.workers)
     cluster.server.stop()  # the version is cached already: the task goes on
-    time.sleep(4)
+    # Down until the worker has found it so (a heartbeat or the report failed), not for a
+    # fixed time: the downtime must stay well under the heartbeat timeout, and a restart on
+    # a loaded machine takes seconds of its own.
+    deadline = time.monotonic() + 30
+    while sum(w.log().count("unreachable") for w in cluster.workers) == seen:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
     cluster.server.start()
     done = cluster.wait(run["run_id"])
     assert done["state"] == "success", cluster.logs()

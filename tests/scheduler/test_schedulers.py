@@ -137,11 +137,17 @@ def test_max_active_runs_holds_back_catchup(database_url, redis_url, tmp_path):
     )
     insert_dags(db, "held", {"held": daily(start, max_active_runs=2)})
     procs = schedulers(1, tmp_path, database_url, redis_url, ttl="30")
-    try:
-        time.sleep(4)
+
+    def dates() -> list[datetime]:
         with db.read() as session:
-            dates = sorted(as_utc(d) for d in session.scalars(select(DagRun.logical_date)))
-        assert dates == [start, start + timedelta(days=1)], "oldest first, two at most"
+            return sorted(as_utc(d) for d in session.scalars(select(DagRun.logical_date)))
+
+    try:
+        deadline = time.monotonic() + 60  # the scheduler's start: long on a loaded machine
+        while len(dates()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # a few scheduler loops (0.5 s each) in which a third run would appear
+        assert dates() == [start, start + timedelta(days=1)], "oldest first, two at most"
     finally:
         procs[0].stop()
         db.dispose()

@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.support.git import Git
 from tests.support.ports import free_port
-from tests.support.procs import PinflowProcess
+from tests.support.procs import PinflowProcess, stop_all
 from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess, make_tokens
 
@@ -66,12 +66,15 @@ class Cluster:
         self.schedulers.append(proc.start())
         return proc
 
-    def add_worker(self, name: str, api_url: str | None = None, **env: str) -> PinflowProcess:
+    def add_worker(
+        self, name: str, api_url: str | None = None, args: tuple[str, ...] = (), **env: str
+    ) -> PinflowProcess:
+        """A started `pinflow worker`; `args`: more options for this one (e.g. its --queue)."""
         # Workers get no database URL (they must not need one) and share one cache, as the
         # workers of one host do.
         proc = PinflowProcess(
             f"worker-{name}",
-            ["worker", "--name", name, *self.worker_args],
+            ["worker", "--name", name, *self.worker_args, *args],
             self.home / name,
             "",
             **{
@@ -88,8 +91,9 @@ class Cluster:
         return proc
 
     def stop(self) -> None:
-        for proc in self.workers + self.schedulers:
-            proc.stop()
+        # As a supervisor stops them: SIGTERM, then SIGKILL past a grace. A worker busy with a
+        # long task (a test's sleeper) rightly waits for it on SIGTERM; a test is over by now.
+        stop_all(self.workers + self.schedulers, timeout=5)
         if self.server:
             self.server.stop()
         self.redis.cleanup()
@@ -133,7 +137,8 @@ class Cluster:
             run = self.run(run_id)
             if run["state"] in ("success", "failed"):
                 return run
-            time.sleep(0.1)
+            # Each poll is a request the server answers on the same 2 cores as the run.
+            time.sleep(0.2)
         raise AssertionError(f"run {run_id} did not finish: {self.run(run_id)}\n{self.logs()}")
 
     def wait_task(
@@ -145,7 +150,7 @@ class Cluster:
             tasks = {t["task_id"]: t for t in self.run(run_id)["tasks"]}
             if tasks[task_id]["state"] == state:
                 return tasks[task_id]
-            time.sleep(0.05)
+            time.sleep(0.1)
         raise AssertionError(f"{task_id} never {state}: {self.run(run_id)}\n{self.logs()}")
 
     def logs(self) -> str:

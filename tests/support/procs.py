@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from pinflow.supervise import descendants
@@ -61,13 +62,19 @@ class PinflowProcess:
         return pids
 
     def stop(self, timeout: float = 10) -> None:
-        if not self.alive:
-            return
+        stop_all([self], timeout)
+
+    def _terminate(self) -> list[int]:
+        """SIGTERM, as a supervisor stops it; returns the descendants it had then."""
         assert self.proc is not None
         kids = descendants(self.proc.pid)
         self.proc.terminate()
+        return kids
+
+    def _reap(self, kids: list[int], deadline: float) -> None:
+        assert self.proc is not None
         try:
-            self.proc.wait(timeout)
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.kill9()
         for pid in kids:  # never leave a work horse behind
@@ -76,6 +83,16 @@ class PinflowProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(procs: list[PinflowProcess], timeout: float = 10) -> None:
+    """SIGTERM all at once, then wait for each (SIGKILL past `timeout`): a cluster's
+    processes shut down side by side, not one after another."""
+    live = [p for p in procs if p.alive]
+    kids = [p._terminate() for p in live]  # noqa: SLF001 - this module's own helpers
+    deadline = time.monotonic() + timeout
+    for proc, its_kids in zip(live, kids, strict=True):
+        proc._reap(its_kids, deadline)  # noqa: SLF001
 
 
 def _comm(pid: int) -> str:

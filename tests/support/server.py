@@ -68,7 +68,9 @@ class ServerProcess:
         auth = f"x:{token}@" if token else ""
         return f"http://{auth}127.0.0.1:{self.port}/git/{repo}.git"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
+        """Returns once /healthz answers; raises at once if the server exits. `timeout` only
+        bounds a server that hangs: a loaded 2-core machine starts one in 30 s and more."""
         self.port = self.port or free_port()
         env = pinflow_env(self.home, self.database_url, **self.extra_env)
         self.log_path = self.home / f"server-{self.port}.log"
