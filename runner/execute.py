@@ -29,6 +29,7 @@ class Outcome:
     success: bool
     result: Any = None
     error: str | None = None
+    timed_out: bool = False
 
 
 def _on_alarm(_signum: int, _frame: Any) -> None:
@@ -65,7 +66,7 @@ def execute(spec: TaskSpec, version_root: Path) -> Outcome:
         task = dag.get_task(spec.task_id)
         result = task.call(spec.upstream_results, context_for(spec))
     except TaskTimeout:
-        return Outcome(False, error=f"timed out after {spec.timeout:g} s")
+        return Outcome(False, error=f"timed out after {spec.timeout:g} s", timed_out=True)
     except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even exit
         return Outcome(
             False, error="".join(traceback.format_exception(exc)).replace(f"{version_root}/", "")

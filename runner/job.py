@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -102,13 +101,7 @@ def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog)
         f"in {fetched.seconds * 1000:.1f} ms"
     )
     with cache.using(spec.repo, spec.sha) as root, capture(task_log):
-        started = time.perf_counter()
-        outcome = execute(spec, root)
-    task_log.line(
-        f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
-        f"in {time.perf_counter() - started:.3f} s"
-    )
-    return outcome
+        return execute(spec, root)  # the server ends the log with how the try ended
 
 
 def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
@@ -155,6 +148,7 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
         result=outcome.result,
         error=outcome.error,
         log=task_log.getvalue(),
+        timed_out=outcome.timed_out,
     )
     if HANDOVER.put(report.model_dump_json().encode("utf-8")):
         return report.state  # the worker sends it (runner.handover)

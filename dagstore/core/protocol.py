@@ -89,3 +89,4 @@ class FinishRequest(BaseModel):
     result: Any = None
     error: str | None = Field(default=None, max_length=200_000)
     log: str = Field(default="", max_length=2 * MAX_LOG_BYTES)
+    timed_out: bool = False  # the task ran past its timeout (the log's ending line says so)

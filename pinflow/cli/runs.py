@@ -31,6 +31,7 @@ from pinflow.cli.render import (
 )
 
 TERMINAL_RUN_STATES = ("success", "failed", "canceled")
+TERMINAL_TASK_STATES = ("success", "failed", "upstream_failed", "canceled", "skipped")
 TIMED_OUT = 8  # `trigger --wait --timeout`: the run had not ended (pinflow.cli.EXIT_CODES)
 
 
@@ -212,14 +213,15 @@ def logs(
         text = client.get(path, params=params)
         print(on_screen(text), end="" if text.endswith("\n") or not text else "\n")
         return
-    run = client.get(f"/runs/{run_id}")
-    if task_id not in {t["task_id"] for t in run["tasks"]}:
-        raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+    _task_of(client.get(f"/runs/{run_id}"), run_id, task_id)  # a typo is told at once
     offset = 0
     while True:
         try:
             response = client.response("GET", path, params={**params, "offset": offset})
-        except NotFound:  # the try has not started yet: wait for it
+        except NotFound:
+            # The try has not started yet: wait for it, unless it never will.
+            if _never_starts(client.get(f"/runs/{run_id}"), run_id, task_id):
+                raise
             time.sleep(0.5)
             continue
         params["try"] = int(response.headers["X-Pinflow-Try"])  # stay on the try we follow
@@ -227,8 +229,27 @@ def logs(
         sys.stdout.flush()
         offset = int(response.headers["X-Pinflow-Log-Bytes"])
         if response.headers["X-Pinflow-Try-Ended"] == "true":
-            raise typer.Exit(0 if response.headers["X-Pinflow-Try-State"] == "success" else 1)
+            state = response.headers["X-Pinflow-Try-State"]
+            print(
+                f"pinflow: stopped following: try {params['try']} of {task_id} ended ({state})",
+                file=sys.stderr,
+            )
+            raise typer.Exit(0 if state == "success" else 1)
         time.sleep(0.5)
+
+
+def _task_of(run: dict[str, Any], run_id: str, task_id: str) -> dict[str, Any]:
+    for task in run["tasks"]:
+        if task["task_id"] == task_id:
+            return task
+    raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+
+
+def _never_starts(run: dict[str, Any], run_id: str, task_id: str) -> bool:
+    """Whether the task's awaited try will never start: the run has ended, or the task did
+    without it (upstream_failed, canceled, skipped)."""
+    task = _task_of(run, run_id, task_id)
+    return run["state"] in TERMINAL_RUN_STATES or task["state"] in TERMINAL_TASK_STATES
 
 
 def clear(
