@@ -101,7 +101,8 @@ def follow(cluster: Cluster, run_id: str, task_id: str) -> subprocess.Popen[str]
 def wait_for_line(follower: subprocess.Popen[str], text: str) -> None:
     assert follower.stdout is not None
     while text not in (line := follower.stdout.readline()):
-        assert line, f"the follower ended early: {follower.stderr.read() if follower.stderr else ''}"
+        why = follower.stderr.read() if follower.stderr else ""
+        assert line, f"the follower ended early: {why}"
 
 
 def ended(follower: subprocess.Popen[str]) -> tuple[int, str, str]:
