@@ -146,12 +146,6 @@ class Scheduler:
             judged = self.health.may_judge_lost()
             lost = fail_lost(session, now, timeout) if judged else []
             moved = settle_stuck(session, now)
-        if not judged:
-            log.info(
-                "not judging tries lost: database writes stalled %.1f s ago (timeout %g s)",
-                self.health.seconds_since_stall(),
-                timeout,
-            )
         if lost:
             log.warning("tasks lost by dead workers: %s", lost)
         if moved:
