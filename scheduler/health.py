@@ -63,9 +63,13 @@ class WriteHealth:
         if judging:
             log.info("judging tries lost: database writes went through for %g s", self.timeout)
         elif self.judging is None:
-            log.info("not judging tries lost for the first %g s (heartbeat timeout): what "
-                     "happened before this scheduler started is not known", self.timeout)  # fmt: skip
+            log.info(
+                "not judging tries lost for the first %g s (heartbeat timeout): what "
+                "happened before this scheduler started is not known",
+                self.timeout,
+            )
         else:
-            log.warning("database writes stalled: not judging tries lost until they go "
-                        "through for %g s", self.timeout)  # fmt: skip
-
+            log.warning(
+                "database writes stalled: not judging tries lost until they go through for %g s",
+                self.timeout,
+            )
