@@ -42,6 +42,11 @@ class TaskInstance(Shape):
     sha: Sha = Field(description="the commit its current (or next) try runs")
     try_number: int = Field(description="its latest try; 0: it never ran")
     max_tries: int
+    retries: int | None = Field(
+        default=None,
+        description="retries each clear grants: tries since the last clear "
+        "are try_number - (max_tries - retries - 1) of retries + 1",
+    )
     upstream: list[str]
     worker: str | None
     queued_at: Timestamp | None

@@ -108,6 +108,7 @@ def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
             "sha": ti.sha or run.sha,  # what its next (or current) try runs
             "try_number": ti.try_number,
             "max_tries": ti.max_tries,
+            "retries": ti.retries,
             "upstream": ti.upstream,
             "worker": ti.worker,
             "queued_at": iso(ti.queued_at),

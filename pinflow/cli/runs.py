@@ -46,22 +46,33 @@ def _result(task: dict[str, Any]) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-TASK_COLUMNS = [
+def try_cell(task: dict[str, Any]) -> str:
+    """`2/3`: try 2 of 3. After a clear (which grants retries + 1 more tries) the count
+    since the clear follows: `4 (1/1 since clear)`, not `4/4`, which reads as used up."""
+    number, most, retries = task["try_number"], task["max_tries"], task.get("retries")
+    before = most - (retries + 1) if retries is not None else 0
+    if before <= 0:
+        return f"{number}/{most}"
+    return f"{number} ({max(number - before, 0)}/{retries + 1} since clear)"
+
+
+TASK_COLUMNS = [  # state, ids and times are never cut; the rest goes first (`drop`)
     Column("task", lambda t: t["task_id"], no_wrap=True),
-    Column("state", lambda t: t["state"]),
-    Column("try", lambda t: f"{t['try_number']}/{t['max_tries']}"),
+    Column("state", lambda t: t["state"], no_wrap=True),
+    Column("try", lambda t: try_cell(t), no_wrap=True),
     Column(
         "sha",
         lambda t: (
             ", ".join(dict.fromkeys(x["sha"][:12] for x in t.get("tries") or [])) or t["sha"][:12]
         ),
         no_wrap=True,
+        drop=4,
     ),
-    Column("worker", lambda t: t.get("worker") or ""),
-    Column("started", lambda t: short_time(t.get("started_at"))),
-    Column("ended", lambda t: short_time(t.get("ended_at"))),
-    Column("result", _result),
-    Column("error", lambda t: ((t.get("error") or "").strip().splitlines() or [""])[-1]),
+    Column("worker", lambda t: t.get("worker") or "", drop=5),
+    Column("started", lambda t: short_time(t.get("started_at")), no_wrap=True),
+    Column("ended", lambda t: short_time(t.get("ended_at")), no_wrap=True, drop=3),
+    Column("result", _result, drop=2),
+    Column("error", lambda t: ((t.get("error") or "").strip().splitlines() or [""])[-1], drop=1),
 ]
 
 
@@ -79,9 +90,7 @@ def _run_header(run: dict[str, Any]) -> str:
     )
 
 
-def _follow(
-    client: ApiClient, run_id: str, output: Format | None, timeout: float | None
-) -> None:
+def _follow(client: ApiClient, run_id: str, output: Format | None, timeout: float | None) -> None:
     """Wait for the run to end, live on a terminal; then its tasks. Exit 0 on success, 1
     otherwise, TIMED_OUT when `timeout` passes first (the run goes on). A reader that stops
     reading (`| head -1`) changes none of that."""
@@ -172,11 +181,11 @@ def runs(
 
 RUN_COLUMNS = [
     Column("run_id", lambda r: r["run_id"], no_wrap=True),
-    Column("dag", lambda r: r["dag_id"]),
-    Column("sha", lambda r: r["sha"][:12], no_wrap=True),
-    Column("state", _run_state),
-    Column("logical date", lambda r: short_time(r["logical_date"])),
-    Column("created by", lambda r: r["created_by"]),
+    Column("dag", lambda r: r["dag_id"], no_wrap=True, drop=2),  # the run_id names it too
+    Column("sha", lambda r: r["sha"][:12], no_wrap=True, drop=3),
+    Column("state", _run_state, no_wrap=True),
+    Column("logical date", lambda r: short_time(r["logical_date"]), no_wrap=True),
+    Column("created by", lambda r: r["created_by"], drop=4),
 ]
 
 
