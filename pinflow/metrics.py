@@ -9,7 +9,8 @@ server answers the same for it, whichever one is scraped. The names are listed i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import get_args
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -21,6 +22,7 @@ from dagstore.core.protocol import QUEUE_PREFIX
 from dagstore.store import StoreContext
 from scheduler.enqueue import Enqueuer
 from scheduler.models import DagRun, TaskInstance
+from scheduler.shapes import RunState, TaskState
 
 log = logging.getLogger("pinflow.metrics")
 router = APIRouter()
@@ -30,6 +32,13 @@ router = APIRouter()
 @router.get("/api/v1/metrics", include_in_schema=False)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def by_state(family: GaugeMetricFamily, states: Iterable[str], counts: dict[str, int]) -> None:
+    """A sample for every state, 0 when nothing is in it: a series that is absent rather than
+    0 breaks sums, rate() and alerts (`pinflow_dag_runs{state="running"} 0`)."""
+    for state in dict.fromkeys([*states, *counts]):
+        family.add_metric([state], counts.get(state, 0))
 
 
 class SystemCollector(Collector):
@@ -48,11 +57,12 @@ class SystemCollector(Collector):
         )
         try:
             with self.store.db.read() as session:
-                for family, column in ((runs, DagRun.state), (tasks, TaskInstance.state)):
-                    for state, count in session.execute(
-                        select(column, func.count()).group_by(column)
-                    ):
-                        family.add_metric([state], count)
+                for family, column, states in (
+                    (runs, DagRun.state, get_args(RunState)),
+                    (tasks, TaskInstance.state, get_args(TaskState)),
+                ):
+                    counts = session.execute(select(column, func.count()).group_by(column))
+                    by_state(family, states, dict(counts.tuples().all()))
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the database
             log.warning("metrics: cannot read the database: %s", exc)
         yield runs

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import signal
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dagstore.core.protocol import TaskSpec
+from runner import tracebacks
 from runner.warm import WARM
 
 
@@ -30,6 +30,7 @@ class Outcome:
     result: Any = None
     error: str | None = None
     timed_out: bool = False
+    shown: str | None = None  # the error as the task's log shows it (None: `error`)
 
 
 def _on_alarm(_signum: int, _frame: Any) -> None:
@@ -68,9 +69,8 @@ def execute(spec: TaskSpec, version_root: Path) -> Outcome:
     except TaskTimeout:
         return Outcome(False, error=f"timed out after {spec.timeout:g} s", timed_out=True)
     except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even exit
-        return Outcome(
-            False, error="".join(traceback.format_exception(exc)).replace(f"{version_root}/", "")
-        )
+        full, users = tracebacks.full(exc, version_root), tracebacks.users(exc, version_root)
+        return Outcome(False, error=full, shown=users)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

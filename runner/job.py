@@ -140,8 +140,9 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
     if beat.abandoned:
         log.warning("try %s of %s not reported: %s", spec.try_number, spec.task_id, beat.abandoned)
         return "abandoned"
-    if outcome.error:
-        task_log.write(outcome.error if outcome.error.endswith("\n") else outcome.error + "\n")
+    shown = outcome.shown or outcome.error  # the user's frames (`runner.tracebacks`)
+    if shown:
+        task_log.write(shown if shown.endswith("\n") else shown + "\n")
     report = FinishRequest(
         try_number=spec.try_number,
         state="success" if outcome.success else "failed",

@@ -211,6 +211,12 @@ def logs(
             "--follow", "-f", help="Print lines as they come; exit when the try ends (0: success)"
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Then the try's whole error, pinflow's own frames included"
+        ),
+    ] = False,
     api_url: ApiUrl = None,
     token: Token = None,
 ) -> None:
@@ -219,8 +225,11 @@ def logs(
     path = f"/runs/{run_id}/tasks/{task_id}/logs"
     params: dict[str, Any] = {"try": try_number} if try_number else {}
     if not follow:
-        text = client.get(path, params=params)
+        response = client.response("GET", path, params=params)
+        text = response.text
         print(on_screen(text), end="" if text.endswith("\n") or not text else "\n")
+        if verbose:
+            _say_whole_error(client, run_id, task_id, int(response.headers["X-Pinflow-Try"]))
         return
     _task_of(client.get(f"/runs/{run_id}"), run_id, task_id)  # a typo is told at once
     offset = 0
@@ -245,6 +254,16 @@ def logs(
             )
             raise typer.Exit(0 if state == "success" else 1)
         time.sleep(0.5)
+
+
+def _say_whole_error(client: ApiClient, run_id: str, task_id: str, try_number: int) -> None:
+    """The log shows a traceback from the task's own code down (`runner.tracebacks`); the
+    try's error keeps every frame."""
+    task = _task_of(client.get(f"/runs/{run_id}"), run_id, task_id)
+    error = next((t["error"] for t in task["tries"] if t["try_number"] == try_number), None)
+    if error:
+        print(f"pinflow: try {try_number}'s whole error, pinflow's own frames included:")
+        print(on_screen(error), end="" if error.endswith("\n") else "\n")
 
 
 def _task_of(run: dict[str, Any], run_id: str, task_id: str) -> dict[str, Any]:
