@@ -17,8 +17,9 @@ import pytest
 
 from scheduler.shapes import RunState, TaskState
 from tests.conftest import cluster_for
+from tests.e2e.test_operate import cli_env
 from tests.support.cluster import Cluster
-from tests.support.server import PINFLOW, pinflow_env
+from tests.support.server import PINFLOW
 
 DAILY = """
 from pinflow import DAG, task
@@ -52,14 +53,7 @@ def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
 def cli(
     cluster: Cluster, *args: str, columns: int = 80, scope: str = "admin"
 ) -> subprocess.CompletedProcess[str]:
-    assert cluster.server is not None
-    env = pinflow_env(
-        cluster.home,
-        cluster.database_url,
-        PINFLOW_API_URL=cluster.server.url,
-        PINFLOW_TOKEN=cluster.tokens[scope],
-    )
-    env["COLUMNS"] = str(columns)
+    env = {**cli_env(cluster, scope), "COLUMNS": str(columns)}
     return subprocess.run([PINFLOW, *args], env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cluster_for
+from tests.e2e.test_operate import cli_env
 from tests.support.cluster import Cluster
-from tests.support.server import PINFLOW, pinflow_env
+from tests.support.server import PINFLOW
 
 HEARTBEAT_TIMEOUT = 6.0  # a heartbeat every second
 
@@ -74,24 +75,14 @@ def cluster(request, tmp_path_factory) -> Iterator[Cluster]:
 
 def cli(cluster: Cluster, *args: str, scope: str = "admin") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PINFLOW, *args], env=env_of(cluster, scope), capture_output=True, text=True, timeout=120
-    )
-
-
-def env_of(cluster: Cluster, scope: str) -> dict[str, str]:
-    assert cluster.server is not None
-    return pinflow_env(
-        cluster.home,
-        cluster.database_url,
-        PINFLOW_API_URL=cluster.server.url,
-        PINFLOW_TOKEN=cluster.tokens[scope],
+        [PINFLOW, *args], env=cli_env(cluster, scope), capture_output=True, text=True, timeout=120
     )
 
 
 def follow(cluster: Cluster, run_id: str, task_id: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [PINFLOW, "logs", run_id, task_id, "--follow"],
-        env=env_of(cluster, "read"),
+        env=cli_env(cluster, "read"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
