@@ -92,8 +92,9 @@ def follow(cluster: Cluster, run_id: str, task_id: str) -> subprocess.Popen[str]
 def wait_for_line(follower: subprocess.Popen[str], text: str) -> None:
     assert follower.stdout is not None
     while text not in (line := follower.stdout.readline()):
-        why = follower.stderr.read() if follower.stderr else ""
-        assert line, f"the follower ended early: {why}"
+        if not line:  # stderr is read only then: reading it waits for the follower to end
+            why = follower.stderr.read() if follower.stderr else ""
+            raise AssertionError(f"the follower ended early: {why}")
 
 
 def ended(follower: subprocess.Popen[str]) -> tuple[int, str, str]:
