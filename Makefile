@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# `make up PORT=8750` when 8740 is taken (or PINFLOW_UP_PORT=8750 in the environment).
 up: $(STAMP)
-	$(BIN)/pinflow up --demo
+	$(BIN)/pinflow up --demo $(if $(PORT),--port $(PORT))
 
 # The suite waits on real processes far more than it computes, so it runs in TEST_PROCESSES
 # pytest processes (pytest-xdist) even on 2 cores; a module's tests on one backend stay in one

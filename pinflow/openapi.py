@@ -7,10 +7,15 @@ parameters → 400; a bearer token → 401 and 403; path parameters (a repo, a D
 a body → 413 too; the database → 503. 409s are declared by the routes that can conflict. Every
 error has DESIGN.md's shape, `{"detail": "..."}`. An operation without a summary gets the
 first sentence of its docstring.
+
+Operation ids are the names a generated client's methods get: FastAPI's default
+(`get_dags_api_v1_dags_get`) becomes `list_dags`; a route not in OPERATION_IDS keeps its
+function's name.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,6 +39,44 @@ MEANING = {
     503: "The database is unavailable: retry shortly",
 }
 _REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+# route function name → operation id
+OPERATION_IDS = {
+    "healthz": "get_health",
+    "get_repos": "list_repos",
+    "post_repo": "create_repo",
+    "get_refs": "list_refs",
+    "get_versions": "list_versions",
+    "get_resolve": "resolve_ref",
+    "get_archive": "download_archive",
+    "get_archive_auth": "authorize_archive",
+    "get_diff": "get_diff",
+    "get_tree": "get_tree",
+    "get_file": "get_file",
+    "get_dags": "list_dags",
+    "get_one_dag": "get_dag",
+    "get_import_errors": "list_import_errors",
+    "post_run": "trigger_run",
+    "get_runs": "list_runs",
+    "get_one_run": "get_run",
+    "post_backfill": "create_backfill",
+    "get_backfill": "get_backfill",
+    "post_clear": "clear_tasks",
+    "post_cancel": "cancel_run",
+    "get_logs": "get_task_log",
+    "pause": "pause_dag",
+    "unpause": "unpause_dag",
+    "post_claim": "claim_try",
+    "post_heartbeat": "heartbeat_try",
+    "post_finish": "finish_try",
+}
+
+
+def operation_id(default: str, path: str, method: str) -> str:
+    """The id of FastAPI's `default` ({function}{path}_{method}, non-word characters as _)."""
+    suffix = re.sub(r"\W", "_", path) + "_" + method.lower()
+    name = default.removesuffix(suffix) if default.endswith(suffix) else default
+    return OPERATION_IDS.get(name, name)
 
 
 def errors_of(operation: dict[str, Any]) -> set[int]:
@@ -71,8 +114,9 @@ def build(app: FastAPI) -> dict[str, Any]:
     components["ErrorBody"] = ErrorBody.model_json_schema()
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
-    for operations in schema["paths"].values():
-        for operation in operations.values():
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            operation["operationId"] = operation_id(operation["operationId"], path, method)
             responses = operation["responses"]
             responses.pop("422", None)
             for code in sorted(errors_of(operation)):

@@ -39,6 +39,7 @@ from pinflow.gitauth import CREDENTIAL_HELPER, git_auth_env
 from pinflow.migrate import upgrade
 from pinflow.supervise import Child, Supervisor
 from pinflow.upbox import WorkerBox, worker_box
+from pinflow.upmode import ParseMode, check_port, parse_mode
 from runner.agent import SECRETS_FD_ENV, WorkerOptions, WorkerSecrets, agent_command
 
 PINFLOW = str(Path(sys.executable).with_name("pinflow"))
@@ -191,9 +192,15 @@ def push_examples(api: str, admin: str, push: str) -> str:
 
 
 def banner(
-    api: str, tokens: dict[str, str], new: bool, kept: Path, box: WorkerBox | None = None
+    api: str,
+    tokens: dict[str, str],
+    new: bool,
+    kept: Path,
+    box: WorkerBox | None = None,
+    parsing: ParseMode | None = None,
 ) -> None:
     tasks = f"\n  tasks       {box.describe()}" if box is not None else ""
+    parse = f"\n  parsing     {parsing.describe()}" if parsing is not None else ""
     if new:
         admin = f"{tokens['admin']}   (new: printed this once; kept in {kept})"
     else:
@@ -204,10 +211,11 @@ pinflow is up.
   UI          {api}/   (log in with a token)
   API         {api}   (docs: {api}/docs)
   admin token {admin}
-  git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept}){tasks}
+  git remote  {api}/git/REPO.git   (push with the `push` token, kept in {kept}){parse}{tasks}
 
 Next (the tokens stay out of command lines, remote URLs and .git/config):
   export PATH="{Path(sys.executable).parent}:$PATH"   # the `pinflow` command
+  export PINFLOW_HOME={kept.parent}   # this home, for `pinflow token`/`db` from any folder
   export PINFLOW_API_URL={api}
   export PINFLOW_TOKEN=...        # the admin token
   export PINFLOW_PUSH_TOKEN=...   # the push token
@@ -241,6 +249,8 @@ def start_demo(api: str, tokens: dict[str, str], first_start: bool) -> None:
 
 
 def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> int:
+    check_port(host, port)  # before anything starts: never drive someone else's server
+    parsing = parse_mode(host)
     settings.make_home()
     logs = settings.home / "logs"
     logs.mkdir(exist_ok=True)
@@ -251,6 +261,8 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
     api = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     cache = settings.home / "cache" / "versions"
     box = worker_box(settings, cache)
+    if parsing.single_user:
+        say(f"WARNING: single-user mode ({parsing.problem}): pushed code is parsed unsandboxed")
     if not box.boxed:
         say(f"WARNING: workers run unboxed: {box.describe()}")
 
@@ -268,6 +280,7 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
         PINFLOW_HOME=str(settings.home),
         PINFLOW_DATABASE_URL=settings.database_url,
         PINFLOW_API_URL=api,
+        PINFLOW_PARSE_SANDBOX=parsing.setting,
     )
     try:
         redis_url = settings.redis_url
@@ -299,7 +312,7 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
             redis_url = f"redis://:{password}@127.0.0.1:{redis_port}/0"
             wait_until(lambda: redis.Redis.from_url(redis_url).ping(), "redis-server")
         base_env["PINFLOW_REDIS_URL"] = redis_url
-        supervisor.add(
+        server = supervisor.add(
             Child(
                 "server",
                 [PINFLOW, "server", "--host", host, "--port", str(port), "--log-level", "warning"],
@@ -307,8 +320,8 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
                 logs / "server.log",
             )
         )
-        wait_until(
-            lambda: httpx.get(f"{api}/healthz", timeout=1).status_code == 200,
+        wait_until(  # our server, alive, answers (not one that took the port meanwhile)
+            lambda: server.alive and httpx.get(f"{api}/healthz", timeout=1).status_code == 200,
             f"the API server on port {port} (see {logs / 'server.log'})",
             timeout=60,
         )
@@ -338,7 +351,7 @@ def up(settings: Settings, host: str, port: int, workers: int, demo: bool) -> in
                     boxed=box.boxed,
                 )
             )
-        banner(api, tokens, new, tokens_path(settings), box)
+        banner(api, tokens, new, tokens_path(settings), box, parsing)
         if demo:
             start_demo(api, tokens, first_start=new)
         say(f"logs in {logs}")

@@ -1,4 +1,12 @@
-"""A task's log: stdout, stderr and logging of the task, kept in memory as its head and tail."""
+"""A task's log: stdout, stderr and logging of the task, kept in memory as its head and tail.
+
+The log holds what the task wrote and pinflow's own short header and ending lines, nothing
+else: while the task runs, the root logger's level is lowered so the task's `logging.info`
+reaches its log, and that would let in what pinflow's own threads log meanwhile (the
+heartbeat thread's HTTP client writes one `httpx: HTTP Request: POST .../heartbeat` line per
+heartbeat). Records from those threads stay out (`OwnThreads`); a library the task itself
+uses logs as usual, httpx included.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dagstore.core.logtail import DEFAULT_CAP, HeadTail
+
+THREAD_PREFIX = "pinflow-"  # the names of the threads pinflow starts beside a task
+
+
+class OwnThreads(logging.Filter):
+    """Drops records logged by pinflow's own threads (named THREAD_PREFIX...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName or "").startswith(THREAD_PREFIX)
 
 
 class CappedLog(io.TextIOBase):
@@ -64,6 +81,7 @@ def capture(log: CappedLog) -> Iterator[None]:
     """Send print, sys.stderr and the logging module to `log` while the task runs."""
     handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(OwnThreads())
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(handler)

@@ -24,6 +24,7 @@ from typing import Any
 from dagstore.authoring.branching import result_error
 from dagstore.authoring.mapping import MapCall
 from dagstore.core.protocol import TaskSpec
+from runner import tracebacks
 from runner.warm import WARM
 
 CALLBACK_TIMEOUT = 300.0  # seconds an on_failure callback may take
@@ -38,6 +39,8 @@ class Outcome:
     success: bool
     result: Any = None
     error: str | None = None
+    timed_out: bool = False
+    shown: str | None = None  # the error as the task's log shows it (None: `error`)
 
 
 def _on_alarm(_signum: int, _frame: Any) -> None:
@@ -81,11 +84,10 @@ def execute(spec: TaskSpec, version_root: Path) -> Outcome:
         map_call = MapCall(spec.map_values, spec.map_positions) if task.mapped else None
         result = task.call(spec.upstream_results, context_for(spec), map_call)
     except TaskTimeout:
-        return Outcome(False, error=f"timed out after {spec.timeout:g} s")
+        return Outcome(False, error=f"timed out after {spec.timeout:g} s", timed_out=True)
     except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even exit
-        return Outcome(
-            False, error="".join(traceback.format_exception(exc)).replace(f"{version_root}/", "")
-        )
+        full, users = tracebacks.full(exc, version_root), tracebacks.users(exc, version_root)
+        return Outcome(False, error=full, shown=users)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -25,7 +25,7 @@ from typing import Any
 
 from dagstore.core.errors import Conflict, PinflowError
 from dagstore.core.protocol import TaskSpec
-from runner.capture import CappedLog
+from runner.capture import THREAD_PREFIX, CappedLog
 from runner.client import WorkerClient
 
 log = logging.getLogger("pinflow.worker")
@@ -54,7 +54,7 @@ class Heartbeater(threading.Thread):
         """`last_ok`: when (time.monotonic()) the claim that the server recorded was sent.
         `log`: the task's log, shipped as it grows (at most every LOG_EVERY seconds, and only
         when it grew) so it can be followed while the task runs."""
-        super().__init__(daemon=True, name="pinflow-heartbeat")
+        super().__init__(daemon=True, name=f"{THREAD_PREFIX}heartbeat")
         self.client, self.ti_id, self.try_number = client, spec.ti_id, spec.try_number
         self.interval = spec.heartbeat_interval
         timeout = spec.heartbeat_timeout

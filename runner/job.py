@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import socket
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -103,12 +102,7 @@ def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog)
     )
     with cache.using(spec.repo, spec.sha) as root:
         with capture(task_log):
-            started = time.perf_counter()
-            outcome = execute(spec, root)
-        task_log.line(
-            f"pinflow: task {'succeeded' if outcome.success else 'failed'} "
-            f"in {time.perf_counter() - started:.3f} s"
-        )
+            outcome = execute(spec, root)  # the server ends the log with how the try ended
         if not outcome.success and is_final(spec):
             with capture(task_log):
                 trouble = run_on_failure(spec, root, outcome.error or "failed")
@@ -153,8 +147,9 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
     if beat.abandoned:
         log.warning("try %s of %s not reported: %s", spec.try_number, spec.task_id, beat.abandoned)
         return "abandoned"
-    if outcome.error:
-        task_log.write(outcome.error if outcome.error.endswith("\n") else outcome.error + "\n")
+    shown = outcome.shown or outcome.error  # the user's frames (`runner.tracebacks`)
+    if shown:
+        task_log.write(shown if shown.endswith("\n") else shown + "\n")
     head, tail, written = task_log.parts()
     report = FinishRequest(
         try_number=spec.try_number,
@@ -164,6 +159,7 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
         log=head,
         log_tail=tail,
         log_bytes=written,
+        timed_out=outcome.timed_out,
     )
     if HANDOVER.put(report.model_dump_json().encode("utf-8")):
         return report.state  # the worker sends it (runner.handover)

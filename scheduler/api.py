@@ -207,11 +207,12 @@ def post_clear(
     response_model=shapes.Canceled,
     responses={409: {"description": "The run has ended already"}},
 )
-def post_cancel(run_id: str, store: StoreDep, _: TriggerToken) -> dict[str, Any]:
+def post_cancel(run_id: str, store: StoreDep, token: TriggerToken) -> dict[str, Any]:
     """Cancel the run: queued and scheduled tasks never start, running ones are stopped by
     their worker at its next heartbeat, and the run ends `canceled`. 409 when it has ended."""
+    by = token.name or f"token {token.id}"
     with store.db.write() as session:
-        stopped = cancel(session, run_id, db_time(session))
+        stopped = cancel(session, run_id, db_time(session), by)
         run = get_run(session, run_id)
         return {**run_json(run, tasks_json(session, run)), "canceled_tasks": stopped}
 
@@ -402,6 +403,7 @@ def post_finish(
             log=TryLog(body.log, body.log_tail, body.log_bytes),
             digest=digest,
             log_cap=store.settings.task_log_max_bytes,
+            timed_out=body.timed_out,
         )
         # Scheduled tasks of the run that this finish did not make ready (a fan-out past
         # queue_ready's batch) are left to the scheduler's loop, which queues them within a tick.

@@ -24,24 +24,31 @@ from scheduler.metrics import RUNS_FINISHED, count_on_commit
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.runs import ACTIVE_RUN_STATES
 from scheduler.taskstate import MOVING
+from scheduler.tries import end_log
 from scheduler.views import get_run
 
 UNFINISHED = ("none", *MOVING)
 
 
-def cancel(session: Session, run_id: str, now: datetime) -> int:
-    """Cancel run `run_id`; returns how many tasks it stopped or kept from starting."""
+def cancel(session: Session, run_id: str, now: datetime, by: str = "") -> int:
+    """Cancel run `run_id`; returns how many tasks it stopped or kept from starting. `by`:
+    who canceled it, for the ending line of the logs of the tries it stops."""
     run = get_run(session, run_id, lock=True)
     if run.state not in ACTIVE_RUN_STATES:
         raise Conflict(f"run {run_id!r} has ended ({run.state}): nothing to cancel")
-    return stop_run(session, run, now, "canceled", "canceled")
+    how = f"canceled by {by}" if by else "canceled"
+    return stop_run(session, run, now, "canceled", "canceled", how)
 
 
-def stop_run(session: Session, run: DagRun, now: datetime, final: str, error: str) -> int:
+def stop_run(session: Session, run: DagRun, now: datetime, final: str, error: str, how: str) -> int:
     """End the locked, active `run` as `final`: its unfinished tasks `canceled` with `error`
-    (a cancel, or a dagrun_timeout: `scheduler.timeouts`); returns how many."""
+    (a cancel, or a dagrun_timeout: `scheduler.timeouts`), the logs of the tries it stops
+    ending with `how`; returns how many."""
     tasks = lock_tasks(session, run.id, UNFINISHED)
     running = [ti.id for ti in tasks if ti.state == "running"]
+    for ti in tasks:
+        if ti.state == "running":
+            end_log(session, ti.id, ti.try_number, how)
     stopped = session.execute(
         update(TaskInstance)
         .where(TaskInstance.id.in_([ti.id for ti in tasks]))

@@ -169,12 +169,6 @@ class Scheduler:
             lost = fail_lost(session, now, timeout) if judged else []
             moved = settle_stuck(session, now)
             timed_out = fail_timed_out(session, now)
-        if not judged:
-            log.info(
-                "not judging tries lost: database writes stalled %.1f s ago (timeout %g s)",
-                self.health.seconds_since_stall(),
-                timeout,
-            )
         if lost:
             log.warning("tasks lost by dead workers: %s", lost)
         if moved:

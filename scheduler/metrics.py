@@ -41,6 +41,8 @@ RUNS_FINISHED = Counter(
     "DAG runs that ended, by final state: success, failed, canceled",
     ["state"],
 )
+for _final in ("success", "failed", "canceled"):  # every series present from the start, at 0
+    RUNS_FINISHED.labels(_final)
 
 _PENDING = "pinflow_metrics_on_commit"
 

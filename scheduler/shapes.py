@@ -47,6 +47,11 @@ class TaskInstance(Shape):
     sha: Sha = Field(description="the commit its current (or next) try runs")
     try_number: int = Field(description="its latest try; 0: it never ran")
     max_tries: int
+    retries: int | None = Field(
+        default=None,
+        description="retries each clear grants: tries since the last clear "
+        "are try_number - (max_tries - retries - 1) of retries + 1",
+    )
     upstream: list[str]
     trigger_rule: str = Field(description="when it runs, given its upstreams' states")
     pool: str | None = Field(description="the pool whose slots it takes, if any")

@@ -40,7 +40,7 @@ def fail_timed_out(session: Session, now: datetime, limit: int = 100) -> list[st
         .execution_options(populate_existing=True)
     ).all():
         error = f"dagrun_timeout: the run took longer than {run.dagrun_timeout:g} s"
-        stop_run(session, run, now, "failed", error)
+        stop_run(session, run, now, "failed", error, f"canceled: {error}")
         failed.append(run.run_id)
     return failed
 

@@ -6,6 +6,10 @@ task, then (with a log piece) its try. A claim names
 its attempt (a random id the worker picks per job): when the claim's response is lost and the
 worker asks again, the same attempt gets the same answer instead of a 409 that would strand
 the try.
+
+Every try's log ends with one pinflow line saying how the try ended (`ending_line`): written
+here as the try's end is recorded (its report, or declared lost) and by `scheduler.cancel`;
+nothing is appended to a try's log after it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ _FINISH_LOCK = (
         TaskInstance.started_at,
         TaskInstance.task_id,
         TaskInstance.branch,
+        TaskInstance.timeout,
     )
     .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
     .where(TaskInstance.id == bindparam("ti_id"))
@@ -218,8 +223,9 @@ class TryLog:
     tail: str = ""
     written: int | None = None
 
-    def values(self, cap: int) -> dict[str, Any]:
-        """The row's columns, kept within this server's cap whatever the worker's was."""
+    def values(self, cap: int, ending: str) -> dict[str, Any]:
+        """The row's columns, kept within this server's cap whatever the worker's was, ending
+        with pinflow's `ending` line."""
         log = HeadTail(cap)
         log.write(self.head.encode("utf-8"))
         if self.written is not None and self.tail:
@@ -227,7 +233,56 @@ class TryLog:
             log.write_at(max(self.written - len(data), 0), data)
         elif self.written is not None and self.written > log.total:
             log.write_at(self.written, b"")
+        log.add_line(ending)
         return log_values(log)
+
+
+ERROR_SUMMARY_CHARS = 500
+
+
+def ending_line(try_number: int, how: str) -> str:
+    """The line a try's log ends with: `pinflow: try 2 failed: ValueError: bad row`."""
+    return f"pinflow: try {try_number} {' '.join(how.split())}\n"
+
+
+def error_summary(error: str | None) -> str:
+    """The last line of an error (a traceback's names the exception), cut to size."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    last = lines[-1] if lines else "no error given"
+    return last if len(last) <= ERROR_SUMMARY_CHARS else last[: ERROR_SUMMARY_CHARS - 3] + "..."
+
+
+def end_log(session: Session, ti_id: int, try_number: int, how: str) -> None:
+    """Append the ending line to the log the database holds of a running try that ends
+    without a report of its own (canceled, lost). The log is kept as it is held: the cap is
+    made room enough for what is there and the line."""
+    row = session.execute(
+        select(TaskTry.log, TaskTry.log_tail, TaskTry.log_bytes).where(
+            TaskTry.ti_id == ti_id, TaskTry.try_number == try_number, TaskTry.state == "running"
+        )
+    ).one_or_none()
+    if row is None:
+        return
+    line = ending_line(try_number, how)
+    held = len((row.log or "").encode("utf-8")) + len((row.log_tail or "").encode("utf-8"))
+    cap = max(DEFAULT_CAP, 4 * (held + len(line.encode("utf-8")) + 2))
+    log = HeadTail.restore(cap, row.log or "", row.log_tail or "", row.log_bytes)
+    log.add_line(line)
+    session.execute(
+        update(TaskTry)
+        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
+        .values(log_values(log))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _how_it_ended(found: Row[Any], success: bool, timed_out: bool, error: str | None,
+                  seconds: float | None) -> str:  # fmt: skip
+    if success:
+        return "succeeded" + (f" in {seconds:.3f} s" if seconds is not None else "")
+    if timed_out and found.timeout:
+        return f"timed out after {found.timeout:g} s"
+    return f"failed: {error_summary(error)}"
 
 
 @dataclass(frozen=True)
@@ -263,10 +318,14 @@ def finish(
     stale_before: datetime | None = None,
     digest: str | None = None,
     log_cap: int = DEFAULT_CAP,
+    timed_out: bool = False,
+    how: str | None = None,
 ) -> Finished:
     """running → success, or failed / up_for_retry; then, under the run's lock, the run moves on.
 
-    `digest`: the try credential's hash when the try reports itself (see `heartbeat`)."""
+    `digest`: the try credential's hash when the try reports itself (see `heartbeat`).
+    `timed_out`: the task ran past its timeout; `how`: how the try ended when it did not
+    report itself (lost), for the log's ending line."""
     found = session.execute(_FINISH_LOCK, {"ti_id": ti_id}).one_or_none()
     if found is None:
         raise NotFound(f"task instance {ti_id} does not exist")
@@ -293,21 +352,26 @@ def finish(
     ):
         explain_refusal(session, digest, ti_id, try_number)
         raise _conflict(session, ti_id, try_number, "cannot finish")
+    started = as_utc(found.started_at)
+    seconds = (now - started).total_seconds() if started else None
+    ended = how or _how_it_ended(found, success, timed_out, error, seconds)
+    if values["state"] == "up_for_retry":
+        ended += f"; try {try_number + 1} of {max_tries} starts in {retry_delay:g} s"
     try_values: dict[str, Any] = {
         "state": "success" if success else "failed",
         "ended_at": now,
         "error": error,
     }
     if log is not None:
-        try_values.update(log.values(log_cap))
+        try_values.update(log.values(log_cap, ending_line(try_number, ended)))
+    else:
+        end_log(session, ti_id, try_number, ended)  # before the state leaves "running"
     session.execute(
         _try_update(tuple(try_values)),
         {"of_ti": ti_id, "of_try": try_number, **new_values(try_values)},
     )
     if success and found.branch:
         skip_unchosen(session, run.id, found.task_id, result, now)
-    started = as_utc(found.started_at)
-    seconds = (now - started).total_seconds() if started else None
     return Finished(run, values["state"], schedule_ready(session, run, now), seconds)
 
 
@@ -325,12 +389,12 @@ def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list
     ).all()
     failed = []
     for ti_id, try_number, worker in lost:
-        message = (
+        why = (
             f"lost: no heartbeat for {heartbeat_timeout:g} s from worker "
             f"{worker or '?'} (killed or cut off?)"
         )
         try:
-            finish(session, ti_id, try_number, False, now, error=message, stale_before=cutoff)
+            finish(session, ti_id, try_number, False, now, error=why, stale_before=cutoff, how=why)
         except Conflict:
             continue  # it finished or heartbeated meanwhile
         TRIES_FINISHED.labels("lost").inc()

@@ -247,6 +247,7 @@ def tasks_json(session: Session, run: DagRun) -> list[dict[str, Any]]:
             "sha": ti.sha or run.sha,  # what its next (or current) try runs
             "try_number": ti.try_number,
             "max_tries": ti.max_tries,
+            "retries": ti.retries,
             "upstream": ti.upstream,
             "trigger_rule": ti.trigger_rule or "all_success",
             "pool": ti.pool,

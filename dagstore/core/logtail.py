@@ -113,6 +113,16 @@ class HeadTail:
                 kept = self.tail
                 self._buffer = bytearray(kept)
 
+    def add_line(self, line: str) -> None:
+        """Append `line` on a line of its own (pinflow's ending line): after a newline unless
+        the stream ends with one."""
+        data = line.encode("utf-8")
+        if self._buffer:
+            last = self._buffer[-1:]
+        else:
+            last = self.head[-1:] if self.total == len(self.head) else b"\n"
+        self.write(data if last in (b"", b"\n") else b"\n" + data)
+
     def marker(self, cut: int) -> bytes:
         """What the log says where `cut` bytes are missing."""
         if cut <= 0:

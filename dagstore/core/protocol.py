@@ -107,3 +107,4 @@ class FinishRequest(BaseModel):
     log: str = Field(default="", max_length=MAX_CAP)
     log_tail: str = Field(default="", max_length=MAX_CAP)
     log_bytes: int | None = Field(default=None, ge=0, le=2**62)
+    timed_out: bool = False  # the task ran past its timeout (the log's ending line says so)

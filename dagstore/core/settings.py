@@ -68,6 +68,20 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+HOME_FOLDER = ".pinflow"
+
+
+def find_home(start: Path | None = None) -> Path:
+    """The home when PINFLOW_HOME is not set, found as git finds its repository: the nearest
+    `.pinflow` folder in the working folder or above it, so `pinflow token list` works from
+    a DAG repo inside the folder `pinflow up` ran in; `./.pinflow` when there is none."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / HOME_FOLDER).is_dir():
+            return folder / HOME_FOLDER
+    return here / HOME_FOLDER
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -121,7 +135,7 @@ class Settings:
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:
-        home = Path(os.environ.get("PINFLOW_HOME") or "./.pinflow").expanduser().resolve()
+        home = Path(os.environ.get("PINFLOW_HOME") or find_home()).expanduser().resolve()
         if "home" in overrides and overrides["home"] is not None:
             home = Path(str(overrides["home"])).expanduser().resolve()
         db_url = os.environ.get("PINFLOW_DATABASE_URL") or f"sqlite:///{home / 'pinflow.db'}"

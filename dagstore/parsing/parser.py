@@ -54,6 +54,11 @@ class ParseResult:
     def dag_ids(self) -> list[str]:
         return [d["dag_id"] for d in self.dags]
 
+    @property
+    def warnings(self) -> list[str]:
+        """What was accepted but is likely a mistake: a DAG with no tasks never does anything."""
+        return [f"DAG {d['dag_id']!r} has no tasks" for d in self.dags if not d.get("tasks")]
+
     def feedback(self) -> str:
         """The line a pusher reads: what parsed, and each broken file's one-line error."""
         parts = []
@@ -62,6 +67,7 @@ class ParseResult:
         else:
             parts.append(f"no DAGs found at {self.sha[:7]}")
         parts += [f"{e.file}: {e.summary}" for e in self.errors]
+        parts += [f"warning: {w}" for w in self.warnings]
         return printable("pinflow: " + "; ".join(parts))  # file names are the pusher's too
 
 

@@ -185,6 +185,12 @@ class SandboxProbe:
         return Sandbox("bwrap", problem, self.hidden)
 
 
+def box_problem() -> str | None:
+    """Why pushed code cannot be parsed in the box on this machine, or None: asked by
+    `pinflow up` before it starts its server (`pinflow.upmode`)."""
+    return _probe(())
+
+
 def _probe(hidden: tuple[str, ...]) -> str | None:
     """Run `python -c pass` in the box: None when it works, else why not."""
     if shutil.which("bwrap") is None:

@@ -7,8 +7,11 @@ code; no traceback reaches the user.
 from __future__ import annotations
 
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
 
 import typer
+import typer.core
 
 from dagstore.core.errors import PinflowError
 from dagstore.core.terminal import printable
@@ -22,6 +25,42 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _flag_type(display):  # type: ignore[no-untyped-def]
+    """Typer's rich help writes every flag as `--help <bool>`, as if it took a value; a
+    flag takes none, so none is shown (click's plain help does the same)."""
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag or self.count else display(self, ctx)
+
+    return display_type_rich
+
+
+typer.core.TyperOption.display_type_rich = _flag_type(typer.core.TyperOption.display_type_rich)
+
+
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        try:
+            print(f"pinflow {version('pinflow')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("pinflow (not installed: version unknown)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Run DAG code on many machines, every run pinned to one git commit."""
+
+
 store.register(app)
 dags.register(app)
 runs.register(app)

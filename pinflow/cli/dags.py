@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -60,6 +61,8 @@ def dags(
     client = ApiClient(client_settings(api_url, token))
     if errors:
         items = client.get("/import-errors")["items"]
+        if chosen(output) is not Format.json:
+            _say_empty_dags(client.get("/dags")["items"])
         if verbose and chosen(output) is not Format.json:
             for e in items:
                 print(printable(f"{e['repo']} {e['sha'][:12]} {e['file']}: {e['error']}"))
@@ -70,6 +73,18 @@ def dags(
         show(items, ERROR_COLUMNS, output, empty="no import errors")
         return
     show(client.get("/dags")["items"], DAG_COLUMNS, output)
+
+
+def _say_empty_dags(dags: list[dict[str, Any]]) -> None:
+    """DAGs accepted with no tasks (not errors: they parse, but never do anything), on stderr
+    so the listing below stays what it was for scripts."""
+    for dag in dags:
+        if not dag["tasks"]:
+            sha = (dag.get("current_sha") or "")[:12]
+            print(
+                printable(f"warning: DAG {dag['dag_id']!r} ({dag['repo']} {sha}) has no tasks"),
+                file=sys.stderr,
+            )
 
 
 @dags_app.command("test")

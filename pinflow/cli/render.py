@@ -48,9 +48,17 @@ Output = Annotated[
 
 @dataclass(frozen=True)
 class Column:
+    """`no_wrap`: never cut nor wrapped (states, ids, times); other columns wrap. `drop`:
+    when the table is wider than the terminal, columns are left out, highest `drop` first
+    (as `kubectl get` and `gh run list` do); 0 is never left out."""
+
     name: str
     cell: Callable[[dict[str, Any]], str]
     no_wrap: bool = False
+    drop: int = 0
+
+
+WRAPPED_MIN = 12  # the narrowest a wrapping column is let be before columns are dropped
 
 
 def chosen(output: Format | None) -> Format:
@@ -75,15 +83,40 @@ def show(
         rows = [[printable(column.cell(item), lines=True) for column in columns] for item in items]
         print(plain_table([c.name for c in columns], rows), end="")
         return
-    console.print(table_of(items, columns))
+    console.print(table_of(items, columns), crop=False)
 
 
-def table_of(items: Sequence[dict[str, Any]], columns: Sequence[Column]) -> Table:
-    """The rich table of `items` (what `show` prints on a terminal; `Live` updates it)."""
-    wide = tuple(c.name for c in columns if c.no_wrap)
-    rendered = table(*(c.name for c in columns), no_wrap=wide)
-    for item in items:  # Text, not markup: a "[link=...]" in a cell stays text
-        rendered.add_row(*(Text(printable(column.cell(item), lines=True)) for column in columns))
+def table_of(
+    items: Sequence[dict[str, Any]], columns: Sequence[Column], width: int | None = None
+) -> Table:
+    """The rich table of `items` (what `show` prints on a terminal; `Live` updates it),
+    fitted to `width` (the terminal's): columns left out by their `drop` until what is never
+    cut fits whole; wider than the terminal only when even that does not fit."""
+    cells = [[printable(c.cell(item), lines=True) for c in columns] for item in items]
+    natural = [
+        max(len(line) for text in [c.name, *(row[i] for row in cells)] for line in text.split("\n"))
+        for i, c in enumerate(columns)
+    ]
+    need = [n if c.no_wrap else min(n, WRAPPED_MIN) for c, n in zip(columns, natural, strict=True)]
+    shown = list(range(len(columns)))
+    width = width or console.width
+
+    def needed() -> int:  # rich's default box: a border and two spaces per column
+        return sum(need[i] for i in shown) + 3 * len(shown) + 1
+
+    for i in sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: -columns[i].drop):
+        if needed() <= width:
+            break
+        shown.remove(i)
+    rendered = Table(width=needed() if needed() > width else None)
+    for i in shown:
+        column = columns[i]
+        if column.no_wrap:
+            rendered.add_column(column.name, no_wrap=True, min_width=natural[i])
+        else:
+            rendered.add_column(column.name, overflow="fold")
+    for row in cells:  # Text, not markup: a "[link=...]" in a cell stays text
+        rendered.add_row(*(Text(row[i]) for i in shown))
     return rendered
 
 
@@ -135,10 +168,3 @@ def short_time(value: str | None) -> str:
     if not value:
         return ""
     return value.replace("T", " ").removesuffix("Z")[:19]
-
-
-def table(*columns: str, no_wrap: tuple[str, ...] = ("sha",)) -> Table:
-    t = Table()
-    for name in columns:
-        t.add_column(name, no_wrap=name in no_wrap)
-    return t

@@ -32,6 +32,7 @@ from pinflow.cli.render import (
 )
 
 TERMINAL_RUN_STATES = ("success", "failed", "canceled")
+TERMINAL_TASK_STATES = ("success", "failed", "upstream_failed", "canceled", "skipped")
 TIMED_OUT = 8  # `trigger --wait --timeout`: the run had not ended (pinflow.cli.EXIT_CODES)
 
 
@@ -46,22 +47,33 @@ def _result(task: dict[str, Any]) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-TASK_COLUMNS = [
+def try_cell(task: dict[str, Any]) -> str:
+    """`2/3`: try 2 of 3. After a clear (which grants retries + 1 more tries) the count
+    since the clear follows: `4 (1/1 since clear)`, not `4/4`, which reads as used up."""
+    number, most, retries = task["try_number"], task["max_tries"], task.get("retries")
+    before = most - (retries + 1) if retries is not None else 0
+    if before <= 0:
+        return f"{number}/{most}"
+    return f"{number} ({max(number - before, 0)}/{retries + 1} since clear)"
+
+
+TASK_COLUMNS = [  # state, ids and times are never cut; the rest goes first (`drop`)
     Column("task", lambda t: instance_label(t["task_id"], t.get("map_index")), no_wrap=True),
-    Column("state", lambda t: t["state"]),
-    Column("try", lambda t: f"{t['try_number']}/{t['max_tries']}"),
+    Column("state", lambda t: t["state"], no_wrap=True),
+    Column("try", lambda t: try_cell(t), no_wrap=True),
     Column(
         "sha",
         lambda t: (
             ", ".join(dict.fromkeys(x["sha"][:12] for x in t.get("tries") or [])) or t["sha"][:12]
         ),
         no_wrap=True,
+        drop=4,
     ),
-    Column("worker", lambda t: t.get("worker") or ""),
-    Column("started", lambda t: short_time(t.get("started_at"))),
-    Column("ended", lambda t: short_time(t.get("ended_at"))),
-    Column("result", _result),
-    Column("error", lambda t: ((t.get("error") or "").strip().splitlines() or [""])[-1]),
+    Column("worker", lambda t: t.get("worker") or "", drop=5),
+    Column("started", lambda t: short_time(t.get("started_at")), no_wrap=True),
+    Column("ended", lambda t: short_time(t.get("ended_at")), no_wrap=True, drop=3),
+    Column("result", _result, drop=2),
+    Column("error", lambda t: ((t.get("error") or "").strip().splitlines() or [""])[-1], drop=1),
 ]
 
 
@@ -79,9 +91,7 @@ def _run_header(run: dict[str, Any]) -> str:
     )
 
 
-def _follow(
-    client: ApiClient, run_id: str, output: Format | None, timeout: float | None
-) -> None:
+def _follow(client: ApiClient, run_id: str, output: Format | None, timeout: float | None) -> None:
     """Wait for the run to end, live on a terminal; then its tasks. Exit 0 on success, 1
     otherwise, TIMED_OUT when `timeout` passes first (the run goes on). A reader that stops
     reading (`| head -1`) changes none of that."""
@@ -172,11 +182,11 @@ def runs(
 
 RUN_COLUMNS = [
     Column("run_id", lambda r: r["run_id"], no_wrap=True),
-    Column("dag", lambda r: r["dag_id"]),
-    Column("sha", lambda r: r["sha"][:12], no_wrap=True),
-    Column("state", _run_state),
-    Column("logical date", lambda r: short_time(r["logical_date"])),
-    Column("created by", lambda r: r["created_by"]),
+    Column("dag", lambda r: r["dag_id"], no_wrap=True, drop=2),  # the run_id names it too
+    Column("sha", lambda r: r["sha"][:12], no_wrap=True, drop=3),
+    Column("state", _run_state, no_wrap=True),
+    Column("logical date", lambda r: short_time(r["logical_date"]), no_wrap=True),
+    Column("created by", lambda r: r["created_by"], drop=4),
 ]
 
 
@@ -202,6 +212,12 @@ def logs(
             "--follow", "-f", help="Print lines as they come; exit when the try ends (0: success)"
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Then the try's whole error, pinflow's own frames included"
+        ),
+    ] = False,
     api_url: ApiUrl = None,
     token: Token = None,
 ) -> None:
@@ -213,17 +229,21 @@ def logs(
     if map_index >= 0:
         params["map_index"] = map_index
     if not follow:
-        text = client.get(path, params=params)
+        response = client.response("GET", path, params=params)
+        text = response.text
         print(on_screen(text), end="" if text.endswith("\n") or not text else "\n")
+        if verbose:
+            _say_whole_error(client, run_id, task_id, int(response.headers["X-Pinflow-Try"]))
         return
-    run = client.get(f"/runs/{run_id}")
-    if task_id not in {t["task_id"] for t in run["tasks"]}:
-        raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+    _task_of(client.get(f"/runs/{run_id}"), run_id, task_id)  # a typo is told at once
     offset = 0
     while True:
         try:
             response = client.response("GET", path, params={**params, "offset": offset})
-        except NotFound:  # the try has not started yet: wait for it
+        except NotFound:
+            # The try has not started yet: wait for it, unless it never will.
+            if _never_starts(client.get(f"/runs/{run_id}"), run_id, task_id):
+                raise
             time.sleep(0.5)
             continue
         params["try"] = int(response.headers["X-Pinflow-Try"])  # stay on the try we follow
@@ -231,8 +251,37 @@ def logs(
         sys.stdout.flush()
         offset = int(response.headers["X-Pinflow-Log-Bytes"])
         if response.headers["X-Pinflow-Try-Ended"] == "true":
-            raise typer.Exit(0 if response.headers["X-Pinflow-Try-State"] == "success" else 1)
+            state = response.headers["X-Pinflow-Try-State"]
+            print(
+                f"pinflow: stopped following: try {params['try']} of {task_id} ended ({state})",
+                file=sys.stderr,
+            )
+            raise typer.Exit(0 if state == "success" else 1)
         time.sleep(0.5)
+
+
+def _say_whole_error(client: ApiClient, run_id: str, task_id: str, try_number: int) -> None:
+    """The log shows a traceback from the task's own code down (`runner.tracebacks`); the
+    try's error keeps every frame."""
+    task = _task_of(client.get(f"/runs/{run_id}"), run_id, task_id)
+    error = next((t["error"] for t in task["tries"] if t["try_number"] == try_number), None)
+    if error:
+        print(f"pinflow: try {try_number}'s whole error, pinflow's own frames included:")
+        print(on_screen(error), end="" if error.endswith("\n") else "\n")
+
+
+def _task_of(run: dict[str, Any], run_id: str, task_id: str) -> dict[str, Any]:
+    for task in run["tasks"]:
+        if task["task_id"] == task_id:
+            return task
+    raise NotFound(f"run {run_id!r} has no task {task_id!r}")
+
+
+def _never_starts(run: dict[str, Any], run_id: str, task_id: str) -> bool:
+    """Whether the task's awaited try will never start: the run has ended, or the task did
+    without it (upstream_failed, canceled, skipped)."""
+    task = _task_of(run, run_id, task_id)
+    return run["state"] in TERMINAL_RUN_STATES or task["state"] in TERMINAL_TASK_STATES
 
 
 def clear(

@@ -198,7 +198,9 @@ def worker(
 
 
 def up(
-    port: Annotated[int, typer.Option(help="API server port")] = 8740,
+    port: Annotated[
+        int, typer.Option(envvar="PINFLOW_UP_PORT", help="API server port (`make up PORT=...`)")
+    ] = 8740,
     host: Annotated[str, typer.Option(help="Address the API server listens on")] = "127.0.0.1",
     workers: Annotated[int, typer.Option(min=0, max=64, help="How many workers")] = 2,
     demo: Annotated[bool, typer.Option(help="Create repo `demo`, push examples/, run etl")] = False,

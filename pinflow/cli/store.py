@@ -35,8 +35,9 @@ def existing_database(home: str | None, database_url: str | None) -> Database:
     if where is not None:
         db.dispose()
         raise NotFound(
-            f"no pinflow database at {where} (set PINFLOW_HOME or PINFLOW_DATABASE_URL, or "
-            "run `pinflow db upgrade`)"
+            f"no pinflow database at {where}: no .pinflow folder here or above, so set "
+            "PINFLOW_HOME (`pinflow up` prints its export) or PINFLOW_DATABASE_URL, or run "
+            "`pinflow db upgrade` to create one"
         )
     upgrade(db)
     return db

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -277,3 +278,29 @@ def test_dags_test_runs_a_stored_version(store_server, tmp_path):
     assert "extracting v1" in stored.stdout
     local = pinflow("dags", "test", "st", "--path", str(work.path), env=env)
     assert "extracting v2" in local.stdout
+
+
+def test_the_home_is_found_from_any_folder_below_it(tmp_path):
+    """Issue 29, item 6: without PINFLOW_HOME, the nearest `.pinflow` in the working folder
+    or above is the home (as git finds its repository); elsewhere the error says what to set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PINFLOW_")}
+    project, dags = tmp_path / "project", tmp_path / "project" / "mydags" / "dags"
+    dags.mkdir(parents=True)
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PINFLOW, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("db", "upgrade", cwd=project).returncode == 0
+    assert (project / ".pinflow" / "pinflow.db").exists()
+    made = run("token", "create", "--scope", "read", "--name", "from-below", cwd=dags)
+    assert made.returncode == 0, made.stderr
+    listed = run("token", "list", cwd=dags)
+    assert listed.returncode == 0 and "from-below" in listed.stdout, listed.stderr
+    assert not (dags / ".pinflow").exists()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lost = run("token", "list", cwd=elsewhere)
+    assert lost.returncode == 4 and "set PINFLOW_HOME" in lost.stderr, lost.stderr

@@ -39,14 +39,22 @@ LINE = "a line the task printed\n"
 
 
 def tries(db: Database, ti: int) -> list[tuple[int, str, str]]:
-    """(try number, state, log) of a task instance's tries."""
+    """(try number, state, log) of a task instance's tries; the log without the pinflow line
+    that ends it (how the try ended: tests/e2e/test_task_logs.py)."""
     with db.read() as session:
         rows = session.execute(
             select(TaskTry.try_number, TaskTry.state, TaskTry.log)
             .where(TaskTry.ti_id == ti)
             .order_by(TaskTry.try_number)
         )
-        return [tuple(row) for row in rows]
+        return [(n, state, _without_ending(n, log or "")) for n, state, log in rows]
+
+
+def _without_ending(try_number: int, log: str) -> str:
+    lines = log.splitlines(keepends=True)
+    if lines and lines[-1].startswith(f"pinflow: try {try_number} "):
+        lines.pop()
+    return "".join(lines)
 
 
 def in_order(db: Database, operator: Step, worker: Step, operator_first: bool) -> None:

@@ -91,3 +91,32 @@ def test_no_try_is_declared_lost_right_after_the_database_stalled(db: Database):
     sched.recover()
     assert run_states(db, run) == ("failed", {"a": "failed"})
     assert ti_id(db, run, "a")
+
+
+def test_whether_tries_are_judged_lost_is_logged_when_it_changes(db: Database, caplog):
+    """Issue 29, item 5: a healthy scheduler's first timeout is one line, not one per tick;
+    a stall and the end of it are a line each."""
+    sched = scheduler(db, heartbeat_timeout=60.0)
+    caplog.set_level("INFO", logger="pinflow")
+
+    def said() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if "judging tries lost" in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    for _ in range(12):  # a minute of 5-second ticks
+        sched.recover()
+    assert said() == [
+        "not judging tries lost for the first 60 s (heartbeat timeout): what happened "
+        "before this scheduler started is not known"
+    ]
+    sched.health.last_stall -= 60.0  # a whole timeout of writes went through
+    for _ in range(3):
+        sched.recover()
+    assert said() == ["judging tries lost: database writes went through for 60 s"]
+    sched.health.last_stall = time.monotonic()  # a write stalled
+    for _ in range(3):
+        sched.recover()
+    assert said() == [
+        "database writes stalled: not judging tries lost until they go through for 60 s"
+    ]
