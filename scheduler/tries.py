@@ -223,9 +223,9 @@ class TryLog:
     tail: str = ""
     written: int | None = None
 
-    def values(self, cap: int, ending: str) -> dict[str, Any]:
+    def values(self, cap: int, ending: str | None = None) -> dict[str, Any]:
         """The row's columns, kept within this server's cap whatever the worker's was, ending
-        with pinflow's `ending` line."""
+        with pinflow's `ending` line if one is given."""
         log = HeadTail(cap)
         log.write(self.head.encode("utf-8"))
         if self.written is not None and self.tail:
@@ -233,7 +233,8 @@ class TryLog:
             log.write_at(max(self.written - len(data), 0), data)
         elif self.written is not None and self.written > log.total:
             log.write_at(self.written, b"")
-        log.add_line(ending)
+        if ending:
+            log.add_line(ending)
         return log_values(log)
 
 
