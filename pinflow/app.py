@@ -29,6 +29,7 @@ from pinflow.ui.render import STATIC as ui_static
 from pinflow.ui.repos import router as ui_repos_router
 from pinflow.ui.session import LoginRequired, on_login_required
 from scheduler.api import router as runs_router
+from scheduler.callback_api import router as callbacks_router
 from scheduler.enqueue import Enqueuer
 from scheduler.grants import granted_version
 from scheduler.pools import router as pools_router
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(store_router, prefix="/api/v1")
     app.include_router(runs_router, prefix="/api/v1")
     app.include_router(pools_router, prefix="/api/v1")
+    app.include_router(callbacks_router, prefix="/api/v1")
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.include_router(metrics_router)
     git = make_git_app(store)

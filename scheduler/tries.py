@@ -23,6 +23,7 @@ from dagstore.core.errors import Conflict, NotFound
 from dagstore.core.models import Repo
 from dagstore.core.protocol import MAX_LOG_BYTES
 from scheduler.branching import skip_unchosen
+from scheduler.callbacks import owe_callback
 from scheduler.expand import results_of
 from scheduler.grants import explain_refusal
 from scheduler.metrics import TRIES_FINISHED
@@ -281,7 +282,8 @@ def finish(
 
 
 def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
-    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed.
+    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed;
+    one failed for good owes its on_failure callback (`scheduler.callbacks`).
 
     In run order, so two schedulers doing this at once take the run locks in the same order
     (`scheduler.locks`).
@@ -299,9 +301,13 @@ def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list
             f"{worker or '?'} (killed or cut off?)"
         )
         try:
-            finish(session, ti_id, try_number, False, now, error=message, stale_before=cutoff)
+            ended = finish(
+                session, ti_id, try_number, False, now, error=message, stale_before=cutoff
+            )
         except Conflict:
             continue  # it finished or heartbeated meanwhile
+        if ended.state == "failed":  # for good, and no worker to run its on_failure
+            owe_callback(session, ti_id, try_number, message, now)
         TRIES_FINISHED.labels("lost").inc()
         failed.append(ti_id)
     return failed
