@@ -145,4 +145,4 @@ def test_a_mapped_task_failed_at_expansion_runs_its_callback_once(cluster: Clust
     assert load["state"] == "failed" and "list" in load["error"], load
     log = _wait_log(cluster, run["run_id"], "load", "end of on_failure callback")
     assert log.count("CALLBACK-RAN") == 1, log
-    assert "CALLBACK-RAN load map_index -1 error: expand:" in log, log
+    assert "CALLBACK-RAN load map_index -1 error: cannot map 'part'" in log, log
