@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
-from dagstore.core.errors import Conflict, Forbidden
+from dagstore.core.errors import Conflict, Forbidden, NotFound
 from dagstore.core.models import Repo
 from dagstore.core.protocol import CALLBACK_TIMEOUT, MAX_LOG_BYTES, FinishRequest, JobPayload
 from scheduler.callbacks import MARK, append_line
@@ -46,6 +46,8 @@ def claim_callback(
     """due → running for attempt `number`; returns what the worker needs (as a try's claim
     reads it) and the task's error. The same `attempt` asking again is answered again."""
     row = session.execute(_CLAIM_READ, {"ti_id": ti_id}).one_or_none()  # the run, locked first
+    if row is None:
+        raise NotFound(f"task instance {ti_id} does not exist")
     won = session.execute(
         update(TaskCallback)
         .where(*_where(ti_id, try_number, number), TaskCallback.state == "due")
@@ -76,7 +78,6 @@ def claim_callback(
     error = session.scalar(
         select(TaskCallback.error).where(*_where(ti_id, try_number, number))
     )
-    assert row is not None  # the callback row exists, so its task instance does
     return row, error or "failed"
 
 

@@ -146,3 +146,53 @@ def test_a_mapped_task_failed_at_expansion_runs_its_callback_once(cluster: Clust
     log = _wait_log(cluster, run["run_id"], "load", "end of on_failure callback")
     assert log.count("CALLBACK-RAN") == 1, log
     assert "CALLBACK-RAN load map_index -1 error: cannot map 'part'" in log, log
+
+
+SLOW_CALLBACK = """
+import os, time
+from pinflow import DAG, task
+
+def alert(context):
+    marker = {marker!r}
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        print("CALLBACK-STARTED, then hangs", flush=True)
+        time.sleep(300)
+    print("CALLBACK-DONE", context["task_id"])
+
+with DAG("{dag_id}", schedule=None, on_failure=alert):
+    @task(retries=0)
+    def sleeper():
+        time.sleep(120)
+
+    sleeper()
+"""
+
+
+def test_a_callback_whose_worker_dies_runs_again_on_another(cluster: Cluster, tmp_path, uid):
+    dag_id = f"cbdies_{uid}"
+    marker = tmp_path / "callback-started"
+    work = cluster.repo(f"d{uid}", tmp_path / "w")
+    cluster.push(work, "slow callback", **{"dags/d.py": SLOW_CALLBACK.format(
+        dag_id=dag_id, marker=str(marker))})  # fmt: skip
+    run = cluster.trigger(dag_id)
+    first = _running_on(cluster, run["run_id"], "sleeper")
+    first.kill9()
+    cluster.workers.remove(first)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), cluster.logs()
+        second = next(w for w in cluster.workers if w.horses())  # it runs the callback now
+        second.kill9()
+        cluster.workers.remove(second)
+        cluster.add_worker(f"{uid}n")
+        log = _wait_log(cluster, run["run_id"], "sleeper", "end of on_failure callback", 90)
+        assert "on_failure callback attempt 1 lost" in log, log
+        assert "running it again (attempt 2 of 3)" in log, log
+        assert log.count("CALLBACK-DONE sleeper") == 1, log
+        assert f"on worker {uid}n" in log, log
+    finally:
+        while len(cluster.workers) < 2:
+            cluster.add_worker(f"{uid}x{len(cluster.workers)}")
