@@ -13,12 +13,13 @@ from fastapi import APIRouter, Path
 
 from dagstore.access.grants import issue_grant
 from dagstore.api.auth import StoreDep, WorkerOrTry, WorkerToken
-from dagstore.core.db import db_time, iso
+from dagstore.core.db import db_time
 from dagstore.core.protocol import MAX_DB_INT, ClaimRequest, FinishRequest, Heartbeat, TaskSpec
 from scheduler import shapes
 from scheduler.api import STALE_TRY, TaskInstanceId
 from scheduler.callback_tries import claim_callback, finish_callback, heartbeat_callback
 from scheduler.grants import try_digest
+from scheduler.tryspec import spec_of
 
 router = APIRouter()
 Number = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the callback's attempt")]
@@ -36,25 +37,13 @@ def post_callback_claim(
         row, error = claim_callback(
             session, ti_id, body.try_number, number, body.worker, now, body.attempt, grant_hash
         )
-        timeout = store.settings.heartbeat_timeout
-        return TaskSpec(
-            ti_id=ti_id,
-            try_number=body.try_number,
-            run_id=row.run_id,
-            dag_id=row.dag_id,
-            task_id=row.task_id,
-            repo=row.repo,
-            sha=row.sha,
-            fileloc=row.fileloc,
-            logical_date=iso(row.logical_date) or "",
-            conf=row.conf or {},
-            timeout=None,
-            upstream_results={},
-            heartbeat_interval=max(1.0, timeout / 6),
-            heartbeat_timeout=timeout,
-            credential=credential,
-            map_index=row.map_index,
-            max_tries=row.max_tries,
+        return spec_of(
+            row,
+            ti_id,
+            body.try_number,
+            credential,
+            store.settings.heartbeat_timeout,
+            timeout=None,  # a callback has its own limit (`runner.execute`)
             callback=number,
             callback_error=error,
         )
