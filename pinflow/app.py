@@ -30,6 +30,7 @@ from pinflow.ui.repos import router as ui_repos_router
 from pinflow.ui.runs import router as ui_runs_router
 from pinflow.ui.session import LoginRequired, on_login_required
 from scheduler.api import router as runs_router
+from scheduler.callback_api import router as callbacks_router
 from scheduler.enqueue import Enqueuer
 from scheduler.grants import granted_version
 from scheduler.pools import router as pools_router
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(store_router, prefix="/api/v1")
     app.include_router(runs_router, prefix="/api/v1")
     app.include_router(pools_router, prefix="/api/v1")
+    app.include_router(callbacks_router, prefix="/api/v1")
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.include_router(metrics_router)
     git = make_git_app(store)

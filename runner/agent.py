@@ -215,6 +215,7 @@ def _answer(client: Any, request: dict[str, Any]) -> dict[str, Any]:
             int(request["try_number"]),
             str(request["worker"]),
             str(request["attempt"]),
+            callback=int(request.get("callback", 0)),
         )
     except PinflowError as exc:
         return {"error": exc.detail, "status": exc.status_code}
@@ -252,10 +253,12 @@ class AgentClient:
         return answer, fds
 
     def claim(
-        self, ti_id: int, try_number: int, worker: str, attempt: str
+        self, ti_id: int, try_number: int, worker: str, attempt: str, callback: int = 0
     ) -> tuple[TaskSpec, float]:
         """As `WorkerClient.claim`; the answer's credential is for this try alone."""
         request = {"ti_id": ti_id, "try_number": try_number, "worker": worker}
+        if callback:
+            request["callback"] = callback
         answer, _ = self._ask({**request, "attempt": attempt})
         return TaskSpec.model_validate(answer["spec"]), float(answer["sent"])
 

@@ -26,7 +26,7 @@ log = logging.getLogger("pinflow.worker")
 
 class Claimer(Protocol):
     def claim(
-        self, ti_id: int, try_number: int, worker: str, attempt: str
+        self, ti_id: int, try_number: int, worker: str, attempt: str, callback: int = 0
     ) -> tuple[TaskSpec, float]: ...
 
 
@@ -44,7 +44,9 @@ class Dropped:
 def claim_try(job: JobPayload, claimer: Claimer, worker: str) -> Claimed | Dropped:
     attempt = secrets.token_hex(16)  # the same on every retry of this claim
     try:
-        spec, sent = claimer.claim(job.ti_id, job.try_number, worker, attempt)
+        spec, sent = claimer.claim(
+            job.ti_id, job.try_number, worker, attempt, callback=job.callback
+        )
     except Conflict as exc:  # someone else owns this try, or it is stale: not ours to run
         return Dropped(exc.detail)
     return Claimed(spec, sent)

@@ -91,13 +91,14 @@ class WorkerClient:
                 delay = min(delay * 2, 10.0)
 
     def claim(
-        self, ti_id: int, try_number: int, worker: str, attempt: str
+        self, ti_id: int, try_number: int, worker: str, attempt: str, callback: int = 0
     ) -> tuple[TaskSpec, float]:
         """The try's spec, and when (time.monotonic()) the request that won was sent: the
         server's heartbeat clock for the try starts no earlier. Retried with the same
-        `attempt`, so a claim whose answer was lost is answered again."""
+        `attempt`, so a claim whose answer was lost is answered again. `callback`: claim
+        that attempt at the try's on_failure callback instead (`JobPayload.callback`)."""
         body = ClaimRequest(try_number=try_number, worker=worker, attempt=attempt).model_dump()
-        response = self.request("POST", f"/task-instances/{ti_id}/claim", json=body)
+        response = self.request("POST", f"{try_path(ti_id, callback)}/claim", json=body)
         sent = time.monotonic() - response.elapsed.total_seconds()
         return TaskSpec.model_validate(response.json()), sent
 
@@ -107,24 +108,28 @@ class WorkerClient:
         try_number: int,
         timeout: float | None = None,
         log: tuple[int, str] | None = None,
+        callback: int = 0,
     ) -> int | None:
         """One try, no retry: the heartbeat thread decides what a failure means. `log` is a
         piece of the task's log and the byte it starts at; returns the bytes the server holds
         (None from a server that does not keep pieces)."""
         offset, piece = log or (0, "")
         body = Heartbeat(try_number=try_number, log_offset=offset, log=piece or None).model_dump()
-        path = f"/task-instances/{ti_id}/heartbeat"
+        path = f"{try_path(ti_id, callback)}/heartbeat"
         kwargs: dict[str, Any] = {"timeout": timeout} if timeout else {}
         answer = self.request("POST", path, json=body, retry=False, **kwargs).json()
         held = answer.get("log_bytes") if isinstance(answer, dict) else None
         return held if isinstance(held, int) else None
 
-    def finish(self, ti_id: int, report: FinishRequest, credential: str | None = None) -> None:
+    def finish(
+        self, ti_id: int, report: FinishRequest, credential: str | None = None, callback: int = 0
+    ) -> None:
         """`credential`: the try's, for a client that holds none (a worker sending the report
         its horse handed over, `runner.handover`)."""
         headers = {"Authorization": f"Bearer {credential}"} if credential else None
         body = report.model_dump(mode="json")
-        self.request("POST", f"/task-instances/{ti_id}/finish", json=body, headers=headers)
+        path = f"{try_path(ti_id, callback)}/finish"
+        self.request("POST", path, json=body, headers=headers)
 
     def archive(self, repo: str, sha: str) -> tuple[bytes, str]:
         """The archive's bytes and the sha256 the server vouches for."""
@@ -133,6 +138,13 @@ class WorkerClient:
         if not digest:
             raise PinflowError(f"archive of {repo}@{sha[:12]} came without {DIGEST_HEADER}")
         return response.content, digest
+
+
+def try_path(ti_id: int, callback: int = 0) -> str:
+    """Where a try's worker endpoints are, or those of an attempt at its on_failure callback
+    (`scheduler.callback_api`)."""
+    base = f"/task-instances/{ti_id}"
+    return f"{base}/callbacks/{callback}" if callback else base
 
 
 def _detail(response: httpx.Response) -> str:

@@ -23,11 +23,9 @@ from typing import Any
 
 from dagstore.authoring.branching import result_error
 from dagstore.authoring.mapping import MapCall
-from dagstore.core.protocol import TaskSpec
+from dagstore.core.protocol import CALLBACK_TIMEOUT, TaskSpec
 from runner import tracebacks
 from runner.warm import WARM
-
-CALLBACK_TIMEOUT = 300.0  # seconds an on_failure callback may take
 
 
 class TaskTimeout(BaseException):

@@ -21,10 +21,11 @@ from dagstore.core.errors import Conflict, PinflowError
 from dagstore.core.protocol import FinishRequest, JobPayload, TaskSpec
 from dagstore.core.settings import Settings
 from runner.cache import VersionCache
+from runner.callback import CallbackEndpoints, call_back, endpoints
 from runner.capture import CappedLog, capture
 from runner.claim import CLAIMS, Claimed, Dropped, claim_try
 from runner.client import WorkerClient
-from runner.execute import Outcome, execute, is_final, run_on_failure
+from runner.execute import Outcome, execute, is_final
 from runner.handover import HANDOVER
 from runner.heartbeat import ABANDON_SIGNAL, Abandoned, Heartbeater, on_abandon
 
@@ -83,7 +84,8 @@ def send_handed_over(payload: dict[str, Any], data: bytes) -> str:
     if report.try_number != job.try_number:
         log.error("the horse of %s reported for another try", job.task_id)
         return "unreadable"
-    return send_report(_relay_client(), claimed.spec, report, claimed.spec.credential)
+    relay = endpoints(_relay_client(), claimed.spec)
+    return send_report(relay, claimed.spec, report, claimed.spec.credential)
 
 
 def _dropped(job: JobPayload, dropped: Dropped) -> str:
@@ -101,13 +103,13 @@ def _fetch_and_execute(spec: TaskSpec, cache: VersionCache, task_log: CappedLog)
         f"in {fetched.seconds * 1000:.1f} ms"
     )
     with cache.using(spec.repo, spec.sha) as root:
+        if spec.callback:  # a callback job: the try failed for good without a worker
+            call_back(spec, root, spec.callback_error or "failed", task_log)
+            return Outcome(True)
         with capture(task_log):
             outcome = execute(spec, root)  # the server ends the log with how the try ended
         if not outcome.success and is_final(spec):
-            with capture(task_log):
-                trouble = run_on_failure(spec, root, outcome.error or "failed")
-            if trouble:
-                task_log.write(trouble if trouble.endswith("\n") else trouble + "\n")
+            call_back(spec, root, outcome.error or "failed", task_log)
     return outcome
 
 
@@ -122,11 +124,17 @@ def _run(job: JobPayload, client: WorkerClient, cache: VersionCache) -> str:
 def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str:
     spec = claimed.spec
     task_log = CappedLog(spec.log_max_bytes)
+    what = (
+        f"on_failure callback of {spec.dag_id}.{spec.task_id} (attempt {spec.callback}), "
+        if spec.callback
+        else f"{spec.dag_id}.{spec.task_id} "
+    )
     task_log.line(
-        f"pinflow: {spec.dag_id}.{spec.task_id} try {spec.try_number} of run "
+        f"pinflow: {what}try {spec.try_number} of run "
         f"{spec.run_id} at {spec.repo}@{spec.sha} on {worker_name()}"
     )
-    beat = Heartbeater(client, spec, claimed.sent, task_log)
+    reports = endpoints(client, spec)
+    beat = Heartbeater(reports, spec, claimed.sent, task_log)  # type: ignore[arg-type]
     previous = signal.signal(ABANDON_SIGNAL, on_abandon)
     beat.start()
     try:
@@ -163,11 +171,14 @@ def _perform(claimed: Claimed, client: WorkerClient, cache: VersionCache) -> str
     )
     if HANDOVER.put(report.model_dump_json().encode("utf-8")):
         return report.state  # the worker sends it (runner.handover)
-    return send_report(client, spec, report)
+    return send_report(reports, spec, report)
 
 
 def send_report(
-    client: WorkerClient, spec: TaskSpec, report: FinishRequest, credential: str | None = None
+    client: WorkerClient | CallbackEndpoints,
+    spec: TaskSpec,
+    report: FinishRequest,
+    credential: str | None = None,
 ) -> str:
     """Finish the try: its final state, or "refused" when the server no longer takes it (the
     try was taken away meanwhile)."""

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from dagstore.access.grants import issue_grant
 from dagstore.api.auth import ReadToken, StoreDep, TriggerToken, WorkerOrTry, WorkerToken
 from dagstore.authoring.mapping import map_call
-from dagstore.core.db import as_utc, db_time, iso
+from dagstore.core.db import as_utc, db_time
 from dagstore.core.errors import NotFound
 from dagstore.core.logtail import HeadTail
 from dagstore.core.models import Dag
@@ -38,6 +38,7 @@ from scheduler.runs import RUN_STATES
 from scheduler.taskstate import queue_ready
 from scheduler.tries import TryLog, append_log, claim, finish, heartbeat, upstream_results
 from scheduler.trigger import pinned_dag, resolve_target, trigger
+from scheduler.tryspec import spec_of
 from scheduler.views import get_run, newest_first, run_json, tasks_json
 
 router = APIRouter()
@@ -326,30 +327,18 @@ def post_claim(
         )
         upstream = upstream_results(session, row.run_pk, row.upstream or [])
         map_values, map_positions = map_call(row.map_spec, row.map_index, upstream)
-        timeout = store.settings.heartbeat_timeout
         queued = as_utc(row.queued_at)
         if queued is not None:
             DISPATCH_SECONDS.observe(max((now - queued).total_seconds(), 0.0))
-        return TaskSpec(
-            ti_id=ti_id,
-            try_number=body.try_number,
-            run_id=row.run_id,
-            dag_id=row.dag_id,
-            task_id=row.task_id,
-            repo=row.repo,
-            sha=row.sha,
-            fileloc=row.fileloc,
-            logical_date=iso(row.logical_date) or "",
-            conf=row.conf or {},
-            timeout=row.timeout,
+        return spec_of(
+            row,
+            ti_id,
+            body.try_number,
+            credential,
+            store.settings.heartbeat_timeout,
             upstream_results=upstream,
-            heartbeat_interval=max(1.0, timeout / 6),
-            heartbeat_timeout=timeout,
-            credential=credential,
-            map_index=row.map_index,
             map_values=map_values,
             map_positions=map_positions,
-            max_tries=row.max_tries,
             log_max_bytes=store.settings.task_log_max_bytes,
         )
 

@@ -42,7 +42,7 @@ def job_options(p: JobPayload) -> dict[str, Any]:
     return {
         "kwargs": {"payload": p.model_dump()},
         "timeout": int((p.timeout or NO_TIMEOUT) + JOB_TIMEOUT_MARGIN),
-        "job_id": job_id(p.ti_id, p.try_number),
+        "job_id": job_id(p.ti_id, p.try_number, p.callback),
         "result_ttl": 0,  # the database keeps the outcome: no RQ copy
         "failure_ttl": 24 * 3600,
     }
@@ -115,7 +115,7 @@ class Enqueuer:
         starting it, and RQ itself would only notice in its maintenance, minutes later.
         """
         jobs = Job.fetch_many(
-            [job_id(p.ti_id, p.try_number) for p in payloads],
+            [job_id(p.ti_id, p.try_number, p.callback) for p in payloads],
             connection=self.redis,
             serializer=JSONSerializer,
         )

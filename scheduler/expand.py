@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from dagstore.authoring.mapping import collapse, instance_count, lengths_of, max_map
+from scheduler.callbacks import fail_unclaimed
 from scheduler.models import TaskInstance
 from scheduler.transition import transition
 
@@ -51,12 +52,12 @@ def expand(
     results = results_of(session, ti.run_pk, sorted({e["task"] for e in spec if "task" in e}))
     lengths = lengths_of(spec, results)
     if isinstance(lengths, str):
-        return _end(session, ti_id, "failed", now, lengths)
+        return _fail(session, ti, now, lengths)
     count, limit = instance_count(lengths), max_map()
     if count > limit:
-        return _end(session, ti_id, "failed", now,
-                    f"expand: {count} mapped instances, more than PINFLOW_MAX_MAP ({limit}); "
-                    "map over fewer elements or raise PINFLOW_MAX_MAP")  # fmt: skip
+        return _fail(session, ti, now,
+                     f"expand: {count} mapped instances, more than PINFLOW_MAX_MAP ({limit}); "
+                     "map over fewer elements or raise PINFLOW_MAX_MAP")  # fmt: skip
     if count == 0:
         return _end(session, ti_id, "skipped", now, None)
     if not transition(session, ti_id, ("none",), state="scheduled", map_index=0):
@@ -71,8 +72,20 @@ def expand(
 
 
 def _end(
-    session: Session, ti_id: int, state: str, now: datetime, error: str | None
+    session: Session, ti_id: int, state: str, now: datetime, error: str | None, **values: Any
 ) -> tuple[str, dict[int, str]]:
-    if transition(session, ti_id, ("none",), state=state, ended_at=now, error=error):
+    if transition(session, ti_id, ("none",), state=state, ended_at=now, error=error, **values):
         return state, {-1: state}
     return "none", {}
+
+
+def _fail(
+    session: Session, ti: TaskInstance, now: datetime, error: str
+) -> tuple[str, dict[int, str]]:
+    """The task fails with no worker involved: a try on record (its log says why) and its
+    on_failure callback owed (`scheduler.callbacks`)."""
+    try_number = ti.try_number + 1
+    state, made = _end(session, ti.id, "failed", now, error, try_number=try_number)
+    if state == "failed":
+        fail_unclaimed(session, ti.id, try_number, error, now)
+    return state, made

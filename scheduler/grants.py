@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from dagstore.access.grants import TryGrant
 from dagstore.core.errors import Forbidden
 from dagstore.core.models import Repo, Token
+from scheduler.callbacks import callback_version
 from scheduler.models import DagRun, TaskInstance
 
 
@@ -31,7 +32,9 @@ def granted_version(session: Session, grant: TryGrant) -> tuple[str, str] | None
             TaskInstance.grant_hash == grant.digest,
         )
     ).one_or_none()
-    return (row.name, row.sha) if row is not None else None
+    if row is None:  # or the failed try's on_failure callback, running under it
+        return callback_version(session, grant)
+    return (row.name, row.sha)
 
 
 def try_digest(who: Token | TryGrant, ti_id: int, try_number: int) -> str | None:

@@ -8,7 +8,8 @@
    tasks under a pool or max_active_tasks in a transaction of their own (`scheduler.limits`);
 3. recover: fail or retry running tasks that stopped heartbeating (only on evidence, see
    `scheduler.health`); evaluate again runs that nothing moves any more; fail runs past their
-   dagrun_timeout (`scheduler.timeouts`); enqueue again what Redis lost.
+   dagrun_timeout (`scheduler.timeouts`); retry on_failure callbacks whose worker died and
+   enqueue the ones due (`scheduler.callback_tries`); enqueue again what Redis lost.
 4. with PINFLOW_CLEAN_OLDER_THAN set, every PINFLOW_CLEAN_EVERY seconds: delete finished runs
    older than that (`scheduler.clean`), a few batches per tick so scheduling never waits long.
    Any number of these loops run at once, on any machines.
@@ -31,6 +32,7 @@ from dagstore.core.db import Database, database_unavailable, db_time
 from dagstore.core.outage import Outage
 from scheduler.backfill import release_held
 from scheduler.batch import FAILED_BACKOFF, schedule_batch
+from scheduler.callback_tries import recover_callbacks, requeue_callbacks
 from scheduler.clean import clean_history
 from scheduler.enqueue import Enqueuer, requeue_lost
 from scheduler.health import WriteHealth
@@ -167,6 +169,7 @@ class Scheduler:
             now = db_time(session)
             judged = self.health.may_judge_lost()
             lost = fail_lost(session, now, timeout) if judged else []
+            lost_callbacks = recover_callbacks(session, now, timeout) if judged else []
             moved = settle_stuck(session, now)
             timed_out = fail_timed_out(session, now)
         if lost:
@@ -175,6 +178,9 @@ class Scheduler:
             log.warning("runs that nothing moved any more, evaluated again: %s", moved)
         if timed_out:
             log.warning("runs failed by their dagrun_timeout: %s", timed_out)
+        if lost_callbacks:
+            log.warning("on_failure callbacks lost by dead workers: %s", lost_callbacks)
         if self.enqueuer is not None:
             with self.db.read() as session:
                 requeue_lost(session, self.enqueuer, db_time(session), timeout)
+                requeue_callbacks(session, self.enqueuer, db_time(session), timeout)

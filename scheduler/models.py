@@ -163,3 +163,34 @@ class TaskTry(Base):
     log_tail: Mapped[str] = mapped_column(Text, default="", server_default="")
     log_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sha: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the commit it ran
+
+
+class TaskCallback(Base):
+    """An on_failure callback the server owes a try that failed for good without a worker
+    reporting it (judged lost, or a mapped task failed at expansion): `scheduler.callbacks`.
+
+    due → running (claimed by one worker, fenced like a try: `attempt`, `grant_hash`,
+    heartbeats) → done | failed; a running callback whose worker goes silent is due again
+    with `number` + 1, up to a bound, then `given_up`. A worker's job names its `number`, so
+    a late job of an earlier attempt can never claim it."""
+
+    __tablename__ = "task_callbacks"
+    __table_args__ = (
+        UniqueConstraint("ti_id", "try_number", name="uq_task_callbacks"),
+        Index("ix_task_callbacks_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ti_id: Mapped[int] = mapped_column(ForeignKey("task_instances.id", ondelete="CASCADE"))
+    try_number: Mapped[int] = mapped_column(Integer)  # the failed try, whose log it writes to
+    state: Mapped[str] = mapped_column(String(20), default="due")
+    number: Mapped[int] = mapped_column(Integer, default=1)  # which attempt is due or running
+    error: Mapped[str] = mapped_column(Text, default="")  # the task's error, for the callback
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempt: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    grant_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Bytes of the try's log before this attempt's output: the worker's pieces land after it.
+    log_base: Mapped[int] = mapped_column(Integer, default=0)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

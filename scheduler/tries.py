@@ -27,12 +27,14 @@ from dagstore.core.errors import Conflict, NotFound
 from dagstore.core.logtail import DEFAULT_CAP, HeadTail
 from dagstore.core.models import Repo
 from scheduler.branching import skip_unchosen
+from scheduler.callbacks import owe_callback
 from scheduler.expand import results_of
 from scheduler.grants import explain_refusal
 from scheduler.metrics import TRIES_FINISHED
 from scheduler.models import DagRun, TaskInstance, TaskTry
 from scheduler.taskstate import schedule_ready, start_run
 from scheduler.transition import new_columns, new_values, transition
+from scheduler.trylog import held_log, log_values, store_log
 
 # The statements of the claim and finish path, built once (see `transition._transition`).
 _CLAIM_READ = (
@@ -208,12 +210,6 @@ def append_log(
     return log.total
 
 
-def log_values(log: HeadTail) -> dict[str, Any]:
-    """The columns of a try's log (`TaskTry.log`, `log_tail`, `log_bytes`)."""
-    head, tail = log.text()
-    return {"log": head, "log_tail": tail, "log_bytes": log.total}
-
-
 @dataclass(frozen=True)
 class TryLog:
     """A finished try's log as its worker reports it: the head and the tail its own
@@ -255,26 +251,12 @@ def error_summary(error: str | None) -> str:
 
 def end_log(session: Session, ti_id: int, try_number: int, how: str) -> None:
     """Append the ending line to the log the database holds of a running try that ends
-    without a report of its own (canceled, lost). The log is kept as it is held: the cap is
-    made room enough for what is there and the line."""
-    row = session.execute(
-        select(TaskTry.log, TaskTry.log_tail, TaskTry.log_bytes).where(
-            TaskTry.ti_id == ti_id, TaskTry.try_number == try_number, TaskTry.state == "running"
-        )
-    ).one_or_none()
-    if row is None:
-        return
+    without a report of its own (canceled, lost)."""
     line = ending_line(try_number, how)
-    held = len((row.log or "").encode("utf-8")) + len((row.log_tail or "").encode("utf-8"))
-    cap = max(DEFAULT_CAP, 4 * (held + len(line.encode("utf-8")) + 2))
-    log = HeadTail.restore(cap, row.log or "", row.log_tail or "", row.log_bytes)
-    log.add_line(line)
-    session.execute(
-        update(TaskTry)
-        .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
-        .values(log_values(log))
-        .execution_options(synchronize_session=False)
-    )
+    log = held_log(session, ti_id, try_number, len(line) + 1, TaskTry.state == "running")
+    if log is not None:
+        log.add_line(line)
+        store_log(session, ti_id, try_number, log)
 
 
 def _how_it_ended(found: Row[Any], success: bool, timed_out: bool, error: str | None,
@@ -377,7 +359,8 @@ def finish(
 
 
 def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list[int]:
-    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed.
+    """Running tries with no heartbeat for too long (worker died): failed, retried if allowed;
+    one failed for good owes its on_failure callback (`scheduler.callbacks`).
 
     In run order, so two schedulers doing this at once take the run locks in the same order
     (`scheduler.locks`).
@@ -395,9 +378,13 @@ def fail_lost(session: Session, now: datetime, heartbeat_timeout: float) -> list
             f"{worker or '?'} (killed or cut off?)"
         )
         try:
-            finish(session, ti_id, try_number, False, now, error=why, stale_before=cutoff, how=why)
+            ended = finish(
+                session, ti_id, try_number, False, now, error=why, stale_before=cutoff, how=why
+            )
         except Conflict:
             continue  # it finished or heartbeated meanwhile
+        if ended.state == "failed":  # for good, and no worker to run its on_failure
+            owe_callback(session, ti_id, try_number, why, now)
         TRIES_FINISHED.labels("lost").inc()
         failed.append(ti_id)
     return failed

@@ -18,6 +18,7 @@ DEFAULT_QUEUE = "default"
 QUEUE_PREFIX = "pinflow:"
 MAX_DB_INT = 2**31 - 1  # INTEGER columns: larger ids or tries cannot exist
 ARCHIVE_DIGEST_HEADER = "X-Pinflow-Archive-Sha256"  # the archive's sha256, checked by workers
+CALLBACK_TIMEOUT = 300.0  # seconds an on_failure callback may take
 
 
 def queue_name(queue: str) -> str:
@@ -25,9 +26,11 @@ def queue_name(queue: str) -> str:
     return f"{QUEUE_PREFIX}{queue}"
 
 
-def job_id(ti_id: int, try_number: int) -> str:
-    """Deterministic: enqueueing the same try twice names the same job."""
-    return f"pinflow-ti-{ti_id}-try-{try_number}"
+def job_id(ti_id: int, try_number: int, callback: int = 0) -> str:
+    """Deterministic: enqueueing the same try (or the same attempt at its on_failure
+    callback) twice names the same job."""
+    suffix = f"-callback-{callback}" if callback else ""
+    return f"pinflow-ti-{ti_id}-try-{try_number}{suffix}"
 
 
 class JobPayload(BaseModel):
@@ -41,6 +44,9 @@ class JobPayload(BaseModel):
     task_id: str
     queue: str = DEFAULT_QUEUE
     timeout: float | None = None
+    # Not 0: this job runs only the on_failure callback of the try, which failed for good
+    # without a worker (`scheduler.callbacks`); the number is the callback's attempt.
+    callback: int = Field(default=0, ge=0, le=MAX_DB_INT)
 
 
 class ClaimRequest(BaseModel):
@@ -84,6 +90,9 @@ class TaskSpec(BaseModel):
     # The servers' PINFLOW_TASK_LOG_MAX_BYTES: the worker keeps the log's head and tail within
     # it (`dagstore.core.logtail`), as the server does with what it receives.
     log_max_bytes: int = DEFAULT_CAP
+    # A callback job's claim (`JobPayload.callback`): its attempt number and the task's error.
+    callback: int = 0
+    callback_error: str | None = None
 
 
 class Heartbeat(BaseModel):
