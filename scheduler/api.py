@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select, update
 
 from dagstore.access.grants import issue_grant
@@ -42,6 +42,7 @@ from scheduler.tryspec import spec_of
 from scheduler.views import get_run, newest_first, run_json, tasks_json
 
 router = APIRouter()
+MIN_YEAR, MAX_YEAR = 1900, 9000  # backfill ranges: far from datetime's ends
 # The worker calls' 409: the try is stale, someone else's, or no longer running.
 STALE_TRY: dict[int | str, dict[str, str]] = {
     409: {"description": "The try is stale, another worker's, or no longer running"}
@@ -125,6 +126,19 @@ class BackfillBody(BaseModel):
     ref: str | None = Field(default=None, max_length=255)
     sha: str | None = Field(default=None, max_length=40)
     max_active_runs: int | None = Field(default=None, ge=1, le=1000)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _in_range(cls, value: datetime) -> datetime:
+        """Cron arithmetic and UTC conversion overflow at the ends of the calendar (year 1 or
+        9999): a clear 400, not a 500."""
+        try:
+            utc = as_utc(value)
+        except OverflowError:
+            utc = None
+        if utc is None or not MIN_YEAR <= utc.year <= MAX_YEAR:
+            raise ValueError(f"must be a time between the years {MIN_YEAR} and {MAX_YEAR}")
+        return utc
 
 
 @router.post(

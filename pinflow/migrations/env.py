@@ -32,16 +32,19 @@ def _sqlite_check_foreign_keys() -> None:
 
 
 batch = connection.dialect.name == "sqlite"
-sqlite = batch and not connection.in_transaction()
+if batch and connection.in_transaction():
+    # The pragma would be ignored and a table rebuild would delete the rows pointing at it.
+    raise RuntimeError("SQLite migrations must start outside a transaction (foreign keys)")
 context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=batch)
-if sqlite:
+if batch:
     _sqlite_foreign_keys(False)
 try:
     with context.begin_transaction():
         context.run_migrations()
-    if sqlite:
+        if batch:
+            _sqlite_check_foreign_keys()  # inside: a broken migration is rolled back
+    if batch:
         connection.commit()
-        _sqlite_check_foreign_keys()
 finally:
-    if sqlite:
+    if batch:
         _sqlite_foreign_keys(True)

@@ -85,9 +85,12 @@ def _day(name: str, value: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.strptime(value.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
+        day = datetime.strptime(value.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise BadRequest(f"{name} must be a date like 2026-11-01, not {value!r}") from None
+    if day.year > 9000:  # a day later is still a date
+        raise BadRequest(f"{name} must be a date before the year 9000, not {value!r}")
+    return day
 
 
 # --- one run ----------------------------------------------------------------------------------

@@ -378,6 +378,9 @@ def test_bad_backfills_are_refused(cluster: Cluster, tmp_path: Path, uid: str):
         (f"manual_{uid}", {"start": "2026-01-01", "end": "2026-01-02"}, 400, "no schedule"),
         ("nosuchdag", {"start": "2026-01-01", "end": "2026-01-02"}, 404, "does not exist"),
         (dag_id, {"start": "yesterday", "end": "2026-01-02"}, 400, "start"),
+        (dag_id, {"start": "9999-12-31", "end": "9999-12-31"}, 400, "between the years"),
+        (dag_id, {"start": "0001-01-01", "end": "2026-01-02"}, 400, "between the years"),
+        (dag_id, {"start": "2026-01-01", "end": "9999-12-31T23:59:59-12:00"}, 400, "between"),
         (
             dag_id,
             {"start": "2026-01-01", "end": "2026-01-02", "sha": "f" * 40},

@@ -8,7 +8,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text, update
 
 from dagstore.core.db import Base, Database
 from pinflow.migrate import alembic_config, upgrade
@@ -60,3 +60,18 @@ def test_models_match_the_migrations(bare: Database) -> None:
     with bare.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_0009_down_keeps_a_cut_logs_tail(bare: Database) -> None:
+    """Before 0009 a log is one column: going back must not drop the tail (the traceback)."""
+    upgrade(bare)
+    running_run(bare, {"a": []})
+    with bare.write() as session:
+        session.execute(update(TaskTry).values(log="the head\n", log_tail="Traceback: boom\n"))
+    _downgrade(bare, "0008")
+    with bare.engine.connect() as conn:
+        logs = conn.execute(text("SELECT log FROM task_tries")).scalars().all()
+    assert logs and all(
+        log.startswith("the head\n") and log.endswith("Traceback: boom\n") for log in logs
+    )
+    upgrade(bare)

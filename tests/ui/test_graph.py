@@ -125,3 +125,12 @@ def test_a_mapped_task_shows_its_count_and_its_most_urgent_state():
 def test_a_long_chain_is_one_row(engine: str):
     drawn = check_drawing(chain(30), engine)
     assert len({n["y"] for n in drawn["nodes"]}) == 1
+
+
+def test_a_graph_too_big_to_lay_out_is_not_drawn():
+    """A pushed DAG of 1,000 chained tasks must not cost a server a layout at each page view."""
+    chain = [{"task_id": f"t{i}", "upstream": [f"t{i - 1}"] if i else []} for i in range(1000)]
+    drawn = graph.drawing(chain, {})
+    assert "1,000 tasks" in drawn["too_big"] and "nodes" not in drawn
+    dense = [{"task_id": f"t{i}", "upstream": [f"t{j}" for j in range(i)]} for i in range(100)]
+    assert "dependencies" in graph.drawing(dense, {})["too_big"]

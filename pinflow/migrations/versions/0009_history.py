@@ -28,6 +28,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Before 0009 a log is one column: a cut log keeps its tail (the traceback) after a marker.
+    op.execute(
+        "UPDATE task_tries SET log = log || '\n[pinflow: part of this log was cut here]\n' || "
+        "log_tail WHERE log_tail <> ''"
+    )
     with op.batch_alter_table("task_tries", schema=None) as batch_op:
         batch_op.drop_column("log_bytes")
         batch_op.drop_column("log_tail")
