@@ -242,9 +242,12 @@ def logs(
             response = client.response("GET", path, params={**params, "offset": offset})
         except NotFound:
             # The try has not started yet: wait for it, unless it never will.
-            if _never_starts(client.get(f"/runs/{run_id}"), run_id, task_id):
-                raise
-            time.sleep(0.5)
+            if not _never_starts(client.get(f"/runs/{run_id}"), run_id, task_id):
+                time.sleep(0.5)
+                continue
+            # Asked again after the run was read, so the reason given is the present one (a
+            # cancel between the two reads made the first answer's "(none)" stale).
+            client.response("GET", path, params={**params, "offset": offset})
             continue
         params["try"] = int(response.headers["X-Pinflow-Try"])  # stay on the try we follow
         sys.stdout.write(on_screen(response.text))

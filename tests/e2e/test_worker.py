@@ -126,6 +126,7 @@ def test_sigterm_while_the_try_is_claimed_lets_it_run(cluster: Cluster, tmp_path
         assert worker.proc.wait(30) == 0, worker.log()[-2000:]
     finally:
         proxy.close()
+        cluster.workers.remove(worker)  # the tests after it take workers[0]: a live one
         worker.stop()
     done = cluster.run(run["run_id"])
     assert done["state"] == "success", cluster.logs()
