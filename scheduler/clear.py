@@ -66,6 +66,14 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
         raise Conflict(
             f"cannot clear {', '.join(busy)}: {tis[busy[0]].state}; cancel the run first"
         )
+    stale = _stale_expansions(tis, chosen)
+    if stale:
+        raise Conflict(
+            f"cannot clear {', '.join(sorted(stale.values()))}: mapped task "
+            f"{', '.join(map(repr, sorted(stale)))} was expanded over its result, and a clear "
+            "does not expand it again yet (its instances would run over elements of another "
+            "list); clear the mapped instances alone, or trigger a new run"
+        )
     latest = _latest(session, run, {tis[t].task_id for t in chosen}) if request.on_latest else None
     for task_id in sorted(chosen, key=lambda t: tis[t].id):
         ti = tis[task_id]
@@ -84,6 +92,19 @@ def clear(session: Session, run_id: str, request: ClearRequest, now: datetime) -
     session.expire(run, ["state", "ended_at"])
     schedule_ready(session, run, now)
     return sorted(chosen)
+
+
+def _stale_expansions(tis: dict[str, TaskInstance], chosen: set[str]) -> dict[str, str]:
+    """mapped task → the chosen upstream(s) it was expanded over: rerunning those would leave
+    its instances on a list they were not made from."""
+    rerun = {tis[t].task_id for t in chosen}
+    stale: dict[str, str] = {}
+    for ti in tis.values():
+        if ti.map_index >= 0 and ti.map_spec:
+            sources = sorted({e["task"] for e in ti.map_spec if "task" in e} & rerun)
+            if sources:
+                stale[ti.task_id] = ", ".join(sources)
+    return stale
 
 
 def label(ti: TaskInstance) -> str:

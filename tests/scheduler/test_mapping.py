@@ -4,9 +4,11 @@ retry and clear per instance."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from dagstore.core.db import Database, db_time
+from dagstore.core.errors import Conflict
 from scheduler.clear import ClearRequest, clear
 from scheduler.models import TaskInstance
 from tests.support.authoring import drive, make_run, states, task
@@ -129,3 +131,21 @@ def test_a_mapped_instance_retries_and_clears_alone(db: Database):
     drive(db, pk, outcome)
     assert tries == {0: 1, 1: 2, 2: 2}
     assert states(db, pk)[0] == "success"
+
+
+def test_a_clear_that_would_change_what_an_expanded_task_maps_over_is_refused(db: Database):
+    """Clearing `parts` reruns it and may return another list, but `load`'s instances stay as
+    they were expanded: they would run over elements of a list they were not made from (the
+    final review saw such a run succeed over wrong data). Until a clear re-expands, it says so
+    and changes nothing; an instance alone, or the whole mapped task, still clears."""
+    pk = make_run(db, MAPPED)
+    drive(db, pk, lambda task_id, map_index, _: (True, [1, 2] if task_id == "parts" else 0))
+    run_id = run_id_of(db, pk)
+    before = states(db, pk)[1]
+    for request in (ClearRequest(["parts"]), ClearRequest(["parts"], downstream=True),
+                    ClearRequest(None)):  # fmt: skip
+        with db.write() as session, pytest.raises(Conflict, match="expanded over"):
+            clear(session, run_id, request, db_time(session))
+        assert states(db, pk)[1] == before
+    with db.write() as session:
+        assert clear(session, run_id, ClearRequest(["load[1]"]), db_time(session)) == ["load[1]"]
