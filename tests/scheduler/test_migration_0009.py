@@ -75,3 +75,17 @@ def test_0009_down_keeps_a_cut_logs_tail(bare: Database) -> None:
         log.startswith("the head\n") and log.endswith("Traceback: boom\n") for log in logs
     )
     upgrade(bare)
+
+
+def test_0008_down_refuses_mapped_instances_older_code_cannot_read(bare: Database) -> None:
+    from tests.support.authoring import drive, make_run, task
+
+    upgrade(bare)
+    pk = make_run(
+        bare, [task("parts"), task("load", "parts", mapped=[{"arg": "p", "task": "parts"}])]
+    )
+    drive(bare, pk, lambda task_id, map_index, _: (True, [1, 2] if task_id == "parts" else 0))
+    with pytest.raises(RuntimeError, match="cannot go below 0008: 2 task instances"):
+        _downgrade(bare, "0007")
+    with bare.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM task_instances")).scalar() == 3

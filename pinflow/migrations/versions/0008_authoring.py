@@ -46,6 +46,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Code before 0008 knows neither mapped instances nor `skipped`: say so, change nothing.
+    found = op.get_bind().execute(
+        sa.text(
+            "SELECT count(*) FROM task_instances WHERE map_index >= 0 OR state = 'skipped'"
+        )
+    ).scalar()
+    if found:
+        raise RuntimeError(
+            f"cannot go below 0008: {found} task instances are mapped or skipped, which older "
+            "code cannot read; delete their runs first (pinflow db clean)"
+        )
     with op.batch_alter_table("task_instances", schema=None) as batch_op:
         batch_op.drop_index("ix_task_instances_pool")
         batch_op.drop_constraint("uq_task_instances", type_="unique")
