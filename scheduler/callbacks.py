@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.orm import Session
 
 from dagstore.access.grants import TryGrant
@@ -98,12 +98,20 @@ def append_line(session: Session, ti_id: int, try_number: int, text: str) -> int
     return log.total
 
 
-def callback_version(session: Session, grant: TryGrant) -> tuple[str, str] | None:
-    """(repo, sha) a running callback's credential may download (`scheduler.grants`)."""
-    row = session.execute(
+def version_select() -> Select:
+    """(repo name, sha) of a task instance's pinned version: what a credential may download,
+    for a try (`scheduler.grants`) or its callback."""
+    return (
         select(Repo.name, func.coalesce(TaskInstance.sha, DagRun.sha).label("sha"))
         .join(DagRun, DagRun.repo_id == Repo.id)
         .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
+    )
+
+
+def callback_version(session: Session, grant: TryGrant) -> tuple[str, str] | None:
+    """(repo, sha) a running callback's credential may download (`scheduler.grants`)."""
+    row = session.execute(
+        version_select()
         .join(TaskCallback, TaskCallback.ti_id == TaskInstance.id)
         .where(
             TaskCallback.ti_id == grant.ti_id,

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import hmac
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dagstore.access.grants import TryGrant
 from dagstore.core.errors import Forbidden
-from dagstore.core.models import Repo, Token
-from scheduler.callbacks import callback_version
-from scheduler.models import DagRun, TaskInstance
+from dagstore.core.models import Token
+from scheduler.callbacks import callback_version, version_select
+from scheduler.models import TaskInstance
 
 
 def granted_version(session: Session, grant: TryGrant) -> tuple[str, str] | None:
     """(repo, sha) the grant's try runs, while that try is running under this credential."""
     row = session.execute(
-        select(Repo.name, func.coalesce(TaskInstance.sha, DagRun.sha).label("sha"))
-        .join(DagRun, DagRun.repo_id == Repo.id)
-        .join(TaskInstance, TaskInstance.run_pk == DagRun.id)
-        .where(
+        version_select().where(
             TaskInstance.id == grant.ti_id,
             TaskInstance.try_number == grant.try_number,
             TaskInstance.state == "running",

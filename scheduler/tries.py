@@ -201,12 +201,7 @@ def append_log(
     held = log.total
     log.write_at(offset, text.encode("utf-8"))
     if log.total != held:
-        session.execute(
-            update(TaskTry)
-            .where(TaskTry.ti_id == ti_id, TaskTry.try_number == try_number)
-            .values(log_values(log))
-            .execution_options(synchronize_session=False)
-        )
+        store_log(session, ti_id, try_number, log)
     return log.total
 
 

@@ -35,13 +35,25 @@ batch = connection.dialect.name == "sqlite"
 if batch and connection.in_transaction():
     # The pragma would be ignored and a table rebuild would delete the rows pointing at it.
     raise RuntimeError("SQLite migrations must start outside a transaction (foreign keys)")
-context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=batch)
+applied: list[str] = []  # the steps this run took: at head there is nothing to check
+
+
+def _applied(*, step: object, **_: object) -> None:
+    applied.append(str(step))
+
+
+context.configure(
+    connection=connection,
+    target_metadata=target_metadata,
+    render_as_batch=batch,
+    on_version_apply=_applied,
+)
 if batch:
     _sqlite_foreign_keys(False)
 try:
     with context.begin_transaction():
         context.run_migrations()
-        if batch:
+        if batch and applied:
             _sqlite_check_foreign_keys()  # inside: a broken migration is rolled back
     if batch:
         connection.commit()
